@@ -1,0 +1,181 @@
+"""Models: a network (any callable) with the path it was trained on and what it predicts.
+
+``Model(fn, path=path, prediction="eps")`` wraps ``fn(x, t) -> tensor``. Every prediction type is
+an affine function of ``x`` and the network output ``F`` at the same time ``t``:
+
+=========== ============================== ===========================================
+prediction  meaning                        data prediction x0
+=========== ============================== ===========================================
+eps         the noise eps                  (x - sigma F) / alpha
+x0          the data x0                    F
+v           alpha eps - sigma x0           (alpha x - sigma F) / (alpha^2 + sigma^2)
+velocity    dx/dt = alpha' x0 + sigma' eps (sigma' x - sigma F) / (alpha sigma' - sigma alpha')
+score       grad log p_t = -eps / sigma    (x + sigma^2 F) / alpha
+=========== ============================== ===========================================
+
+so conversions are two float64 coefficients per time, computed once for a whole grid
+(:meth:`Model.conversion`), and the solvers never branch on the prediction type.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, get_args
+
+import torch
+from torch import Tensor
+
+from .paths import Path, as_time
+
+__all__ = ["Model", "Prediction", "classifier_free_guidance", "dynamic_thresholding"]
+
+Prediction = Literal["eps", "x0", "v", "velocity", "score"]
+PREDICTIONS = get_args(Prediction)
+
+
+def _check_prediction(prediction, name="prediction"):
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"{name} must be one of {PREDICTIONS}, got {prediction!r}")
+    return prediction
+
+
+def conversion(path: Path, prediction: str, target: str, t) -> tuple[Tensor, Tensor]:
+    """Coefficients ``(c_x, c_F)`` with ``target = c_x * x + c_F * F`` for an output ``F`` of type
+    ``prediction`` at times ``t`` (float64, broadcast over ``t``). ``target`` is ``"x0"`` or ``"eps"``."""
+    _check_prediction(prediction)
+    if target not in ("x0", "eps"):
+        raise ValueError(f"target must be 'x0' or 'eps', got {target!r}")
+    t = as_time(t)
+    a, s = path.alpha(t), path.sigma(t)
+    zero, one = torch.zeros_like(a), torch.ones_like(a)
+    if prediction in ("x0", "eps"):
+        if prediction == target:
+            return zero, one
+        # x0 = (x - s eps)/a ; eps = (x - a x0)/s
+        d = a if target == "x0" else s
+        other = s if target == "x0" else a
+        return 1 / d, -other / d
+    if prediction == "score":  # eps = -s F
+        if target == "eps":
+            return zero, -s
+        return 1 / a, s * s / a
+    if prediction == "v":
+        n = a * a + s * s
+        return (a / n, -s / n) if target == "x0" else (s / n, a / n)
+    da, ds = path.derivatives(t)
+    det = a * ds - s * da  # = -alpha sigma d(lambda)/dt > 0
+    return (ds / det, -s / det) if target == "x0" else (-da / det, a / det)
+
+
+class Model:
+    """A denoising network with its path and prediction type.
+
+    ``fn(x, t)`` receives ``x`` (the state, cast to ``dtype`` when given) and ``t``, a float64
+    tensor of shape ``(batch,)`` in the path's own time, and returns a tensor shaped like ``x``.
+    ``model(x, t)`` returns the native prediction; ``x0``, ``eps``, ``v``, ``velocity`` and
+    ``score`` return the others through the exact linear relations above.
+    """
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], path: Path, prediction: Prediction = "eps", *,
+                 dtype: torch.dtype | None = None):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable fn(x, t) -> tensor, got {type(fn).__name__}")
+        if not isinstance(path, Path):
+            raise TypeError(f"path must be an odesolve.paths.Path, got {type(path).__name__}")
+        self.fn, self.path, self.prediction = fn, path, _check_prediction(prediction)
+        self.dtype = dtype
+
+    def __repr__(self):
+        return f"Model({getattr(self.fn, '__name__', type(self.fn).__name__)}, path={self.path!r}, prediction={self.prediction!r})"
+
+    def _times(self, x: Tensor, t) -> Tensor:
+        t = as_time(t).to(x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},), got {tuple(t.shape)}")
+        return t
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        t = self._times(x, t)
+        out = self.fn(x if self.dtype is None else x.to(self.dtype), t)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the model must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
+        return out
+
+    def predict(self, x: Tensor, t, target: Prediction) -> Tensor:
+        """The prediction ``target`` at ``(x, t)``, in the dtype of ``x`` (at least float32)."""
+        _check_prediction(target, "target")
+        out = self(x, t)
+        if target == self.prediction:
+            return out.to(torch.promote_types(x.dtype, torch.float32))
+        t = self._times(x, t)
+        wd = torch.promote_types(x.dtype, torch.float32)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        if target in ("x0", "eps"):
+            cx, cf = conversion(self.path, self.prediction, target, t)
+            return cx.to(x.device, wd).view(shape) * x.to(wd) + cf.to(x.device, wd).view(shape) * out.to(wd)
+        x0 = self.predict(x, t, "x0")
+        eps = self.predict(x, t, "eps")
+        a, s = (v.to(x.device, wd).view(shape) for v in (self.path.alpha(t), self.path.sigma(t)))
+        if target == "v":
+            return a * eps - s * x0
+        if target == "score":
+            return -eps / s
+        da, ds = (v.to(x.device, wd).view(shape) for v in self.path.derivatives(t))
+        return da * x0 + ds * eps
+
+    def x0(self, x, t):
+        return self.predict(x, t, "x0")
+
+    def eps(self, x, t):
+        return self.predict(x, t, "eps")
+
+    def v(self, x, t):
+        return self.predict(x, t, "v")
+
+    def velocity(self, x, t):
+        return self.predict(x, t, "velocity")
+
+    def score(self, x, t):
+        return self.predict(x, t, "score")
+
+    def conversion(self, target: str, t) -> tuple[Tensor, Tensor]:
+        """``(c_x, c_F)`` with ``target = c_x x + c_F model(x, t)``; see :func:`conversion`."""
+        return conversion(self.path, self.prediction, target, t)
+
+    def with_prediction(self, target: Prediction) -> "Model":
+        """The same network, seen through another prediction type."""
+        return Model(lambda x, t: self.predict(x, t, target), self.path, target)
+
+
+def classifier_free_guidance(fn: Callable, scale: float, cond, uncond) -> Callable[[Tensor, Tensor], Tensor]:
+    """``fn(x, t, c)`` -> guided ``fn(x, t)``: ``F_u + scale (F_c - F_u)`` (Ho & Salimans 2022).
+
+    Conditional and unconditional outputs come from one batched call on ``[x, x]``. The
+    combination is affine-invariant, so it means the same for every prediction type.
+    """
+
+    def guided(x: Tensor, t: Tensor) -> Tensor:
+        c = torch.cat([uncond, cond]) if isinstance(cond, Tensor) else [uncond, cond]
+        out_u, out_c = fn(torch.cat([x, x]), torch.cat([t, t]), c).chunk(2)
+        return out_u + scale * (out_c - out_u)
+
+    return guided
+
+
+def dynamic_thresholding(model: Model, ratio: float = 0.995, max_value: float = 1.0) -> Model:
+    """Imagen's dynamic thresholding (Saharia et al. 2022), as used by DPM-Solver++: the data
+    prediction is clipped per sample to ``[-s, s]`` and divided by ``s``, where ``s`` is the
+    ``ratio`` quantile of ``|x0|`` clamped to ``[1, max_value]``. The result predicts ``x0``."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must lie in (0, 1], got {ratio}")
+
+    def thresholded(x: Tensor, t: Tensor) -> Tensor:
+        x0 = model.x0(x, t)
+        flat = x0.reshape(x0.shape[0], -1).abs()
+        s = torch.quantile(flat.float(), ratio, dim=1).to(x0.dtype).clamp(min=1.0, max=max_value)
+        s = s.view((-1,) + (1,) * (x0.ndim - 1))
+        return torch.maximum(torch.minimum(x0, s), -s) / s
+
+    return Model(thresholded, model.path, "x0")

@@ -1,0 +1,348 @@
+"""Gaussian noising paths x_t = alpha(t) x0 + sigma(t) eps.
+
+Every path works in its own time variable ``t`` (the time its networks are conditioned on) and
+gives, in float64 and vectorized over ``t``:
+
+- ``alpha(t)``, ``sigma(t)`` and their logarithms;
+- ``lambda_(t) = log(alpha/sigma)``, the half log-SNR, decreasing in ``t``;
+- ``t_of_lambda(lam)``, its exact inverse.
+
+The ends are taken analytically: ``sigma = 0`` gives ``lambda = +inf`` and ``alpha = 0`` gives
+``lambda = -inf``; neither produces NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+__all__ = ["Path", "VP", "VPLinear", "VPCosine", "VPDiscrete", "VE", "EDM", "FlowMatching", "as_time"]
+
+
+def as_time(t, name: str = "t") -> Tensor:
+    """``t`` as a float64 tensor (scalars, sequences and tensors of any float dtype accepted)."""
+    if isinstance(t, Tensor):
+        return t.to(torch.float64)
+    try:
+        return torch.as_tensor(t, dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a number or a tensor of times, got {type(t).__name__}") from err
+
+
+def _log_sigma_vp(log_alpha: Tensor) -> Tensor:
+    # sigma^2 = 1 - alpha^2, without cancellation when alpha is close to 1
+    return 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+
+def _log_alpha_vp_of_lambda(lam: Tensor) -> Tensor:
+    # alpha^2 = 1 / (1 + exp(-2 lambda)) on a VP path
+    return -0.5 * torch.nn.functional.softplus(-2.0 * lam)
+
+
+class Path:
+    """A Gaussian path. Subclasses give ``log_alpha``, ``log_sigma``, ``t_of_lambda`` and the domain."""
+
+    t_min: float  # data end (least noise)
+    t_max: float  # noise end
+
+    # -- to be given by subclasses ------------------------------------------------------------
+    def log_alpha(self, t) -> Tensor:
+        raise NotImplementedError
+
+    def log_sigma(self, t) -> Tensor:
+        raise NotImplementedError
+
+    def t_of_lambda(self, lam) -> Tensor:
+        raise NotImplementedError
+
+    # -- derived -------------------------------------------------------------------------------
+    def alpha(self, t) -> Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t) -> Tensor:
+        return torch.exp(self.log_sigma(t))
+
+    def lambda_(self, t) -> Tensor:
+        """Half log-SNR ``log(alpha/sigma)``; +inf where sigma = 0, -inf where alpha = 0."""
+        return self.log_alpha(t) - self.log_sigma(t)
+
+    def noise_level(self, t) -> Tensor:
+        """``sigma/alpha = exp(-lambda)``: k-diffusion's "sigma" (rho in DEIS)."""
+        return torch.exp(-self.lambda_(t))
+
+    def t_of_noise_level(self, rho) -> Tensor:
+        rho = as_time(rho, "sigmas")
+        return self.t_of_lambda(-torch.log(rho))
+
+    def derivatives(self, t) -> tuple[Tensor, Tensor]:
+        """``(d alpha/dt, d sigma/dt)`` by automatic differentiation, float64."""
+        t = as_time(t).detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            a, s = self.alpha(t), self.sigma(t)
+            da, ds = (torch.autograd.grad(v.sum(), t, retain_graph=True, allow_unused=True, materialize_grads=True)[0]
+                      if v.requires_grad else torch.zeros_like(t) for v in (a, s))
+        return da, ds
+
+    def check_times(self, t, name: str = "t") -> Tensor:
+        """Refuse times outside ``[t_min, t_max]`` or NaN, naming ``name``."""
+        t = as_time(t, name)
+        bad = torch.isnan(t) | (t < self.t_min - 1e-12) | (t > self.t_max + 1e-12)
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must lie in the domain [{self.t_min}, {self.t_max}] of {self!r}; "
+                f"got {t[bad].flatten()[:4].tolist()}"
+            )
+        return t
+
+    @property
+    def is_vp(self) -> bool:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Variance preserving
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VPLinear(Path):
+    """VP path with linear beta(t) = beta_min + t (beta_max - beta_min), t in [0, 1] (Song et al. 2021).
+
+    log alpha(t) = -beta_min t / 2 - (beta_max - beta_min) t^2 / 4.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = field(default=0.0, init=False)
+    t_max: float = field(default=1.0, init=False)
+
+    def __post_init__(self):
+        if not (0 <= self.beta_min < self.beta_max):
+            raise ValueError(f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, {self.beta_max}")
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        return -0.5 * self.beta_min * t - 0.25 * (self.beta_max - self.beta_min) * t * t
+
+    def log_sigma(self, t):
+        return _log_sigma_vp(self.log_alpha(t))
+
+    def t_of_lambda(self, lam):
+        L = -_log_alpha_vp_of_lambda(as_time(lam))  # -log alpha >= 0
+        b, a = 0.5 * self.beta_min, 0.25 * (self.beta_max - self.beta_min)
+        return 2.0 * L / (b + torch.sqrt(b * b + 4.0 * a * L))
+
+    @property
+    def is_vp(self):
+        return True
+
+
+@dataclass(frozen=True)
+class VPCosine(Path):
+    """Cosine schedule of Nichol & Dhariwal (2021): alpha(t) = cos(pi/2 (t+s)/(1+s)) / cos(pi/2 s/(1+s)).
+
+    alpha(1) = 0 exactly (lambda = -inf), so a grid starting at t = 1 has zero terminal SNR.
+    """
+
+    s: float = 0.008
+    t_min: float = field(default=0.0, init=False)
+    t_max: float = field(default=1.0, init=False)
+
+    def _c0(self):
+        return math.cos(0.5 * math.pi * self.s / (1 + self.s))
+
+    def log_alpha(self, t):
+        t = as_time(t)
+        # cos(pi/2 (t+s)/(1+s)) = sin(pi/2 (1-t)/(1+s)): exactly 0 at t = 1
+        la = torch.log(torch.sin(0.5 * math.pi * (1 - t) / (1 + self.s))) - math.log(self._c0())
+        return torch.where(t <= 0, torch.zeros_like(la), la.clamp(max=0.0))  # alpha(0) = 1 exactly
+
+    def log_sigma(self, t):
+        return _log_sigma_vp(self.log_alpha(t))
+
+    def t_of_lambda(self, lam):
+        la = _log_alpha_vp_of_lambda(as_time(lam))
+        # sin(pi/2 (1-t)/(1+s)) = alpha c0
+        return 1 - (2 * (1 + self.s) / math.pi) * torch.asin(torch.clamp(torch.exp(la) * self._c0(), max=1.0))
+
+    @property
+    def is_vp(self):
+        return True
+
+
+@dataclass(frozen=True, eq=False)
+class VPDiscrete(Path):
+    """VP path of a discrete-time model (DDPM): alphas_cumprod[i] = prod_{j<=i} (1 - betas[j]).
+
+    Time is the model's timestep index, continuous in [-1, T-1]: log alpha is interpolated
+    linearly between the integer points, and t = -1 is the clean end (alpha = 1, sigma = 0), as in
+    DDIM's ``set_alpha_to_one`` and DPM-Solver's discrete schedule. With zero terminal SNR
+    (alphas_cumprod[T-1] = 0) the last segment interpolates alpha itself linearly, so alpha
+    reaches 0 exactly at t = T-1.
+    """
+
+    betas: Tensor
+    t_min: float = field(default=-1.0, init=False)
+    t_max: float = field(init=False)
+
+    def __post_init__(self):
+        betas = as_time(self.betas, "betas").flatten()
+        if betas.numel() < 2 or bool(((betas <= 0) | (betas > 1)).any()):
+            raise ValueError("betas must be a 1-D sequence of at least 2 values in (0, 1]")
+        object.__setattr__(self, "betas", betas)
+        log_a = 0.5 * torch.cumsum(torch.log1p(-betas.clamp(max=1.0)), 0)
+        log_a = torch.cat([torch.zeros(1, dtype=torch.float64), log_a])  # t = -1 first
+        object.__setattr__(self, "_log_a", log_a)
+        object.__setattr__(self, "t_max", float(betas.numel() - 1))
+        object.__setattr__(self, "zero_terminal_snr", bool(torch.isinf(log_a[-1])))
+
+    # -- constructors with the diffusers names ---------------------------------------------------
+    @classmethod
+    def from_schedule(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 0.0001,
+                      beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> "VPDiscrete":
+        """Betas as diffusers builds them: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``."""
+        T = num_train_timesteps
+        if schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        elif schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+        elif schedule == "squaredcos_cap_v2":
+            f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
+        else:
+            raise ValueError(f"schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {schedule!r}")
+        if rescale_zero_terminal_snr:
+            betas = rescale_betas_zero_snr(betas)
+        return cls(betas)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:
+        return torch.exp(2 * self._log_a[1:])
+
+    def _segment(self, t):
+        t = as_time(t)
+        u = (t + 1.0).clamp(0.0, self.t_max + 1.0)
+        i = torch.clamp(torch.floor(u).long(), max=int(self.t_max))  # segment [i, i+1] in u
+        return u - i, i
+
+    def log_alpha(self, t):
+        w, i = self._segment(t)
+        la0, la1 = self._log_a[i], self._log_a[i + 1]
+        if not self.zero_terminal_snr:
+            return la0 + w * (la1 - la0)
+        last = i + 1 == self._log_a.numel() - 1
+        lin = la0 + w * (torch.where(last, la0, la1) - la0)
+        a_last = torch.exp(la0) * (1 - w)  # alpha linear to 0 on the last segment
+        return torch.where(last, torch.log(a_last), lin)
+
+    def log_sigma(self, t):
+        return _log_sigma_vp(self.log_alpha(t))
+
+    def t_of_lambda(self, lam):
+        la = _log_alpha_vp_of_lambda(as_time(lam))  # decreasing table self._log_a, increasing in -la
+        neg = -self._log_a
+        finite = neg[torch.isfinite(neg)]
+        idx = torch.searchsorted(finite.contiguous(), (-la).contiguous(), right=False).clamp(1, finite.numel() - 1)
+        lo, hi = finite[idx - 1], finite[idx]
+        t = (idx - 1).to(torch.float64) + ((-la) - lo) / (hi - lo) - 1.0
+        if self.zero_terminal_snr:
+            n = finite.numel()  # segment from the last finite point to alpha = 0
+            a0 = torch.exp(-finite[-1])
+            t_last = (n - 1) + (1 - torch.exp(la) / a0) - 1.0
+            t = torch.where(-la > finite[-1], t_last, t)
+        return t.clamp(self.t_min, self.t_max)
+
+    def __repr__(self):
+        return f"VPDiscrete(T={int(self.t_max) + 1}, zero_terminal_snr={self.zero_terminal_snr})"
+
+    @property
+    def is_vp(self):
+        return True
+
+
+def rescale_betas_zero_snr(betas: Tensor) -> Tensor:
+    """Lin et al. (2024), "Common Diffusion Noise Schedules and Sample Steps are Flawed", Alg. 1:
+    shift and scale sqrt(alphas_cumprod) so that the last is exactly 0 and the first unchanged."""
+    a = torch.sqrt(torch.cumprod(1 - as_time(betas), 0))
+    a0, aT = a[0].clone(), a[-1].clone()
+    a = (a - aT) * a0 / (a0 - aT)
+    ac = a**2
+    ac_prev = torch.cat([torch.ones(1, dtype=ac.dtype), ac[:-1]])
+    return 1 - ac / ac_prev
+
+
+class VP:
+    """Constructors of the variance-preserving paths."""
+
+    linear = VPLinear
+    cosine = VPCosine
+    discrete = VPDiscrete.from_schedule
+
+    @staticmethod
+    def from_betas(betas) -> VPDiscrete:
+        return VPDiscrete(betas)
+
+
+# --------------------------------------------------------------------------------------------
+# Variance exploding, EDM, flow matching
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EDM(Path):
+    """Karras et al. (2022): alpha = 1, sigma = t, t in [0, t_max]."""
+
+    t_max: float = math.inf
+    t_min: float = field(default=0.0, init=False)
+
+    def log_alpha(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def log_sigma(self, t):
+        return torch.log(as_time(t))
+
+    def t_of_lambda(self, lam):
+        return torch.exp(-as_time(lam))
+
+
+@dataclass(frozen=True)
+class VE(Path):
+    """Variance exploding SDE of Song et al. (2021): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t, t in [0, 1]."""
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_min: float = field(default=0.0, init=False)
+    t_max: float = field(default=1.0, init=False)
+
+    def __post_init__(self):
+        if not (0 < self.sigma_min < self.sigma_max):
+            raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, {self.sigma_max}")
+
+    def log_alpha(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def log_sigma(self, t):
+        return math.log(self.sigma_min) + as_time(t) * math.log(self.sigma_max / self.sigma_min)
+
+    def t_of_lambda(self, lam):
+        return (-as_time(lam) - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+
+
+@dataclass(frozen=True)
+class FlowMatching(Path):
+    """Flow matching / rectified flow with the linear (OT) path: alpha = 1 - t, sigma = t, t in [0, 1]."""
+
+    t_min: float = field(default=0.0, init=False)
+    t_max: float = field(default=1.0, init=False)
+
+    def log_alpha(self, t):
+        return torch.log1p(-as_time(t))
+
+    def log_sigma(self, t):
+        return torch.log(as_time(t))
+
+    def t_of_lambda(self, lam):
+        return torch.sigmoid(-as_time(lam))  # alpha/sigma = e^lambda  =>  t = 1 / (1 + e^lambda)
