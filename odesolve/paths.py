@@ -307,6 +307,12 @@ class EDM(Path):
     def t_of_lambda(self, lam):
         return torch.exp(-as_time(lam))
 
+    def noise_level(self, t):
+        return as_time(t).clone()
+
+    def t_of_noise_level(self, rho):
+        return as_time(rho, "sigmas").clone()
+
 
 @dataclass(frozen=True)
 class VE(Path):

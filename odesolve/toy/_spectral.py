@@ -68,6 +68,12 @@ def check_weights(weights, name: str = "weights") -> Tensor:
     return w / w.sum()
 
 
+def softmax(logits: Tensor) -> Tensor:
+    """Softmax over the last dimension as ``exp(l - logsumexp(l))`` (torch's float64 softmax is
+    slow on small CPU tensors)."""
+    return torch.exp(logits - torch.logsumexp(logits, dim=-1, keepdim=True))
+
+
 class _Params(NamedTuple):
     """The mixture's tensors on one device."""
 
@@ -238,7 +244,7 @@ class SpectralMixture:
         p = self._params(x.device)
         K, d, r = p.V.shape
         B = x.shape[0]
-        w = torch.softmax(st.logits, dim=1)
+        w = softmax(st.logits)
         cx, ce = c_x0.view(B, 1, 1), c_e.view(B, 1, 1)
         h = (cx * st.a * p.ev + ce) / st.c
         out = ((w[:, :, None] * h * st.z).reshape(B, K * r) @ p.V_flat.T) + c_x0[:, None] * (w @ p.mu)
@@ -258,7 +264,7 @@ class SpectralMixture:
         """Posterior component probabilities ``w_k(x)`` under ``p_t`` (or the data)."""
         x = self._check_x(x)
         la, ls = self._log_coefficients(x, t, path)
-        return torch.softmax(self._state(x, la, ls).logits, dim=1)
+        return softmax(self._state(x, la, ls).logits)
 
     def assign(self, x: Float[Tensor, "batch dim"], t=None, path: Path | None = None) -> Int[Tensor, " batch"]:
         """Index of the most responsible component for each sample."""

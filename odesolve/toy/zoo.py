@@ -1,0 +1,318 @@
+"""Small pretrained networks shipped with odesolve, for trying methods on a real (learned) model.
+
+    from odesolve.toy import zoo
+    model = zoo.load("digits")              # odesolve.Model: network + path + prediction
+    images = zoo.data("digits")             # the training images, (1797, 1, 8, 8) in [-1, 1]
+
+``digits`` is a compact UNet (eps-prediction) trained on scikit-learn's 8x8 handwritten digits
+(1797 images, 17 grey levels, scaled to [-1, 1]) on the DDPM linear-beta path
+``VPDiscrete.from_schedule("linear", 1000)``; time is the timestep index, continuous in
+``[-1, 999]`` (the network was trained at continuous times in ``[0, 999]``). It was trained by
+``scripts/train_digits.py``; the weights, the training images and their labels are package data
+(``odesolve/toy/weights/digits.pt``). See ``docs/digits.md``.
+
+Besides the model this module gives what the tests and the docs measure it with: a reference
+solution (:func:`reference`), a small classifier of the digits (:func:`digits_classifier`) whose
+hidden layer gives features for a Frechet distance (:func:`frechet_distance`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from importlib import resources
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .. import grids as _grids
+from ..execute import sample as _sample
+from ..grids import Grid
+from ..models import Model
+from ..paths import VPDiscrete
+
+__all__ = ["names", "load", "data", "labels", "reference_grid", "reference", "ReferenceAccuracyError",
+           "DigitsUNet", "DigitsClassifier", "digits_classifier", "frechet_distance"]
+
+_FILES = {"digits": "digits.pt"}
+
+
+def names() -> list[str]:
+    """The models of the zoo."""
+    return list(_FILES)
+
+
+def _check_name(name: str) -> str:
+    if name not in _FILES:
+        raise ValueError(f"model {name!r} is not in the odesolve zoo; known models: {', '.join(map(repr, _FILES))}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _checkpoint(name: str) -> dict:
+    _check_name(name)
+    ref = resources.files("odesolve.toy").joinpath("weights", _FILES[name])
+    if not ref.is_file():
+        raise FileNotFoundError(f"the weights of model {name!r} ({_FILES[name]}) are missing from the odesolve "
+                                f"package data; rebuild them with scripts/train_{name}.py")
+    with resources.as_file(ref) as p:
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (continuous) times, computed in float32 whatever the network's dtype:
+    in bfloat16 a timestep near 999 would be rounded to a multiple of 4."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.to(torch.float32)[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb: int, groups: int = 8):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb, 2 * cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(e)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class DigitsUNet(nn.Module):
+    """A compact UNet for 8x8 images: levels 8x8, 4x4, 2x2 with ``channels`` channels, ``blocks``
+    residual blocks per level (FiLM time conditioning, GroupNorm, SiLU), skip connections by
+    concatenation. ``forward(x, t)`` takes times in the path's time (timestep index)."""
+
+    def __init__(self, channels: tuple[int, ...] = (64, 96, 128), blocks: int = 2, emb: int = 128,
+                 in_channels: int = 1):
+        super().__init__()
+        self.config = dict(channels=list(channels), blocks=blocks, emb=emb, in_channels=in_channels)
+        self.temb_dim = channels[0]
+        self.temb = nn.Sequential(nn.Linear(self.temb_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.inp = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [channels[0]]
+        c = channels[0]
+        for i, ch in enumerate(channels):
+            for _ in range(blocks):
+                self.down.append(_ResBlock(c, ch, emb))
+                c = ch
+                skips.append(c)
+            if i < len(channels) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid = nn.ModuleList([_ResBlock(c, c, emb), _ResBlock(c, c, emb)])
+        self.up = nn.ModuleList()
+        for i, ch in reversed(list(enumerate(channels))):
+            for _ in range(blocks + 1):
+                self.up.append(_ResBlock(c + skips.pop(), ch, emb))
+                c = ch
+            if i > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.out_norm = nn.GroupNorm(8, c)
+        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        dtype = self.inp.weight.dtype
+        x = x.to(dtype)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        e = self.temb(timestep_embedding(t, self.temb_dim).to(dtype))
+        h = self.inp(x)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, e) if isinstance(layer, _ResBlock) else layer(h)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, e)
+        for layer in self.up:
+            if isinstance(layer, _ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), e)
+            else:
+                h = layer(h)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def path_from_config(cfg: dict) -> VPDiscrete:
+    """The path a checkpoint was trained on (``cfg["path"]`` holds the diffusers schedule arguments)."""
+    return VPDiscrete.from_schedule(**cfg["path"])
+
+
+def network(name: str = "digits", device=None, dtype: torch.dtype | None = None) -> nn.Module:
+    """The bare network of ``name`` (eval mode, no gradients for its parameters)."""
+    ck = _checkpoint(_check_name(name))
+    net = DigitsUNet(**ck["config"]["net"])
+    net.load_state_dict({k: v.to(torch.float32) for k, v in ck["state_dict"].items()})
+    net.eval().requires_grad_(False)
+    return net.to(device=device, dtype=dtype or torch.float32)
+
+
+def load(name: str = "digits", device=None, dtype: torch.dtype | None = None) -> Model:
+    """The zoo model ``name`` as an :class:`odesolve.Model` on ``device`` with parameters in ``dtype``
+    (default float32; bfloat16 and float16 work too, the state is then kept in float32 by the executor).
+
+    The model's ``fn(x, t)`` casts ``x`` to the network's dtype and returns the network's output in
+    it; times are embedded in float32. Wrap calls in ``torch.inference_mode()`` when no gradients
+    are needed.
+    """
+    ck = _checkpoint(_check_name(name))
+    net = network(name, device, dtype)
+    path = path_from_config(ck["config"])
+
+    def fn(x: Tensor, t: Tensor) -> Tensor:
+        return net(x, t)
+
+    fn.__name__ = name
+    model = Model(fn, path=path, prediction=ck["config"]["prediction"])
+    model.network = net  # the nn.Module, for users who want it (compile, hooks, ...)
+    model.config = ck["config"]
+    return model
+
+
+def data(name: str = "digits", device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The training images of ``name`` in the network's coordinates: for ``digits`` a
+    ``(1797, 1, 8, 8)`` tensor with the 17 grey levels 0..16 mapped to ``x / 8 - 1`` in [-1, 1]."""
+    ck = _checkpoint(_check_name(name))
+    return (ck["data"].to(torch.float32) / 8.0 - 1.0).unsqueeze(1).to(device=device, dtype=dtype)
+
+
+def labels(name: str = "digits", device=None) -> Tensor:
+    """The class labels (int64) of :func:`data`."""
+    return _checkpoint(_check_name(name))["labels"].to(device=device, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Reference solutions
+# --------------------------------------------------------------------------------------------
+
+
+class ReferenceAccuracyError(RuntimeError):
+    """Halving the steps of a reference solve changed the result by more than the tolerance."""
+
+
+def reference_grid(path: VPDiscrete, steps: int, t_start: float | None = None, t_end: float = 0.0) -> Grid:
+    """``steps - 1`` steps uniform in lambda from ``t_start`` (default the noise end) to ``t_end``
+    (default 0, the first training time), then the step to t = -1 (sigma = 0), which every method
+    takes as the exact-at-the-limit DDIM step ``x = x0_hat(x, t_end)``."""
+    t_start = path.t_max if t_start is None else t_start
+    body = _grids.uniform_lambda(path, steps - 1, t_start=t_start, t_end=t_end).t
+    return Grid(path, torch.cat([body, torch.tensor([path.t_min], dtype=torch.float64)]))
+
+
+def reference(model: Model, x_T: Tensor, *, steps: int = 256, method: str = "dpm-solver-3", tol: float = 1e-3,
+              t_start: float | None = None, return_error: bool = False):
+    """A high-accuracy solution of the probability-flow ODE of ``model`` from ``x_T`` (the state at
+    ``t_start``, default the noise end) to sigma = 0, by a fine-step high-order odesolve method.
+
+    The ODE is solved in float64 state (the network runs in its own dtype) on :func:`reference_grid`
+    with ``steps`` steps of ``method`` (default DPM-Solver-3, third order: 3 (steps - 1) + 1 model
+    calls), and again with ``steps // 2`` steps. The largest difference between the two, over all
+    entries, must be below ``tol`` (in the data's units; ``digits`` has grey levels 0.125 apart),
+    else :class:`ReferenceAccuracyError` is raised. For a third-order method the error of the fine
+    solve is about 1/8 of that difference. The end point is ``x0_hat`` at ``t = 0``
+    (sigma = 0.01 for ``digits``): the network was not trained closer to the data.
+
+    Returns the solution in ``x_T``'s dtype, with ``return_error`` also the difference (a float).
+    """
+    if steps < 4:
+        raise ValueError(f"steps must be at least 4, got {steps}")
+    x = x_T.to(torch.float64)
+    with torch.inference_mode():
+        fine = _sample(model, x, reference_grid(model.path, steps, t_start), method=method)
+        coarse = _sample(model, x, reference_grid(model.path, steps // 2, t_start), method=method)
+    err = float((fine - coarse).abs().max())
+    if not err < tol:
+        raise ReferenceAccuracyError(f"reference: {method} with {steps} and {steps // 2} steps differ by {err:.3g} "
+                                     f">= tol = {tol:g}; raise steps")
+    out = fine.to(x_T.dtype)
+    return (out, err) if return_error else out
+
+
+# --------------------------------------------------------------------------------------------
+# A classifier of the digits, and the Frechet distance of its features
+# --------------------------------------------------------------------------------------------
+
+
+class DigitsClassifier(nn.Module):
+    """An MLP 64 -> hidden -> hidden -> 10 on the flattened 8x8 images in [-1, 1].
+    ``features(x)`` is the second hidden layer (after its ReLU), the space of the Frechet distance."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, 10)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x.to(torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def probabilities(self, x: Tensor) -> Tensor:
+        return torch.softmax(self(x), dim=1)
+
+
+def digits_classifier(seed: int = 0, train_fraction: float = 0.75, epochs: int = 150,
+                      noise: float = 0.1) -> tuple[DigitsClassifier, Tensor, Tensor]:
+    """Train :class:`DigitsClassifier` on a seeded random ``train_fraction`` of the digits (Adam,
+    full batches of 128, ``epochs`` epochs, inputs jittered by Gaussian noise of std ``noise``;
+    about 2 s on a CPU core). Returns ``(classifier, train_index, test_index)``."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = data("digits"), labels("digits")
+    perm = torch.randperm(x.shape[0], generator=g)
+    n_train = int(round(train_fraction * x.shape[0]))
+    tr, te = perm[:n_train], perm[n_train:]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clf = DigitsClassifier()
+    opt = torch.optim.Adam(clf.parameters(), lr=2e-3, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            order = tr[torch.randperm(tr.numel(), generator=g)]
+            for i in range(0, order.numel(), 128):
+                idx = order[i:i + 128]
+                xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g)
+                loss = F.cross_entropy(clf(xb), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    clf.eval().requires_grad_(False)
+    return clf, tr, te
+
+
+def frechet_distance(a: Tensor, b: Tensor) -> float:
+    """Frechet distance between Gaussians fitted to the rows of ``a`` and ``b`` (FID's formula,
+    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)``), in float64."""
+    a, b = (v.detach().to(torch.float64).flatten(1).cpu() for v in (a, b))
+    if a.shape[1] != b.shape[1] or a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"a and b must be (n, d) feature sets with n >= 2 and equal d; got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)}")
+    mu = a.mean(0) - b.mean(0)
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    ea, va = torch.linalg.eigh(ca)
+    sa = (va * ea.clamp(min=0).sqrt()) @ va.T  # C_a^1/2
+    m = sa @ cb @ sa
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    return float(mu @ mu + torch.trace(ca) + torch.trace(cb) - 2 * tr_sqrt)

@@ -1,0 +1,31 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_site_builds_in_strict_mode(tmp_path):
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert (tmp_path / "site" / "index.html").exists() and (tmp_path / "site" / "tables" / "index.html").exists()
+
+
+def test_readme_quickstart_runs():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quickstart")[1].split("```python")[1].split("```")[0]
+    exec(compile(block, "README quickstart", "exec"), {})
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = readme.split("```bash")[1].split("```")[0].strip().splitlines()[1].split("&& ")[-1]
+    assert command in ci and "pip install torch==2.13.0" in ci and 'pip install -e ".[test,docs]"' in ci
+    assert shutil.which("bash")
