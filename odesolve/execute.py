@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from jaxtyping import Shaped
 from torch import Tensor
 
 from .grids import Grid
@@ -25,7 +26,7 @@ class NonFiniteError(FloatingPointError):
     """A model returned NaN or Inf."""
 
 
-def sample(model: Model, x: Tensor, grid: Grid, method="dpmpp-2m", *, return_trajectory: bool = False,
+def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="dpmpp-2m", *, return_trajectory: bool = False,
            callback: Callable[[dict], None] | None = None, progress: bool = False,
            generator: torch.Generator | None = None, **options):
     """Integrate from ``x`` (the state at ``grid.t[0]``, in the path's coordinates) along ``grid``.
@@ -68,7 +69,7 @@ def _check_inputs(plan: Plan, model: Model, x: Tensor):
         raise ValueError("x must be finite (the initial state contains NaN or Inf)")
 
 
-def execute(plan: Plan, model: Model, x: Tensor, *, return_trajectory: bool = False,
+def execute(plan: Plan, model: Model, x: Shaped[Tensor, "batch *shape"], *, return_trajectory: bool = False,
             callback: Callable[[dict], None] | None = None, progress: bool = False,
             generator: torch.Generator | None = None):
     """Run ``plan`` with ``model`` from ``x``. See :func:`sample`."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable, Literal, get_args
 
 import torch
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
 from .paths import Path, as_time
@@ -38,7 +39,7 @@ def _check_prediction(prediction, name="prediction"):
     return prediction
 
 
-def conversion(path: Path, prediction: str, target: str, t) -> tuple[Tensor, Tensor]:
+def conversion(path: Path, prediction: str, target: str, t) -> tuple[Float[Tensor, "*t"], Float[Tensor, "*t"]]:
     """Coefficients ``(c_x, c_F)`` with ``target = c_x * x + c_F * F`` for an output ``F`` of type
     ``prediction`` at times ``t`` (float64, broadcast over ``t``). ``target`` is ``"x0"`` or ``"eps"``."""
     _check_prediction(prediction)
@@ -75,7 +76,7 @@ class Model:
     ``score`` return the others through the exact linear relations above.
     """
 
-    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], path: Path, prediction: Prediction = "eps", *,
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], path: Path, prediction: str = "eps", *,
                  dtype: torch.dtype | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable fn(x, t) -> tensor, got {type(fn).__name__}")
@@ -95,7 +96,7 @@ class Model:
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
-    def __call__(self, x: Tensor, t) -> Tensor:
+    def __call__(self, x: Shaped[Tensor, "batch *shape"], t) -> Shaped[Tensor, "batch *shape"]:
         t = self._times(x, t)
         out = self.fn(x if self.dtype is None else x.to(self.dtype), t)
         if not isinstance(out, Tensor) or out.shape != x.shape:
@@ -103,7 +104,7 @@ class Model:
             raise ValueError(f"the model must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
         return out
 
-    def predict(self, x: Tensor, t, target: Prediction) -> Tensor:
+    def predict(self, x: Shaped[Tensor, "batch *shape"], t, target: Prediction) -> Shaped[Tensor, "batch *shape"]:
         """The prediction ``target`` at ``(x, t)``, in the dtype of ``x`` (at least float32)."""
         _check_prediction(target, "target")
         out = self(x, t)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -184,7 +185,7 @@ class VPDiscrete(Path):
     reaches 0 exactly at t = T-1.
     """
 
-    betas: Tensor
+    betas: Tensor | Sequence[float]
     t_min: float = field(default=-1.0, init=False)
     t_max: float = field(init=False)
 

@@ -82,10 +82,10 @@ def test_nan_from_the_model_names_the_step():
     (dict(method="heun", lower_order_final=True), TypeError, "options"),
     (dict(x=torch.ones(3, 4, dtype=torch.int64)), TypeError, "floating"),
     (dict(x=torch.full((3, 4), torch.nan)), ValueError, "finite"),
-    (dict(x="noise"), TypeError, "x must be a torch.Tensor"),
-    (dict(model=lambda x, t: x), TypeError, "odesolve.Model"),
+    (dict(x="noise"), TypeError, r"x must be a torch.Tensor|parameter 'x'"),
+    (dict(model=lambda x, t: x), TypeError, r"odesolve.Model|parameter 'model'"),
     (dict(model=ods.Model(lambda x, t: x, P.VP.linear(), "eps")), ValueError, "model.path"),
-    (dict(grid=[80.0, 1.0]), TypeError, "grid must be"),
+    (dict(grid=[80.0, 1.0]), TypeError, r"grid must be|parameter 'grid'"),
 ])
 def test_bad_input_is_refused_with_the_argument_named(kwargs, err, match):
     grid, x, model = _setup()

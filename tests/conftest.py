@@ -1,0 +1,20 @@
+"""Test-suite configuration: runtime shape/dtype checking of odesolve's annotations.
+
+jaxtyping's import hook wraps every function of the package with beartype, so an annotation that
+does not hold fails the tests (DESIGN.md: jaxtyping annotations, checked in the test suite).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from jaxtyping import install_import_hook
+
+if "odesolve" not in sys.modules:
+    with install_import_hook("odesolve", "beartype.beartype"):
+        import odesolve  # noqa: F401
+        import odesolve.methods  # noqa: F401
+
+os.environ.setdefault("ODESOLVE_FULL", "0")
+# helpers shared by the core tests (pytest-markdown-docs imports test modules before pytest adds their folder)
+sys.path.insert(0, str(Path(__file__).parent / "core"))
