@@ -259,6 +259,12 @@ class VPDiscrete(Path):
     def __repr__(self):
         return f"VPDiscrete(T={int(self.t_max) + 1}, zero_terminal_snr={self.zero_terminal_snr})"
 
+    def __eq__(self, other):
+        return isinstance(other, VPDiscrete) and torch.equal(self.betas, other.betas)
+
+    def __hash__(self):
+        return hash(self.betas.numpy().tobytes())
+
     @property
     def is_vp(self):
         return True

@@ -7,14 +7,15 @@ order to measure). Four kinds:
 - ``"karras"``: Karras et al. (2022) rho = 7 spacing, ``to_zero=False``: smooth, non-uniform;
 - ``"uniform"``: equal steps in lambda;
 - ``"smooth"``: ``lambda_i = lambda_a + L phi(i/N)`` with a random smooth increasing ``phi``
-  (``phi(x) = x + sum_k a_k sin(k pi x) / (k pi)``, ``0.2 <= sum |a_k| <= 0.5``): step ratios
+  (``phi(x) = x + sum_k a_k sin(k pi x) / (k pi)``, k = 1, 2, ``0.1 <= sum |a_k| <= 0.3``): step ratios
   ``1 + O(1/N)``, the grids on which equal-step coefficients (iPNDM, PLMS) keep their order;
-- ``"random"``: arbitrary step ratios at every resolution. Step widths (before normalising to the
-  interval) are three random widths at each end, the same for every N, and a random pattern of three
-  widths repeated in between; widths are uniform in [0.4, 1.6], so neighbouring steps have ratios up
-  to 4 however fine the grid. Fixed ends make warm-up and final steps shrink exactly like 1/N, and
-  the periodic interior makes the error a smooth function of N, so fitted slopes carry no sampling
-  noise (a grid with i.i.d. random steps converges too, but its slopes fluctuate).
+- ``"random"``: arbitrary step ratios at every resolution: the step widths (before normalising to
+  the interval) repeat a random pattern of four widths, uniform in [0.4, 1.6] (for N not a multiple
+  of 4 the last four steps are the whole pattern). Neighbouring steps have ratios up to 4 however
+  fine the grid; the first and the last steps have the same neighbours for every N, so warm-up and
+  final-step errors shrink exactly like powers of 1/N; and the error of the periodic interior is a
+  smooth function of N, so fitted slopes carry no sampling noise (a grid with i.i.d. random steps
+  converges too, but its slopes fluctuate from one N to the next).
 
 Families are deterministic given ``seed``.
 """
@@ -75,7 +76,7 @@ class Family:
         if self.kind == "smooth":
             rng = np.random.default_rng(self.seed)
             a = rng.uniform(-1, 1, 2)
-            a *= rng.uniform(0.2, 0.5) / np.abs(a).sum()
+            a *= rng.uniform(0.1, 0.3) / np.abs(a).sum()
             k = np.arange(1, 3)
             phi = x + (a[None, :] * np.sin(np.pi * k[None, :] * x[:, None]) / (np.pi * k[None, :])).sum(1)
             return la + L * phi
@@ -83,11 +84,10 @@ class Family:
 
     def _random_fractions(self, steps: int) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
-        head, pattern, tail = rng.uniform(0.4, 1.6, 3), rng.uniform(0.4, 1.6, 3), rng.uniform(0.4, 1.6, 3)
-        if steps < 6:
-            w = np.concatenate([head, tail[::-1]])[:steps]
-        else:
-            w = np.concatenate([head, np.resize(pattern, steps - 6), tail[::-1]])
+        pattern = rng.uniform(0.4, 1.6, 4)
+        w = np.resize(pattern, steps)
+        if steps % 4 and steps > 8:
+            w[-4:] = pattern  # the same last steps for every N
         return np.concatenate([[0.0], np.cumsum(w) / w.sum()])
 
     def __call__(self, steps: int) -> Grid:

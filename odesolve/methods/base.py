@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -16,6 +17,7 @@ from ..plan import LinComb, Plan, PlanBuilder
 __all__ = ["phi", "chi", "Method", "Form"]
 
 Form = Literal["data", "noise"]
+_PLANS: "OrderedDict" = OrderedDict()
 
 
 def phi(k: int, z: Tensor) -> Tensor:
@@ -27,7 +29,9 @@ def phi(k: int, z: Tensor) -> Tensor:
     z = torch.as_tensor(z, dtype=torch.float64)
     small = z.abs() < 2.0
     zs = torch.where(small, z, torch.zeros_like(z))
-    series = sum(zs**n * (1.0 / math.factorial(n + k)) for n in range(30))
+    series = torch.full_like(z, 1.0 / math.factorial(k + 29))
+    for n in range(28, -1, -1):  # Horner: 30 terms, error < 2^30/30! relative
+        series = series * zs + 1.0 / math.factorial(n + k)
     zb = torch.where(small, torch.full_like(z, 2.0), z)
     rec = torch.exp(zb)
     for j in range(k):
@@ -44,11 +48,11 @@ def chi(l: int, h: Tensor, form: Form) -> Tensor:
     noise form ``h phi_l(+h)``.  The data form tends to 1/(l-1)! as h -> inf (a step to sigma = 0).
     """
     h = torch.as_tensor(h, dtype=torch.float64)
+    finite = torch.isfinite(h)
+    hf = torch.where(finite, h, torch.ones_like(h))  # no inf inside: keeps gradients finite
     if form == "data":
-        finite = torch.isfinite(h)
-        hf = torch.where(finite, h, torch.ones_like(h))
         return torch.where(finite, hf * phi(l, -hf), torch.full_like(h, 1.0 / math.factorial(l - 1)))
-    return h * phi(l, h)
+    return torch.where(finite, hf * phi(l, hf), torch.full_like(h, math.inf))
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,29 @@ class Method:
         return 0
 
     def compile(self, path: Path, grid: Grid, **options) -> Plan:
+        """The plan of this table on ``grid`` (float64, differentiable in the grid's times).
+
+        Plans of grids that need no gradient are cached (the last 64), so sampling repeatedly on
+        one grid compiles once."""
         if not isinstance(grid, Grid):
             raise TypeError(f"grid must be an odesolve.grids.Grid, got {type(grid).__name__}")
         if grid.path != path:
             raise ValueError(f"grid was built for {grid.path!r}, not for path {path!r}")
+        key = None
+        if not grid.t.requires_grad:
+            key = (self, path, grid.t.numpy().tobytes(),
+                   tuple(sorted(options.items())))
+            if key in _PLANS:
+                _PLANS.move_to_end(key)
+                return _PLANS[key]
         b = PlanBuilder(self.name, grid, self.prediction)
         self._build(b, Geometry(path, grid), **options)
-        return b.build(path, order=self.order, form=self.form, options=options)
+        plan = b.build(path, order=self.order, form=self.form, options=options)
+        if key is not None:
+            _PLANS[key] = plan
+            if len(_PLANS) > 64:
+                _PLANS.popitem(last=False)
+        return plan
 
     def _build(self, b: PlanBuilder, g: "Geometry", **options):
         raise NotImplementedError
@@ -100,7 +120,16 @@ class Geometry:
         self.t = t
         self.log_alpha, self.log_sigma = path.log_alpha(t), path.log_sigma(t)
         self.lam = self.log_alpha - self.log_sigma
+        self.h = self.lam[1:] - self.lam[:-1]
         self.steps = grid.steps
+        self._chi = {}
+
+    def chi(self, l: int, n: int, form: Form, c: float = 1.0) -> Tensor:
+        """chi_l(c h_n) (see :func:`chi`), computed for all steps at once and cached."""
+        key = (l, form, c)
+        if key not in self._chi:
+            self._chi[key] = chi(l, c * self.h, form)
+        return self._chi[key][n]
 
     def ratio(self, i: int, j: int, form: Form) -> Tensor:
         """sigma_j/sigma_i (data form) or alpha_j/alpha_i (noise form): the exact linear part."""

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..plan import LinComb
-from .base import Method, chi
+from .base import Method
 from .exponential_rk import DPMPP_2S, ExponentialRK, _refuse_noise_start
 
 _GL_X, _GL_W = (torch.tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(32))
@@ -72,9 +72,9 @@ class ExponentialMultistep(Method):
         if self.variable == "lambda":
             h = g.lam[n + 1] - g.lam[n]
             r = torch.stack([(p - g.lam[n]) / h for p in pos])
-            w = [math.factorial(i) * chi(i + 1, h, self.form) for i in range(q)]
+            w = [math.factorial(i) * g.chi(i + 1, n, self.form) for i in range(q)]
             if q == 2 and self.two_node != "exact":
-                w[1] = chi(1, h, self.form) / 2 if self.two_node == "midpoint" else h / 2
+                w[1] = g.chi(1, n, self.form) / 2 if self.two_node == "midpoint" else h / 2
             if q == 3 and self.half_second_difference:
                 w[2] = w[2] / 2
             V = r[:, None] ** torch.arange(q, dtype=torch.float64)[None, :]

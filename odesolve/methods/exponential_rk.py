@@ -20,7 +20,7 @@ from fractions import Fraction as Fr
 import torch
 
 from ..plan import LinComb
-from .base import Method, chi
+from .base import Method
 
 Row = tuple[tuple[Fr, ...], ...]  # per earlier stage j: coefficients of chi_1, chi_2, ...
 
@@ -49,9 +49,9 @@ class ExponentialRK(Method):
     def calls_per_step(self) -> int:
         return len(self.c)
 
-    def weights(self, row: Row, z) -> list:
-        """a_ij(z) of one row, as float64 tensors."""
-        return [sum(float(A) * chi(l + 1, z, self.form) for l, A in enumerate(coeffs)) for coeffs in row]
+    def weights(self, row: Row, g, n: int, c: float = 1.0) -> list:
+        """a_ij(c h_n) of one row, as float64 tensors."""
+        return [sum(float(A) * g.chi(l + 1, n, self.form, c) for l, A in enumerate(coeffs)) for coeffs in row]
 
     def _build(self, b, g, **options):
         if options:
@@ -77,11 +77,11 @@ class ExponentialRK(Method):
             lin = la_i if self.form == "noise" else ls_i
             base = g.log_alpha[n] if self.form == "noise" else g.log_sigma[n]
             scale = torch.exp(la_i) if self.form == "data" else -torch.exp(ls_i)
-            w = self.weights(row, ci * h)
+            w = self.weights(row, g, n, ci)
             X = start * torch.exp(lin - base) + LinComb({calls[j]: scale * w[j] for j in range(i)})
             calls.append(b.call(t_i, n, X))
             stages.append((calls[-1], g.lam[n] + ci * h))
-        w = self.weights(self.b, h)
+        w = self.weights(self.b, g, n)
         scale = g.scale(n + 1, self.form)
         b.update(start * g.ratio(n, n + 1, self.form) + LinComb({calls[j]: scale * w[j] for j in range(len(calls))}))
         return stages

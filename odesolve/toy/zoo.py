@@ -4,7 +4,7 @@
     model = zoo.load("digits")              # odesolve.Model: network + path + prediction
     images = zoo.data("digits")             # the training images, (1797, 1, 8, 8) in [-1, 1]
 
-``digits`` is a compact UNet (eps-prediction) trained on scikit-learn's 8x8 handwritten digits
+``digits`` is a compact residual MLP denoiser (eps-prediction) trained on scikit-learn's 8x8 handwritten digits
 (1797 images, 17 grey levels, scaled to [-1, 1]) on the DDPM linear-beta path
 ``VPDiscrete.from_schedule("linear", 1000)``; time is the timestep index, continuous in
 ``[-1, 999]`` (the network was trained at continuous times in ``[0, 999]``). It was trained by
@@ -33,7 +33,7 @@ from ..models import Model
 from ..paths import VPDiscrete
 
 __all__ = ["names", "load", "data", "labels", "reference_grid", "reference", "ReferenceAccuracyError",
-           "DigitsUNet", "DigitsClassifier", "digits_classifier", "frechet_distance"]
+           "DigitsNet", "DigitsClassifier", "digits_classifier", "frechet_distance"]
 
 _FILES = {"digits": "digits.pt"}
 
@@ -74,80 +74,59 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
-class _ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int, groups: int = 8):
+class _Block(nn.Module):
+    """Pre-norm residual MLP block with FiLM time conditioning: h + W2 silu(LN(W1 silu(LN h)) (1 + s) + b)."""
+
+    def __init__(self, hidden: int, emb: int):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.emb = nn.Linear(emb, 2 * cout)
-        self.norm2 = nn.GroupNorm(groups, cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.norm1 = nn.LayerNorm(hidden)
+        self.lin1 = nn.Linear(hidden, hidden)
+        self.film = nn.Linear(emb, 2 * hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.lin2 = nn.Linear(hidden, hidden)
+        nn.init.zeros_(self.lin2.weight)
+        nn.init.zeros_(self.lin2.bias)
 
-    def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(e)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
+    def forward(self, h: Tensor, e: Tensor) -> Tensor:
+        scale, shift = self.film(e).chunk(2, dim=1)
+        u = self.norm2(self.lin1(F.silu(self.norm1(h)))) * (1 + scale) + shift
+        return h + self.lin2(F.silu(u))
 
 
-class DigitsUNet(nn.Module):
-    """A compact UNet for 8x8 images: levels 8x8, 4x4, 2x2 with ``channels`` channels, ``blocks``
-    residual blocks per level (FiLM time conditioning, GroupNorm, SiLU), skip connections by
-    concatenation. ``forward(x, t)`` takes times in the path's time (timestep index)."""
+class DigitsNet(nn.Module):
+    """The ``digits`` denoiser: a residual MLP on the flattened image (64 pixels) with ``depth``
+    blocks of width ``hidden``, conditioned on the time by FiLM from a sinusoidal embedding.
 
-    def __init__(self, channels: tuple[int, ...] = (64, 96, 128), blocks: int = 2, emb: int = 128,
-                 in_channels: int = 1):
+    An MLP, not a UNet: on 8x8 images every pixel is within reach of every other, and on a CPU a
+    3x3 convolution at 8x8 runs at a small fraction of the speed of a matrix product (a (32, 64, 64)
+    UNet of 1M parameters trained 6 times slower per step than this net of 1.6M).
+    ``forward(x, t)`` takes ``x`` of shape ``(batch, *shape)`` and times in the path's time
+    (the timestep index); it runs in the dtype of its parameters.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (1, 8, 8), hidden: int = 384, depth: int = 4, emb: int = 128):
         super().__init__()
-        self.config = dict(channels=list(channels), blocks=blocks, emb=emb, in_channels=in_channels)
-        self.temb_dim = channels[0]
-        self.temb = nn.Sequential(nn.Linear(self.temb_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.inp = nn.Conv2d(in_channels, channels[0], 3, padding=1)
-        self.down = nn.ModuleList()
-        skips = [channels[0]]
-        c = channels[0]
-        for i, ch in enumerate(channels):
-            for _ in range(blocks):
-                self.down.append(_ResBlock(c, ch, emb))
-                c = ch
-                skips.append(c)
-            if i < len(channels) - 1:
-                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-                skips.append(c)
-        self.mid = nn.ModuleList([_ResBlock(c, c, emb), _ResBlock(c, c, emb)])
-        self.up = nn.ModuleList()
-        for i, ch in reversed(list(enumerate(channels))):
-            for _ in range(blocks + 1):
-                self.up.append(_ResBlock(c + skips.pop(), ch, emb))
-                c = ch
-            if i > 0:
-                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
-        self.out_norm = nn.GroupNorm(8, c)
-        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
+        self.shape = tuple(shape)
+        d = math.prod(self.shape)
+        self.temb_dim = emb
+        self.temb = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.inp = nn.Linear(d, hidden)
+        self.blocks = nn.ModuleList([_Block(hidden, emb) for _ in range(depth)])
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, d)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         dtype = self.inp.weight.dtype
-        x = x.to(dtype)
+        t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        e = self.temb(timestep_embedding(t, self.temb_dim).to(dtype))
-        h = self.inp(x)
-        hs = [h]
-        for layer in self.down:
-            h = layer(h, e) if isinstance(layer, _ResBlock) else layer(h)
-            hs.append(h)
-        for layer in self.mid:
-            h = layer(h, e)
-        for layer in self.up:
-            if isinstance(layer, _ResBlock):
-                h = layer(torch.cat([h, hs.pop()], dim=1), e)
-            else:
-                h = layer(h)
-        return self.out(F.silu(self.out_norm(h)))
+        e = F.silu(self.temb(timestep_embedding(t, self.temb_dim).to(dtype)))
+        h = self.inp(x.to(dtype).flatten(1))
+        for block in self.blocks:
+            h = block(h, e)
+        return self.out(F.silu(self.out_norm(h))).view(x.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +142,7 @@ def path_from_config(cfg: dict) -> VPDiscrete:
 def network(name: str = "digits", device=None, dtype: torch.dtype | None = None) -> nn.Module:
     """The bare network of ``name`` (eval mode, no gradients for its parameters)."""
     ck = _checkpoint(_check_name(name))
-    net = DigitsUNet(**ck["config"]["net"])
+    net = DigitsNet(**ck["config"]["net"])
     net.load_state_dict({k: v.to(torch.float32) for k, v in ck["state_dict"].items()})
     net.eval().requires_grad_(False)
     return net.to(device=device, dtype=dtype or torch.float32)

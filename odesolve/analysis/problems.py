@@ -1,0 +1,214 @@
+"""Exact reference problems for convergence studies.
+
+A :class:`Problem` is a distribution whose exact model is ``distribution.model(path, prediction)``
+(anything with that method: :class:`odesolve.toy.GaussianMixture`, a user's own), a path, the noise
+levels ``sigma_start > sigma_end`` between which the probability-flow ODE is integrated, float64
+starting states, and a reference: a callable ``reference(model, x, t_from, t_to) -> x_to`` (default:
+:func:`odesolve.toy.reference.solve`, DOP853 at rtol = atol = 1e-12, with its own error estimate) or
+the exact final states.
+
+Named problems (:func:`get`): the registry of :mod:`odesolve.toy.problems` when it provides the
+name, else the built-in ones below. Order studies stop at ``sigma_end > 0``: a step to sigma = 0
+takes a first-order limit in every method.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import paths as _paths
+from ..models import Model
+from ..paths import Path
+
+__all__ = ["Problem", "get", "as_problem", "BUILTIN"]
+
+
+@dataclass(eq=False)
+class Problem:
+    """See the module docstring. ``exact()`` is computed once and cached."""
+
+    name: str
+    distribution: object
+    path: Path
+    x: Tensor
+    sigma_start: float
+    sigma_end: float
+    reference: Callable | Tensor | None = None
+    _exact: Tensor | None = field(default=None, repr=False)
+    _reference_error: float = field(default=float("nan"), repr=False)
+
+    def __post_init__(self):
+        if not hasattr(self.distribution, "model"):
+            raise TypeError(f"distribution must have .model(path, prediction), got {type(self.distribution).__name__}")
+        if not isinstance(self.path, Path):
+            raise TypeError(f"path must be an odesolve.paths.Path, got {type(self.path).__name__}")
+        if not (math.isfinite(self.sigma_start) and self.sigma_start > self.sigma_end >= 0):
+            raise ValueError(f"sigma_start, sigma_end must satisfy inf > sigma_start > sigma_end >= 0, got "
+                             f"{self.sigma_start}, {self.sigma_end}")
+        x = torch.as_tensor(self.x)
+        if x.ndim < 1 or x.shape[0] < 1 or not bool(torch.isfinite(x).all()):
+            raise ValueError("x must be a finite (batch, ...) tensor of starting states")
+        self.x = x.to(torch.float64)
+        if isinstance(self.reference, Tensor):
+            if self.reference.shape != self.x.shape:
+                raise ValueError(f"reference states must have the shape of x {tuple(self.x.shape)}, got "
+                                 f"{tuple(self.reference.shape)}")
+            self._exact, self.reference = self.reference.to(torch.float64), None
+            self._reference_error = 0.0
+
+    def model(self, prediction: str = "x0") -> Model:
+        return self.distribution.model(self.path, prediction)
+
+    @property
+    def t_start(self) -> Tensor:
+        return self.path.t_of_noise_level(torch.tensor(self.sigma_start, dtype=torch.float64))
+
+    @property
+    def t_end(self) -> Tensor:
+        return self.path.t_of_noise_level(torch.tensor(self.sigma_end, dtype=torch.float64))
+
+    def exact(self) -> Tensor:
+        """The exact states at ``sigma_end`` (a reference solve, once)."""
+        if self._exact is None:
+            ref = self.reference or _default_reference()
+            out = ref(self.model("x0"), self.x, self.t_start, self.t_end)
+            if isinstance(out, tuple):
+                out, err = out
+                self._reference_error = float(torch.as_tensor(err).abs().max())
+            self._exact = torch.as_tensor(out).to(torch.float64)
+        return self._exact
+
+    @property
+    def reference_error(self) -> float:
+        """An estimate of the reference's own error (max abs), NaN when unknown."""
+        self.exact()
+        return self._reference_error
+
+    def error(self, x: Tensor) -> float:
+        """Root-mean-square error of final states ``x`` against the exact ones."""
+        d = torch.as_tensor(x).to(torch.float64) - self.exact()
+        return float(torch.sqrt(torch.mean(d * d)))
+
+
+def _default_reference():
+    try:
+        from ..toy import reference as toy_reference
+    except ImportError:  # pragma: no cover - odesolve.toy is part of the package
+        return _scipy_reference
+
+    def ref(model, x, t0, t1):
+        return toy_reference.solve(model, x, t0, t1, return_error=True)
+
+    return ref
+
+
+def _scipy_reference(model: Model, x: Tensor, t0, t1, rtol: float = 1e-12, atol: float = 1e-12):
+    """Fallback: DOP853 on y = x / sigma, dy/dlambda = e^lambda x0(sigma y) (finite lambda only)."""
+    from scipy.integrate import solve_ivp
+
+    path = model.path
+    l0, l1 = float(path.lambda_(torch.as_tensor(t0))), float(path.lambda_(torch.as_tensor(t1)))
+    if not (math.isfinite(l0) and math.isfinite(l1)):
+        raise ValueError("the fallback reference needs 0 < sigma at both ends")
+    shape = x.shape
+
+    def rhs(lam, y):
+        t = path.t_of_lambda(torch.tensor(lam, dtype=torch.float64))
+        s = float(path.sigma(t))
+        xx = torch.from_numpy(y).view(shape) * s
+        return (math.exp(lam) * model.x0(xx, t).to(torch.float64)).reshape(-1).numpy()
+
+    s0 = float(path.sigma(torch.as_tensor(t0)))
+    sol = solve_ivp(rhs, (l0, l1), (x / s0).reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"reference integration failed: {sol.message}")
+    s1 = float(path.sigma(torch.as_tensor(t1)))
+    return torch.from_numpy(sol.y[:, -1]).view(shape) * s1
+
+
+def _gmm(weights, means, covs):
+    from ..toy import GaussianMixture
+
+    return GaussianMixture(torch.tensor(weights, dtype=torch.float64), torch.tensor(means, dtype=torch.float64),
+                           torch.tensor(covs, dtype=torch.float64))
+
+
+def _mixture_2d():
+    c = lambda a, b, r: [[a * a, r * a * b], [r * a * b, b * b]]  # noqa: E731
+    return _gmm([0.45, 0.35, 0.2], [[-1.0, 0.4], [1.0, 0.8], [0.2, -1.0]],
+                [c(0.45, 0.3, 0.3), c(0.35, 0.5, -0.4), c(0.5, 0.35, 0.0)])
+
+
+def _mixture_1d():
+    return _gmm([0.6, 0.4], [[-0.8], [1.1]], [[[0.3**2]], [[0.45**2]]])
+
+
+def _gaussian_2d():
+    from ..toy import Gaussian
+
+    return Gaussian(torch.tensor([0.3, -0.5], dtype=torch.float64),
+                    torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64))
+
+
+def _flow_reference(dist):
+    def ref(model, x, t0, t1):
+        return dist.flow(x, t0, t1, model.path)
+    return ref
+
+
+BUILTIN = {
+    "gmm2d": ("a 2-D mixture of three correlated Gaussians", _mixture_2d),
+    "gmm1d": ("a 1-D mixture of two Gaussians", _mixture_1d),
+    "gaussian": ("a 2-D Gaussian (closed-form flow, no ODE solve)", _gaussian_2d),
+}
+
+
+def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05, n: int = 32,
+        seed: int = 0) -> Problem:
+    """A named problem with ``n`` starting states drawn from the exact marginal at ``sigma_start``."""
+    dist = None
+    try:
+        from ..toy import problems as toy_problems
+
+        getter = getattr(toy_problems, "get", None)
+        if getter is not None and name not in BUILTIN:
+            dist = getter(name)
+    except (ImportError, KeyError, ValueError):
+        dist = None
+    if dist is not None and isinstance(dist, Problem):
+        return dist
+    if dist is None:
+        if name not in BUILTIN:
+            raise ValueError(f"problem {name!r} is unknown; built-in problems: {sorted(BUILTIN)}")
+        dist = BUILTIN[name][1]()
+    return as_problem(dist, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed, name=name)
+
+
+def as_problem(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05,
+               x: Tensor | None = None, reference=None, n: int = 32, seed: int = 0, name: str | None = None) -> Problem:
+    """A :class:`Problem` from a name, a Problem, or anything with ``.model(path, prediction)`` (then
+    ``x`` defaults to ``n`` draws of its marginal at ``sigma_start`` when it has ``sample_marginal``,
+    and ``reference`` to the exact flow for distributions with ``flow`` or to the DOP853 reference)."""
+    if isinstance(problem, Problem):
+        return problem
+    if isinstance(problem, str):
+        return get(problem, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed)
+    if not hasattr(problem, "model"):
+        raise TypeError(f"problem must be a name ({sorted(BUILTIN)}), a Problem, or have .model(path, prediction); "
+                        f"got {type(problem).__name__}")
+    path = path or _paths.EDM()
+    t0 = path.t_of_noise_level(torch.tensor(sigma_start, dtype=torch.float64))
+    if x is None:
+        if not hasattr(problem, "sample_marginal"):
+            raise ValueError("x (the starting states) must be given for a distribution without sample_marginal")
+        g = torch.Generator().manual_seed(seed)
+        x = problem.sample_marginal(n, t0, path, generator=g)
+    if reference is None and hasattr(problem, "flow"):
+        reference = _flow_reference(problem)
+    return Problem(name or type(problem).__name__, problem, path, x, float(sigma_start), float(sigma_end), reference)
