@@ -10,6 +10,7 @@ are caught per step on CPU and at the end on other devices, naming the step eith
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -20,7 +21,7 @@ from .grids import Grid
 from .models import Model, conversion
 from .plan import Plan
 
-__all__ = ["sample", "execute", "NonFiniteError"]
+__all__ = ["sample", "execute", "Sampler", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -77,90 +78,169 @@ def execute(plan: Plan, model: Model, x: Shaped[Tensor, "batch *shape"], *, retu
     _check_inputs(plan, model, x)
     if plan.stochastic and generator is None:
         raise ValueError(f"generator: {plan.method!r} injects noise; pass a torch.Generator for reproducibility")
-    dev, shape = x.device, x.shape
-    wd = torch.promote_types(x.dtype, torch.float32)  # the state is accumulated in at least float32
-    K, W = plan.calls, plan.window
     differentiable = torch.is_grad_enabled() and (
         x.requires_grad or any(getattr(plan, n).requires_grad for n in
                                ("input_state", "input_hist", "update_state", "update_hist", "times")))
-    cast = lambda v: v.to(dev, wd)  # noqa: E731 - coefficients at the working precision, once
-    in_s, in_h, up_s, up_h, noise = map(cast, (plan.input_state, plan.input_hist, plan.update_state,
-                                               plan.update_hist, plan.update_noise))
-    cx, cf = (cast(v) for v in conversion(plan.path, model.prediction, plan.prediction, plan.times))
-    B, N = shape[0], x.numel()
-    # absolute ring slots: F_{k-j} lives in slot (k-j) % W, so the coefficient rows are permuted once
-    perm = (torch.arange(K)[:, None] - torch.arange(W)[None, :]) % W
-    in_rows = torch.zeros_like(in_h).scatter(1, perm.to(dev), in_h).unbind(0)
-    up_rows = torch.zeros_like(up_h).scatter(1, perm.to(dev), up_h).unbind(0)
-    # everything the loop reads, prepared once: static structure as Python values, times as views
-    plain_input = ((plan.input_state == 1) & (plan.input_hist == 0).all(1)).tolist()
-    has_update = ((plan.update_state != 1) | (plan.update_hist != 0).any(1) | (plan.update_noise != 0)).tolist()
-    has_noise = (plan.update_noise != 0).tolist()
-    identity_conv = model.prediction == plan.prediction
-    step_end = torch.cat([plan.step[1:] != plan.step[:-1], torch.tensor([True])]).tolist()
-    steps = plan.step.tolist()
-    t_rows = [t.expand(B) for t in plan.times.to(dev).unbind(0)]
-    if differentiable:  # coefficients stay tensors, buffers are replaced rather than written
-        in_s, up_s, cx, cf, noise = (v.unbind(0) for v in (in_s, up_s, cx, cf, noise))
-    else:  # plain numbers for the fused BLAS calls (read from the plan once, no arithmetic)
-        in_s, up_s, cx, cf, noise = (v.tolist() for v in (in_s, up_s, cx, cf, noise))
-    check_now = dev.type == "cpu"
-    first_bad = None if check_now else torch.full((), -1, dtype=torch.int64, device=dev)
-
-    s = x.to(wd).reshape(N).clone()
-    hist = torch.zeros((W, N), dtype=wd, device=dev)
-    traj = [x.to(wd)] if return_trajectory else None
-    bar = _progress(K, plan) if progress else None
-    for k in range(K):
-        if plain_input[k]:
-            X = s
-        elif differentiable:
-            X = torch.addcmul(torch.mv(hist.T, in_rows[k]), s, in_s[k])
-        else:
-            X = torch.mv(hist.T, in_rows[k]).add_(s, alpha=in_s[k])
-        out = model(X.view(shape), t_rows[k])
-        if check_now:
-            if not bool(torch.isfinite(out).all()):
-                _raise_nonfinite(plan, k)
-        else:
-            first_bad = torch.where(~torch.isfinite(out).all() & (first_bad < 0), k, first_bad)
-        out = out.reshape(N)
-        slot = k % W
-        if differentiable:
-            F = out.to(wd) if identity_conv else torch.addcmul(out.to(wd) * cf[k], X, cx[k])
-            hist = hist.index_put((torch.tensor([slot], device=dev),), F[None])
-        elif identity_conv:
-            hist[slot].copy_(out)
-        else:
-            torch.mul(out, cf[k], out=hist[slot])
-            hist[slot].add_(X, alpha=cx[k])
-        if has_update[k]:
-            if differentiable:
-                s = torch.addcmul(torch.mv(hist.T, up_rows[k]), s, up_s[k])
-            else:
-                s = torch.mv(hist.T, up_rows[k]).add_(s, alpha=up_s[k])
-            if has_noise[k]:
-                xi = torch.randn(N, generator=generator, device=dev, dtype=wd)
-                s = torch.add(s, xi, alpha=noise[k]) if not differentiable else torch.addcmul(s, xi, noise[k])
-        if step_end[k]:
-            if return_trajectory:
-                traj.append(s.view(shape))
-            if callback is not None:
-                cbx, cbf = conversion(plan.path, plan.prediction, "x0", plan.times[k:k + 1])
-                F = hist[slot].view(shape)
-                denoised = F if plan.prediction == "x0" else X.view(shape) * float(cbx) + F * float(cbf)
-                callback({"step": steps[k], "i": steps[k], "t": plan.grid.t[steps[k] + 1], "x": s.view(shape),
-                          "denoised": denoised})
+    program = _Program(plan, model, x.shape, x.device, x.dtype, differentiable, check_now=x.device.type == "cpu")
+    bar = _progress(plan.calls, plan) if progress else None
+    try:
+        out, traj, first_bad = program.run(x, generator, return_trajectory, callback, bar)
+    finally:
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     if first_bad is not None and int(first_bad) >= 0:
         _raise_nonfinite(plan, int(first_bad))
-    out = s.view(shape).to(x.dtype)
-    if return_trajectory:
-        return out, torch.stack(traj)
-    return out
+    return (out, traj) if return_trajectory else out
+
+
+class _Program:
+    """A plan prepared for one model, shape, device and dtype: every value the loop reads is
+    computed here, once."""
+
+    def __init__(self, plan: Plan, model: Model, shape, dev, dtype, differentiable: bool, check_now: bool):
+        self.plan, self.model, self.shape, self.dev, self.dtype = plan, model, shape, dev, dtype
+        self.differentiable, self.check_now = differentiable, check_now
+        self.wd = wd = torch.promote_types(dtype, torch.float32)  # state accumulated in at least float32
+        K, W = plan.calls, plan.window
+        cast = lambda v: v.to(dev, wd)  # noqa: E731 - coefficients at the working precision, once
+        in_s, in_h, up_s, up_h, noise = map(cast, (plan.input_state, plan.input_hist, plan.update_state,
+                                                   plan.update_hist, plan.update_noise))
+        cx, cf = (cast(v) for v in conversion(plan.path, model.prediction, plan.prediction, plan.times))
+        self.B, self.N = shape[0], math.prod(shape)
+        # absolute ring slots: F_{k-j} lives in slot (k-j) % W, so the coefficient rows are permuted once
+        perm = ((torch.arange(K)[:, None] - torch.arange(W)[None, :]) % W).to(dev)
+        self.in_rows = torch.zeros_like(in_h).scatter(1, perm, in_h).unbind(0)
+        self.up_rows = torch.zeros_like(up_h).scatter(1, perm, up_h).unbind(0)
+        # static structure as Python values, times as views
+        self.plain_input = ((plan.input_state == 1) & (plan.input_hist == 0).all(1)).tolist()
+        self.has_update = ((plan.update_state != 1) | (plan.update_hist != 0).any(1) | (plan.update_noise != 0)).tolist()
+        self.has_noise = (plan.update_noise != 0).tolist()
+        self.identity_conv = model.prediction == plan.prediction
+        self.step_end = torch.cat([plan.step[1:] != plan.step[:-1], torch.tensor([True])]).tolist()
+        self.steps = plan.step.tolist()
+        self.t_rows = [t.expand(self.B) for t in plan.times.to(dev).unbind(0)]
+        if differentiable:  # coefficients stay tensors, buffers are replaced rather than written
+            self.in_s, self.up_s, self.cx, self.cf, self.noise = (v.unbind(0) for v in (in_s, up_s, cx, cf, noise))
+        else:  # plain numbers for the BLAS calls (read from the plan once, no arithmetic)
+            self.in_s, self.up_s, self.cx, self.cf, self.noise = (v.tolist() for v in (in_s, up_s, cx, cf, noise))
+
+    def run(self, x, generator=None, return_trajectory=False, callback=None, bar=None):
+        """The loop. Returns (final state, trajectory or None, index of the first non-finite call
+        as a device tensor, or None when checked on the fly)."""
+        plan, model, shape, dev, wd, N = self.plan, self.model, self.shape, self.dev, self.wd, self.N
+        W = plan.window
+        first_bad = None if self.check_now else torch.full((), -1, dtype=torch.int64, device=dev)
+        s = x.to(wd).reshape(N).clone()
+        hist = torch.zeros((W, N), dtype=wd, device=dev)
+        traj = [x.to(wd)] if return_trajectory else None
+        for k in range(plan.calls):
+            if self.plain_input[k]:
+                X = s
+            elif self.differentiable:
+                X = torch.addcmul(torch.mv(hist.T, self.in_rows[k]), s, self.in_s[k])
+            else:
+                X = torch.mv(hist.T, self.in_rows[k]).add_(s, alpha=self.in_s[k])
+            out = model(X.view(shape), self.t_rows[k])
+            if self.check_now:
+                if not bool(torch.isfinite(out).all()):
+                    _raise_nonfinite(plan, k)
+            else:
+                first_bad = torch.where(~torch.isfinite(out).all() & (first_bad < 0), k, first_bad)
+            out = out.reshape(N)
+            slot = k % W
+            if self.differentiable:
+                F = out.to(wd) if self.identity_conv else torch.addcmul(out.to(wd) * self.cf[k], X, self.cx[k])
+                hist = hist.index_put((torch.tensor([slot], device=dev),), F[None])
+            elif self.identity_conv:
+                hist[slot].copy_(out)
+            else:
+                torch.mul(out, self.cf[k], out=hist[slot])
+                hist[slot].add_(X, alpha=self.cx[k])
+            if self.has_update[k]:
+                if self.differentiable:
+                    s = torch.addcmul(torch.mv(hist.T, self.up_rows[k]), s, self.up_s[k])
+                else:
+                    s = torch.mv(hist.T, self.up_rows[k]).add_(s, alpha=self.up_s[k])
+                if self.has_noise[k]:
+                    xi = torch.randn(N, generator=generator, device=dev, dtype=wd)
+                    s = torch.addcmul(s, xi, self.noise[k]) if self.differentiable else s.add_(xi, alpha=self.noise[k])
+            if self.step_end[k]:
+                if return_trajectory:
+                    traj.append(s.view(shape))
+                if callback is not None:
+                    i = self.steps[k]
+                    cbx, cbf = conversion(plan.path, plan.prediction, "x0", plan.times[k:k + 1])
+                    F = hist[slot].view(shape)
+                    denoised = F if plan.prediction == "x0" else X.view(shape) * float(cbx) + F * float(cbf)
+                    callback({"step": i, "i": i, "t": plan.grid.t[i + 1], "x": s.view(shape), "denoised": denoised})
+            if bar is not None:
+                bar.update(1)
+        out = s.view(shape).to(self.dtype)
+        return out, (torch.stack(traj) if return_trajectory else None), first_bad
+
+
+class Sampler:
+    """A plan prepared once for a model, a batch shape, a dtype and a device, and run many times.
+
+    ``capture="cuda-graph"`` records the whole sampling loop, model calls included, as one CUDA
+    graph on the first call and replays it afterwards (the loop has no host synchronisation: a
+    non-finite model output is recorded on the device and reported after the replay);
+    ``capture="compile"`` hands the loop to ``torch.compile``. Both need a deterministic plan and
+    a model that is itself capturable. ``capture=None`` runs the eager loop.
+    """
+
+    def __init__(self, model: Model, grid: Grid, method="dpmpp-2m", *, shape, dtype=torch.float32, device="cpu",
+                 capture: str | None = None, **options):
+        from . import methods
+
+        if capture not in (None, "compile", "cuda-graph"):
+            raise ValueError(f"capture must be None, 'compile' or 'cuda-graph', got {capture!r}")
+        device = torch.device(device)
+        if capture == "cuda-graph" and device.type != "cuda":
+            raise ValueError(f"capture='cuda-graph' needs a CUDA device, got device={device}")
+        m = methods.get(method) if isinstance(method, str) else method
+        self.plan = method if isinstance(method, Plan) else m.compile(grid.path, grid, **options)
+        if self.plan.stochastic:
+            raise ValueError(f"method: {self.plan.method!r} injects noise; Sampler runs deterministic plans only")
+        self.shape, self.dtype, self.device, self.capture = torch.Size(shape), dtype, device, capture
+        self.model = model
+        _check_inputs(self.plan, model, torch.zeros(self.shape, dtype=dtype, device=device))
+        self._program = _Program(self.plan, model, self.shape, device, dtype, False, check_now=capture is None)
+        self._graph = None
+        self._compiled = torch.compile(self._core) if capture == "compile" else None
+
+    def _core(self, x):
+        return self._program.run(x)[::2]  # (out, first_bad)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape != self.shape or x.dtype != self.dtype or x.device != self.device:
+            raise ValueError(f"x must have shape {tuple(self.shape)}, dtype {self.dtype} and device {self.device}; "
+                             f"got {tuple(x.shape)}, {x.dtype}, {x.device}")
+        if self.capture == "cuda-graph":
+            out, bad = self._replay(x)
+        elif self.capture == "compile":
+            out, bad = self._compiled(x)
+        else:
+            out, bad = self._core(x)
+        if bad is not None and int(bad) >= 0:
+            _raise_nonfinite(self.plan, int(bad))
+        return out
+
+    def _replay(self, x):
+        if self._graph is None:
+            self._static_in = x.clone()
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up outside the graph (allocator, lazy init)
+                self._core(self._static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._static_out = self._core(self._static_in)
+        self._static_in.copy_(x)
+        self._graph.replay()
+        out, bad = self._static_out
+        return out.clone(), bad
 
 
 def _raise_nonfinite(plan: Plan, k: int):

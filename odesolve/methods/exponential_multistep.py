@@ -164,6 +164,9 @@ def _family():
         tables.append(ExponentialMultistep(f"lms-{p}", order=min(p, 2), form="noise", nodes=p, variable="rho",
                                            paper="variable-step Adams-Bashforth in sigma/alpha on eps (k-diffusion "
                                                  "sample_lms; DEIS rhoAB)"))
+    tables.append(ExponentialMultistep("lms-4", order=2, form="noise", nodes=4, variable="rho",
+                                       paper="variable-step Adams-Bashforth in sigma/alpha on eps, 4 nodes "
+                                             "(k-diffusion sample_lms default order)"))
     return tables
 
 

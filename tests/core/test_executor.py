@@ -152,3 +152,26 @@ def test_point_mass_is_integrated_exactly_by_every_data_form_method():
         if ods.methods.get(name).form == "data":
             out = ods.sample(point.model(path), x, grid, method=name)
             assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12), name
+
+
+def test_sampler_runs_a_prepared_plan_many_times():
+    grid, x, model = _setup()
+    sampler = ods.Sampler(model, grid, "unipc-bh2-3", shape=x.shape, dtype=x.dtype)
+    for scale in (1.0, 0.5):
+        assert torch.equal(sampler(x * scale), ods.sample(model, x * scale, grid, method="unipc-bh2-3"))
+    with pytest.raises(ValueError, match="x must have shape"):
+        sampler(x[:2])
+    with pytest.raises(ValueError, match="capture"):
+        ods.Sampler(model, grid, "ddim", shape=x.shape, capture="graph")
+    with pytest.raises(ValueError, match="CUDA device"):
+        ods.Sampler(model, grid, "ddim", shape=x.shape, capture="cuda-graph")
+
+
+@pytest.mark.slow
+def test_sampler_compiled_with_torch_compile_matches_eager():
+    """torch.compile of the whole loop (CPU here: a C++ compiler builds it, so keep it short)."""
+    grid = G.karras(EDM, 2 if __import__("os").environ.get("ODESOLVE_FULL") != "1" else 10, sigma_max=5.0)
+    model = ods.Model(lambda x, t: torch.tanh(x) / (1 + t[:, None]), EDM, "x0")
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    sampler = ods.Sampler(model, grid, "dpmpp-2m", shape=x.shape, capture="compile")
+    assert torch.allclose(sampler(x), ods.sample(model, x, grid, method="dpmpp-2m"), rtol=1e-6, atol=1e-6)
