@@ -317,6 +317,12 @@ class EDM(Path):
     def noise_level(self, t):
         return as_time(t).clone()
 
+    def alpha(self, t):
+        return torch.ones_like(as_time(t))
+
+    def sigma(self, t):
+        return as_time(t).clone()
+
     def t_of_noise_level(self, rho):
         return as_time(rho, "sigmas").clone()
 
@@ -359,3 +365,10 @@ class FlowMatching(Path):
 
     def t_of_lambda(self, lam):
         return torch.sigmoid(-as_time(lam))  # alpha/sigma = e^lambda  =>  t = 1 / (1 + e^lambda)
+
+    # direct forms: exact at the ends, and their derivatives are finite there (exp(log 0) is not)
+    def alpha(self, t):
+        return 1 - as_time(t)
+
+    def sigma(self, t):
+        return as_time(t).clone()

@@ -116,10 +116,12 @@ class ExponentialMultistep(Method):
             q = min(self.nodes, len(hist))
             if lower_order_final:
                 q = min(q, 1 if n == N - 1 else 2 if n == N - 2 else q)
-            if g.singular(n) or q <= 1:
+            # a step to sigma = 0 is singular in lambda only: interpolation in t or rho stays regular there
+            singular = g.singular(n) and (self.variable == "lambda" or not g.sigma_zero(n + 1))
+            if singular or q <= 1:
                 up = g.ddim(n, k, self.form)
                 pred = LinComb({k: up[k]})
-                last = None if g.singular(n) else ([(k, pos_n)], pred)
+                last = None if singular else ([(k, pos_n)], pred)
             else:
                 nodes = hist[-q:][::-1]  # most recent first: the step start
                 w = self.weights(g, n, [p for _, p in nodes])
