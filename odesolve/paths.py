@@ -164,6 +164,14 @@ class VPCosine(Path):
     def log_sigma(self, t):
         return _log_sigma_vp(self.log_alpha(t))
 
+    def alpha(self, t):  # direct form: its derivative is finite at t = 1, where alpha = 0
+        t = as_time(t)
+        return torch.sin(0.5 * math.pi * (1 - t).clamp(max=1.0) / (1 + self.s)).clamp(max=self._c0()) / self._c0()
+
+    def sigma(self, t):
+        a = self.alpha(t)
+        return torch.sqrt((1 - a) * (1 + a))
+
     def t_of_lambda(self, lam):
         la = _log_alpha_vp_of_lambda(as_time(lam))
         # sin(pi/2 (1-t)/(1+s)) = alpha c0
@@ -231,7 +239,8 @@ class VPDiscrete(Path):
 
     def log_alpha(self, t):
         w, i = self._segment(t)
-        la0, la1 = self._log_a[i], self._log_a[i + 1]
+        table = self._log_a.to(w.device)
+        la0, la1 = table[i], table[i + 1]
         if not self.zero_terminal_snr:
             return la0 + w * (la1 - la0)
         last = i + 1 == self._log_a.numel() - 1
@@ -244,7 +253,7 @@ class VPDiscrete(Path):
 
     def t_of_lambda(self, lam):
         la = _log_alpha_vp_of_lambda(as_time(lam))  # decreasing table self._log_a, increasing in -la
-        neg = -self._log_a
+        neg = -self._log_a.to(la.device)
         finite = neg[torch.isfinite(neg)]
         idx = torch.searchsorted(finite.contiguous(), (-la).contiguous(), right=False).clamp(1, finite.numel() - 1)
         lo, hi = finite[idx - 1], finite[idx]

@@ -14,6 +14,7 @@ if "odesolve" not in sys.modules:
     with install_import_hook("odesolve", "beartype.beartype"):
         import odesolve  # noqa: F401
         import odesolve.methods  # noqa: F401
+        import odesolve.toy  # noqa: F401
 
 os.environ.setdefault("ODESOLVE_FULL", "0")
 # helpers shared by the core tests (pytest-markdown-docs imports test modules before pytest adds their folder)
