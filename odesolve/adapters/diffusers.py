@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -51,8 +51,16 @@ from ..models import Model, conversion
 from ..paths import EDM, FlowMatching, Path, VPDiscrete, rescale_betas_zero_snr
 from ..plan import Plan
 
-__all__ = ["path_from_config", "prediction_from_config", "family_of", "model_from_diffusers", "network_time",
-           "path_time", "grid_from_config", "OdesolveScheduler"]
+__all__ = [
+    "OdesolveScheduler",
+    "family_of",
+    "grid_from_config",
+    "model_from_diffusers",
+    "network_time",
+    "path_from_config",
+    "path_time",
+    "prediction_from_config",
+]
 
 _PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0", "flow_prediction": "velocity"}
 _SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -63,12 +71,20 @@ _SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 # ---------------------------------------------------------------------------------------------
 
 
+_FAMILY_KEYS = ("shift", "sigma_data")
+
+
 def _cfg(config) -> dict:
+    """The config as a dict, without the fields it holds only as its class's defaults (diffusers
+    drops those when a config moves to another scheduler class, so ``grid_from_config(cfg)`` is
+    the grid of ``OdesolveScheduler.from_config(cfg)``); ``shift`` and ``sigma_data`` are kept,
+    since they say which model family the config describes."""
     if hasattr(config, "config") and not isinstance(config, dict):
         config = config.config
     if not hasattr(config, "get"):
         raise TypeError(f"config must be a diffusers scheduler, its .config or a dict, got {type(config).__name__}")
-    return dict(config)
+    defaults = set(config.get("_use_default_values", None) or ()) - set(_FAMILY_KEYS)
+    return {k: v for k, v in dict(config).items() if k not in defaults and k != "_use_default_values"}
 
 
 def family_of(config) -> str:
@@ -214,16 +230,19 @@ def _check_device(network, x: Tensor):
                              f"move one of them (network.to({str(x.device)!r}) or x.to({str(p.device)!r}))")
 
 
-def model_from_diffusers(network: Callable, config, *, dtype: torch.dtype | None = None, clip_sample=None,
-                         thresholding=None, **network_kwargs) -> Model:
+def model_from_diffusers(network: Callable, config, *, dtype: torch.dtype | None = None, clip_sample: bool = False,
+                         thresholding: bool = False, path: Path | None = None, **network_kwargs) -> Model:
     """An :class:`odesolve.Model` for a diffusers network and the scheduler config it was trained with.
 
     ``network(sample, timestep, **network_kwargs)`` is called with the state (cast to ``dtype``
-    when given, e.g. ``torch.float16`` for a half-precision network with a float32 state) and the
+    when given, e.g. ``torch.float16`` for a half-precision network with a float32 state; by
+    default to the dtype of the network's parameters) and the
     network's timestep as float32 (:func:`network_time`); ``.sample`` (or the first element of a
     tuple) is its output. A network with a learned variance (twice the channels) gives its first
-    half. ``clip_sample`` / ``thresholding`` (default: from the config) clip the data prediction
-    as DDIM does, or apply dynamic thresholding (Saharia et al. 2022).
+    half. ``clip_sample=True`` clips the data prediction to ``config.clip_sample_range`` (as
+    DDIMScheduler does when its config says so), ``thresholding=True`` applies dynamic thresholding
+    with the config's ratio and maximum (Saharia et al. 2022); both are off by default, whatever
+    the config says, since the model is the network (OdesolveScheduler follows the config).
 
     A network on another device than the state is refused with an error naming both devices.
     """
@@ -231,14 +250,21 @@ def model_from_diffusers(network: Callable, config, *, dtype: torch.dtype | None
         raise TypeError(f"network must be callable as network(sample, timestep, ...), got {type(network).__name__}")
     cfg = _cfg(config)
     family = family_of(cfg)
-    path = path_from_config(cfg)
+    own = path_from_config(cfg)
+    if path is None:
+        path = own
+    elif type(path) is not type(own):
+        raise ValueError(f"path {path!r} does not describe the config's model ({own!r})")
     prediction = prediction_from_config(cfg)
-    clip = cfg.get("clip_sample", False) if clip_sample is None else clip_sample
-    thresh = cfg.get("thresholding", False) if thresholding is None else thresholding
+    clip, thresh = bool(clip_sample), bool(thresholding)
     T = float(cfg.get("num_train_timesteps", 1000))
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
         _check_device(network, x)
+        if dtype is None and isinstance(network, torch.nn.Module):  # the network's own dtype by default
+            p = next(network.parameters(), None)
+            if p is not None and p.is_floating_point() and x.dtype != p.dtype:
+                x = x.to(p.dtype)
         if family == "edm":
             c_skip, c_out, c_in = (v.to(x.device, torch.float32).view((-1,) + (1,) * (x.ndim - 1))
                                    for v in _edm_coefficients(cfg, t))
@@ -401,7 +427,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     warm up again from where sampling starts.
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]  # noqa: RUF012 - diffusers reads it as is
     order = 1
 
     @register_to_config
@@ -443,6 +469,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         sigma_data: float | None = None,
         sigma_schedule: str = "karras",
         rho: float = 7.0,
+        invert_sigmas: bool = False,
+        stochastic_sampling: bool = False,
         timestep_type: str = "discrete",
         interpolation_type: str = "linear",
         use_exponential_sigmas: bool = False,
@@ -463,6 +491,17 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._k = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """``ConfigMixin.from_config``, keeping the fields that tell a flow-matching (``shift``) or
+        EDM (``sigma_data``) config apart from a VP one even where they hold diffusers' defaults
+        (diffusers drops default-valued keys when converting between schedulers)."""
+        if config is not None and hasattr(config, "get"):
+            for key in _FAMILY_KEYS:
+                if key in config and key not in kwargs and config.get(key) is not None:
+                    kwargs[key] = config[key]
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- grid and plan ------------------------------------------------------------------------
     def _options(self, steps: int) -> dict:

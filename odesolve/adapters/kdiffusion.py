@@ -20,7 +20,7 @@ what k-diffusion's functions of the same name compute (see docs/interop.md for t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ from ..execute import execute
 from ..models import Model
 from ..paths import EDM
 
-__all__ = ["available", "sampler", "PATH"]
+__all__ = ["PATH", "available", "sampler"]
 
 PATH = EDM()  # k-diffusion's coordinates: alpha = 1, sigma = t
 

@@ -10,4 +10,4 @@ from .gaussian import Gaussian
 from .gmm import GaussianMixture
 from .lowrank import LowRankMixture
 
-__all__ = ["GaussianMixture", "LowRankMixture", "Gaussian", "reference", "metrics", "problems"]
+__all__ = ["Gaussian", "GaussianMixture", "LowRankMixture", "metrics", "problems", "reference"]

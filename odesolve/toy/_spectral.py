@@ -30,8 +30,10 @@ division by zero at ``sigma = 0`` (``eps_hat = 0``, ``x0_hat = x / alpha``) nor 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -39,7 +41,11 @@ from torch import Tensor
 from ..models import Model, Prediction, _check_prediction
 from ..paths import Path, as_time
 
-__all__ = ["SpectralMixture"]
+__all__ = ["ArrayLike", "SpectralMixture"]
+
+#: what constructors accept: a tensor, a numpy array or nested sequences of numbers (or of tensors);
+#: shapes and values are checked by the constructor, with errors naming the argument
+ArrayLike = Tensor | np.ndarray | Sequence | float
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -47,7 +53,11 @@ _LOG_2PI = math.log(2 * math.pi)
 def as_float64(value, name: str, device=None) -> Tensor:
     """``value`` as a float64 tensor; refuse non-numbers and non-finite entries, naming ``name``."""
     try:
-        out = torch.as_tensor(value, dtype=torch.float64, device=device)
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Tensor) for v in value):
+            out = torch.stack([v.to(torch.float64) for v in value])  # a list of tensors
+        else:
+            out = torch.as_tensor(value, dtype=torch.float64)
+        out = out.to(torch.float64) if device is None else out.to(device, torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
         raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from err
     if not bool(torch.isfinite(out).all()):
@@ -164,7 +174,7 @@ class SpectralMixture:
     def eigenvectors(self) -> Float[Tensor, "K dim r"]:
         return self._V
 
-    def to(self, device) -> "SpectralMixture":
+    def to(self, device) -> SpectralMixture:
         """The same mixture with its tensors on ``device``."""
         return self._from_spectral(*(v.to(device) for v in (self._weights, self._means, self._V, self._ev, self._floor)))
 
@@ -177,7 +187,7 @@ class SpectralMixture:
                                        V.permute(1, 0, 2).reshape(d, K * r))
         return self._cache[key]
 
-    def marginal(self, t, path: Path) -> "SpectralMixture":
+    def marginal(self, t, path: Path) -> SpectralMixture:
         """The law ``p_t`` of ``alpha x0 + sigma eps`` at one time ``t``, as a mixture of the same kind:
         means ``alpha mu_k``, eigenvalues ``alpha^2 ev + sigma^2``."""
         t = path.check_times(t, "t")
@@ -242,7 +252,7 @@ class SpectralMixture:
     def _combine(self, x: Tensor, st: _State, c_x0: Tensor, c_e: Tensor) -> Tensor:
         """``sum_k w_k [c_x0 mu_k + V_k diag(h) z_k + h_perp rp_k]``, ``h = (c_x0 a ev + c_e) / c``."""
         p = self._params(x.device)
-        K, d, r = p.V.shape
+        K, _, r = p.V.shape
         B = x.shape[0]
         w = softmax(st.logits)
         cx, ce = c_x0.view(B, 1, 1), c_e.view(B, 1, 1)

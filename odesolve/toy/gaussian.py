@@ -27,7 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..paths import Path
-from ._spectral import as_float64
+from ._spectral import ArrayLike, as_float64
 from .gmm import GaussianMixture
 
 __all__ = ["Gaussian", "ReverseSDEMarginal"]
@@ -49,7 +49,7 @@ class Gaussian(GaussianMixture):
         cov: (dim, dim) symmetric positive definite.
     """
 
-    def __init__(self, mean: Float[Tensor, " dim"], cov: Float[Tensor, "dim dim"]):
+    def __init__(self, mean: ArrayLike, cov: ArrayLike):
         mu = as_float64(mean, "mean")
         if mu.ndim != 1 or mu.numel() < 1:
             raise ValueError(f"mean must be a 1-D vector (dim,), got shape {tuple(mu.shape)}")

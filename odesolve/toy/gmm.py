@@ -10,10 +10,9 @@ prediction costs two matrix products, ``O(B K d^2)``, and no factorization per t
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from ._spectral import SpectralMixture, as_float64, check_weights
+from ._spectral import ArrayLike, SpectralMixture, as_float64, check_weights
 
 __all__ = ["GaussianMixture"]
 
@@ -48,7 +47,7 @@ class GaussianMixture(SpectralMixture):
         covs: (K, dim, dim) symmetric positive definite.
     """
 
-    def __init__(self, weights: Float[Tensor, " K"], means: Float[Tensor, "K dim"], covs: Float[Tensor, "K dim dim"]):
+    def __init__(self, weights: ArrayLike, means: ArrayLike, covs: ArrayLike):
         self._build(weights, means, covs, ("weights", "means", "covs"))
 
     def _build(self, weights, means, covs, names: tuple[str, str, str]):

@@ -12,10 +12,8 @@ the complement: the Woodbury form ``C_k^{-1} = (I - P_k diag(1 - c_perp / c) P_k
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
-from ._spectral import SpectralMixture, as_float64, check_weights
+from ._spectral import ArrayLike, SpectralMixture, as_float64, check_weights
 from .gmm import GaussianMixture
 
 __all__ = ["LowRankMixture"]
@@ -31,15 +29,14 @@ class LowRankMixture(SpectralMixture):
         noise: the floor standard deviation ``s > 0``, a number or (K,).
     """
 
-    def __init__(self, weights: Float[Tensor, " K"], means: Float[Tensor, "K dim"] | None,
-                 factors: Float[Tensor, "K dim r"], noise: float | Float[Tensor, " K"]):
+    def __init__(self, weights: ArrayLike, means: ArrayLike | None, factors: ArrayLike, noise: ArrayLike):
         w = check_weights(weights)
         K = w.numel()
         U = as_float64(factors, "factors")
         if U.ndim != 3 or U.shape[0] != K or U.shape[2] > U.shape[1] or U.shape[2] < 1:
             raise ValueError(f"factors must have shape (K, dim, r) with K = {K} (the number of weights) and "
                              f"1 <= r <= dim, got {tuple(U.shape)}")
-        _, d, r = U.shape
+        d = U.shape[1]
         mu = torch.zeros(K, d, dtype=torch.float64) if means is None else as_float64(means, "means")
         if mu.shape != (K, d):
             raise ValueError(f"means must have shape (K, dim) = ({K}, {d}), got {tuple(mu.shape)}")

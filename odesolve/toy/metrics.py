@@ -24,12 +24,12 @@ from torch import Tensor
 
 from ._spectral import SpectralMixture
 
-__all__ = ["EndpointError", "ModeCoverage", "endpoint_error", "nll", "sliced_w2", "mode_coverage"]
+__all__ = ["EndpointError", "ModeCoverage", "endpoint_error", "mode_coverage", "nll", "sliced_w2"]
 
 
 class EndpointError(NamedTuple):
     rmse: float  # sqrt(mean_i |x_i - x*_i|^2 / d)
-    median: float  # median_i |x_i - x*_i| / sqrt(d)
+    median: float  # median_i |x_i - x*_i| / sqrt(d) (the mean of the two middle values for even n)
     same_mode: float | None  # fraction of samples in the mode of their reference (None without a mixture)
 
 
@@ -45,7 +45,7 @@ def _flat(x, name: str) -> Tensor:
     return x.reshape(x.shape[0], -1).to(torch.float64)
 
 
-def endpoint_error(x: Float[Tensor, "n dim"], reference: Float[Tensor, "n dim"],
+def endpoint_error(x: Float[Tensor, " n *shape"], reference: Float[Tensor, " m *other"],
                    mixture: SpectralMixture | None = None) -> EndpointError:
     """Errors of samples ``x`` against reference end points from the same starting points."""
     a, b = _flat(x, "x"), _flat(reference, "reference")
@@ -55,7 +55,7 @@ def endpoint_error(x: Float[Tensor, "n dim"], reference: Float[Tensor, "n dim"],
     same = None
     if mixture is not None:
         same = (mixture.assign(a) == mixture.assign(b.to(a.device))).double().mean().item()
-    return EndpointError(per.mean().sqrt().item(), per.sqrt().median().item(), same)
+    return EndpointError(per.mean().sqrt().item(), per.sqrt().quantile(0.5).item(), same)
 
 
 def nll(x: Float[Tensor, "n dim"], mixture: SpectralMixture) -> float:

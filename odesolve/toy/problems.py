@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -47,7 +48,7 @@ class Problem:
     def dim(self) -> int:
         return self.distribution.dim
 
-    def with_path(self, path: Path) -> "Problem":
+    def with_path(self, path: Path) -> Problem:
         """The same problem under another path (the noise-level range is kept)."""
         if not isinstance(path, Path):
             raise TypeError(f"path must be an odesolve.paths.Path, got {type(path).__name__}")
@@ -94,7 +95,7 @@ def names() -> list[str]:
     return sorted(_FACTORIES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get(name: str) -> Problem:
     """The problem registered under ``name`` (built once)."""
     if name not in _FACTORIES:

@@ -46,6 +46,7 @@ tolerance itself), ``"warn"`` warns, ``"off"`` skips the second solve.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from typing import Literal
@@ -58,7 +59,7 @@ from torch import Tensor
 from ..models import Model
 from ..paths import as_time
 
-__all__ = ["solve", "trajectory", "ReferenceAccuracyError"]
+__all__ = ["ReferenceAccuracyError", "solve", "trajectory"]
 
 Backend = Literal["scipy", "torchdiffeq"]
 Check = Literal["raise", "warn", "off"]
@@ -80,7 +81,7 @@ class _Flow:
         self.model, self.path, self.shape, self.device = model, model.path, shape, device
         self.nfev = 0
 
-    def at(self, lam: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def at(self, lam) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(t, s, a, g)`` at a finite ``lambda`` (scalars, float64 on the device)."""
         lam_t = torch.as_tensor(lam, dtype=torch.float64).detach().cpu()  # path tables live on the CPU
         t = self.path.t_of_lambda(lam_t)
@@ -106,7 +107,7 @@ class _Flow:
 
     def end_tail(self, w: Tensor, L: float, to_inf: float) -> Tensor:
         """``w`` at ``lambda = to_inf`` (+inf or -inf) from ``w`` at the finite ``L``."""
-        t, s, a, g = self.at(L)
+        t, s, _, g = self.at(L)
         d = self.x0(s * w, t)
         if to_inf > 0:  # DDIM with h = inf: x / alpha = x0_hat
             return d
@@ -141,7 +142,7 @@ def _integrate(flow: _Flow, w: Tensor, l0: float, l1: float, rtol: float, atol: 
         lams = torch.tensor([l0, l1], dtype=torch.float64, device=flow.device)
         method = "dopri8" if method == "DOP853" else method
         out = odeint(lambda lam, y: flow.rhs(lam, y), w, lams, rtol=rtol, atol=atol, method=method,
-                     options=dict(norm=lambda u: u.abs().max()))
+                     options={"norm": lambda u: u.abs().max()})
         return out[-1]
     raise ValueError(f"backend must be 'scipy' or 'torchdiffeq', got {backend!r}")
 
@@ -149,11 +150,12 @@ def _integrate(flow: _Flow, w: Tensor, l0: float, l1: float, rtol: float, atol: 
 def _run(model: Model, x: Tensor, lam: list[float], rtol, atol, method, backend, cut) -> Tensor:
     """States (len(lam), *x.shape) in ``w = x / s`` coordinates."""
     flow = _Flow(model, x.shape, x.device)
+    cut = float(cut)
     finite = [v for v in lam if math.isfinite(v)]
     hi, lo = max([cut] + finite), min([-cut] + finite)
     w = x
     out = [w]
-    for l0, l1 in zip(lam[:-1], lam[1:]):
+    for l0, l1 in itertools.pairwise(lam):
         a0, a1 = (hi if v == math.inf else lo if v == -math.inf else v for v in (l0, l1))
         if l0 != l1 and not math.isfinite(l0):
             w = flow.start_tail(w, l0, a0)
@@ -164,7 +166,7 @@ def _run(model: Model, x: Tensor, lam: list[float], rtol, atol, method, backend,
     return torch.stack(out)
 
 
-def trajectory(model: Model, x: Float[Tensor, "batch *shape"], times, *, rtol: float = 1e-12, atol: float = 1e-12,
+def trajectory(model: Model, x: Float[Tensor, " batch *shape"], times, *, rtol: float = 1e-12, atol: float = 1e-12,
                method: str = "DOP853", backend: Backend = "scipy", check: Check = "raise",
                return_error: bool = False, cut: float = 20.0):
     """States of the PF-ODE of ``model`` at every time in ``times`` (strictly monotone, in the
@@ -182,6 +184,7 @@ def trajectory(model: Model, x: Float[Tensor, "batch *shape"], times, *, rtol: f
         raise ValueError(f"check must be 'raise', 'warn' or 'off', got {check!r}")
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"rtol and atol must be > 0, got {rtol}, {atol}")
+    rtol, atol = float(rtol), float(atol)
     if not cut > 0:
         raise ValueError(f"cut must be > 0, got {cut}")
     path = model.path
@@ -217,7 +220,7 @@ def trajectory(model: Model, x: Float[Tensor, "batch *shape"], times, *, rtol: f
     return (states, err) if return_error else states
 
 
-def solve(model: Model, x: Float[Tensor, "batch *shape"], t_from, t_to, *, rtol: float = 1e-12, atol: float = 1e-12,
+def solve(model: Model, x: Float[Tensor, " batch *shape"], t_from, t_to, *, rtol: float = 1e-12, atol: float = 1e-12,
           method: str = "DOP853", backend: Backend = "scipy", check: Check = "raise", return_error: bool = False,
           cut: float = 20.0):
     """The PF-ODE solution at ``t_to`` of ``model`` started from ``x`` at ``t_from`` (scalars, either

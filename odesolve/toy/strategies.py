@@ -14,6 +14,7 @@ Every random matrix is built from floats drawn by hypothesis (no hidden seeds), 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 from hypothesis import strategies as st
@@ -23,13 +24,31 @@ from .gaussian import Gaussian
 from .gmm import GaussianMixture
 from .lowrank import LowRankMixture
 
-__all__ = ["vectors", "orthogonal", "spd_matrices", "weights", "mixtures", "lowrank_mixtures", "gaussians",
-           "paths", "times", "noise_times", "grids"]
+__all__ = [
+    "gaussians",
+    "grids",
+    "lowrank_mixtures",
+    "mixtures",
+    "noise_times",
+    "orthogonal",
+    "paths",
+    "spd_matrices",
+    "times",
+    "vectors",
+    "weights",
+]
 
-_F = dict(allow_nan=False, allow_infinity=False)
+_F = {"allow_nan": False, "allow_infinity": False}
+Real = int | float  # hypothesis users pass ints for float bounds; runtime type checkers need both
 
 
-def vectors(n: int, lo: float = -1.0, hi: float = 1.0) -> st.SearchStrategy[torch.Tensor]:
+def _value(draw, value, default: st.SearchStrategy):
+    """``value`` itself, or drawn from it if it is a strategy; ``default`` (a strategy) when None."""
+    value = default if value is None else value
+    return draw(value) if isinstance(value, st.SearchStrategy) else value
+
+
+def vectors(n: int, lo: Real = -1.0, hi: Real = 1.0) -> st.SearchStrategy[torch.Tensor]:
     """float64 vectors of length ``n`` with entries in ``[lo, hi]``."""
     return st.lists(st.floats(lo, hi, **_F), min_size=n, max_size=n).map(
         lambda v: torch.tensor(v, dtype=torch.float64).reshape(n))
@@ -43,7 +62,7 @@ def orthogonal(d: int, cols: int | None = None) -> st.SearchStrategy[torch.Tenso
 
 
 @st.composite
-def spd_matrices(draw, d: int, condition: float = 100.0, scale: tuple[float, float] = (0.05, 2.0)):
+def spd_matrices(draw, d: int, condition: Real = 100.0, scale: tuple[Real, Real] = (0.05, 2.0)):
     """Symmetric positive definite ``d x d`` matrices ``Q diag(ev) Q^T``: the largest eigenvalue in
     ``scale`` (a range of variances) and condition number at most ``condition``."""
     top = draw(st.floats(*scale, **_F))
@@ -53,18 +72,18 @@ def spd_matrices(draw, d: int, condition: float = 100.0, scale: tuple[float, flo
     return (Q * ev) @ Q.T
 
 
-def weights(k: int, min_weight: float = 0.05) -> st.SearchStrategy[torch.Tensor]:
+def weights(k: int, min_weight: Real = 0.05) -> st.SearchStrategy[torch.Tensor]:
     """Probability vectors of length ``k`` with every entry at least ``min_weight / k``-ish."""
     return vectors(k, min_weight, 1.0).map(lambda w: w / w.sum())
 
 
 @st.composite
-def mixtures(draw, dims=st.integers(1, 4), components=st.integers(1, 4), condition: float = 100.0,
-             spread: float = 3.0) -> GaussianMixture:
+def mixtures(draw, dims=None, components=None, condition: Real = 100.0,
+             spread: Real = 3.0) -> GaussianMixture:
     """Random :class:`GaussianMixture`: ``dims`` and ``components`` are strategies (or ints), means
     in ``[-spread, spread]^d``, covariances from :func:`spd_matrices` with the given conditioning."""
-    d = draw(dims) if isinstance(dims, st.SearchStrategy) else dims
-    K = draw(components) if isinstance(components, st.SearchStrategy) else components
+    d = _value(draw, dims, st.integers(1, 4))
+    K = _value(draw, components, st.integers(1, 4))
     w = draw(weights(K))
     mu = torch.stack([draw(vectors(d, -spread, spread)) for _ in range(K)])
     covs = torch.stack([draw(spd_matrices(d, condition)) for _ in range(K)])
@@ -72,12 +91,12 @@ def mixtures(draw, dims=st.integers(1, 4), components=st.integers(1, 4), conditi
 
 
 @st.composite
-def lowrank_mixtures(draw, dims=st.integers(2, 24), components=st.integers(1, 4), ranks=st.integers(1, 3),
+def lowrank_mixtures(draw, dims=None, components=None, ranks=None,
                      orthonormal: bool | None = None) -> LowRankMixture:
     """Random :class:`LowRankMixture` with rank ``r < dim``; factors orthonormal-times-scales or general."""
-    d = draw(dims) if isinstance(dims, st.SearchStrategy) else dims
-    K = draw(components) if isinstance(components, st.SearchStrategy) else components
-    r = min(draw(ranks) if isinstance(ranks, st.SearchStrategy) else ranks, d - 1)
+    d = _value(draw, dims, st.integers(2, 24))
+    K = _value(draw, components, st.integers(1, 4))
+    r = min(_value(draw, ranks, st.integers(1, 3)), d - 1)
     ortho = draw(st.booleans()) if orthonormal is None else orthonormal
     w = draw(weights(K))
     mu = torch.stack([draw(vectors(d, -2.0, 2.0)) for _ in range(K)])
@@ -90,9 +109,31 @@ def lowrank_mixtures(draw, dims=st.integers(2, 24), components=st.integers(1, 4)
 
 
 @st.composite
-def gaussians(draw, dims=st.integers(1, 6), condition: float = 100.0) -> Gaussian:
-    d = draw(dims) if isinstance(dims, st.SearchStrategy) else dims
+def gaussians(draw, dims=None, condition: Real = 100.0) -> Gaussian:
+    """Random :class:`Gaussian` (``dims``: an int or a strategy, default 1 to 6)."""
+    d = _value(draw, dims, st.integers(1, 6))
     return Gaussian(draw(vectors(d, -2.0, 2.0)), draw(spd_matrices(d, condition)))
+
+
+def _keeping_random_state(build):
+    """``build`` with Python's ``random`` state restored afterwards (hypothesis refuses strategies that
+    touch it; runtime type checkers such as beartype sample container items with it)."""
+
+    def run(*args):
+        state = random.getstate()
+        try:
+            return build(*args)
+        finally:
+            random.setstate(state)
+
+    return run
+
+
+@_keeping_random_state
+def _vp_discrete(schedule: str, T: int, zero_snr: bool) -> Path:
+    """diffusers' schedules with T training steps, betas scaled so that the total noise matches T = 1000."""
+    return VP.discrete(schedule, num_train_timesteps=T, beta_start=1e-4 * 1000 / T, beta_end=0.02 * 1000 / T,
+                       rescale_zero_terminal_snr=zero_snr)
 
 
 def paths(kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow")) -> st.SearchStrategy[Path]:
@@ -101,11 +142,7 @@ def paths(kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "ed
         "vp-linear": st.builds(lambda b0, db: VP.linear(beta_min=b0, beta_max=b0 + db),
                                st.floats(0.01, 1.0, **_F), st.floats(5.0, 25.0, **_F)),
         "vp-cosine": st.builds(lambda s: VP.cosine(s=s), st.floats(0.001, 0.02, **_F)),
-        "vp-discrete": st.builds(lambda sched, T, zsnr: VP.discrete(sched, num_train_timesteps=T,
-                                                                      beta_start=1e-4 * 1000 / T,
-                                                                      beta_end=0.02 * 1000 / T,
-                                                                      rescale_zero_terminal_snr=zsnr),
-                                 st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]),
+        "vp-discrete": st.builds(_vp_discrete, st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]),
                                  st.integers(50, 1000), st.booleans()),
         "edm": st.just(EDM()),
         "ve": st.builds(lambda lo, ratio: VE(sigma_min=lo, sigma_max=lo * ratio),
@@ -118,7 +155,7 @@ def paths(kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "ed
     return st.one_of(*(options[k] for k in kinds))
 
 
-def noise_times(path: Path, lo: float = 1e-3, hi: float = 1e3) -> st.SearchStrategy[float]:
+def noise_times(path: Path, lo: Real = 1e-3, hi: Real = 1e3) -> st.SearchStrategy[float]:
     """Times of ``path`` whose noise level ``sigma/alpha`` is log-uniform in ``[lo, hi]`` (clipped to the path)."""
     return st.floats(math.log(lo), math.log(hi), **_F).map(
         lambda u: float(path.t_of_noise_level(torch.tensor(math.exp(u), dtype=torch.float64)).clamp(path.t_min, path.t_max)))
@@ -131,21 +168,23 @@ def times(path: Path) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def grids(draw, path: Path, steps=st.integers(2, 20), ratio: float = 2.0, sigma_max=(10.0, 100.0),
-          sigma_min=(1e-3, 1e-1), end_at_zero=st.booleans(), kind=st.sampled_from(["times", "sigmas"])):
+def grids(draw, path: Path, steps=None, ratio: Real = 2.0, sigma_max=(10.0, 100.0),
+          sigma_min=(1e-3, 1e-1), end_at_zero=None, kind=None):
     """Random non-uniform grids from :func:`odesolve.grids.from_times` or :func:`~odesolve.grids.from_sigmas`.
 
     The steps in ``lambda = -log(noise level)`` between ``sigma_max`` and ``sigma_min`` (clipped to
     the path) have consecutive ratios ``h_{i+1} / h_i`` in ``[1/ratio, ratio]``; with ``end_at_zero``
-    a last step to ``sigma = 0`` is appended.
+    a last step to ``sigma = 0`` is appended. ``steps`` (default 2 to 20), ``end_at_zero`` (default
+    either) and ``kind`` (``"times"`` or ``"sigmas"``, default either) are values or strategies.
     """
     from .. import grids as _grids  # imported lazily: the grids module is optional for this module
 
-    n = draw(steps) if isinstance(steps, st.SearchStrategy) else steps
-    zero = draw(end_at_zero) if isinstance(end_at_zero, st.SearchStrategy) else end_at_zero
-    how = draw(kind) if isinstance(kind, st.SearchStrategy) else kind
+    n = _value(draw, steps, st.integers(2, 20))
+    zero = _value(draw, end_at_zero, st.booleans())
+    how = _value(draw, kind, st.sampled_from(["times", "sigmas"]))
     lam_lo = float(path.lambda_(torch.tensor(path.t_max, dtype=torch.float64))) if math.isfinite(path.t_max) else -math.inf
     lam_hi = float(path.lambda_(torch.tensor(path.t_min, dtype=torch.float64)))
+    zero = zero and lam_hi == math.inf  # only where the path reaches sigma = 0 (not VE)
     top = max(-math.log(draw(st.floats(*sigma_max, **_F))), lam_lo)
     bottom = min(-math.log(draw(st.floats(*sigma_min, **_F))), lam_hi)
     if not bottom > top:

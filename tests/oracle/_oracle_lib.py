@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 import odesolve as ods
@@ -128,16 +129,20 @@ def level_ipndm(s, t):
 
 
 def run_diffusers(s, steps, x, level, *, coords="vp", prediction="epsilon", edm=False, set_kwargs=None,
-                  step_kwargs=None, calls=None):
+                  step_kwargs=None, calls=None, after_set=None, skip_last=False):
     """Run ``s`` like a pipeline from ``x`` (float64); the model is the exact denoiser at the noise
     level the scheduler itself uses for the call (``level(s, t) -> (alpha, sigma)``).
 
     coords="vp": the state is x_t; coords="kd": the state is x_t / alpha (k-diffusion's), and
-    the network input is scale_model_input(state)."""
+    the network input is scale_model_input(state). ``after_set(s)`` runs after set_timesteps (to
+    re-tabulate the scheduler in float64); ``skip_last`` stops before the last step."""
     s.set_timesteps(steps, **(set_kwargs or {}))
+    if after_set is not None:
+        after_set(s)
     x = x.clone()
     n = 0
-    for t in s.timesteps:
+    timesteps = s.timesteps[:-1] if skip_last else s.timesteps
+    for t in timesteps:
         a, sg = level(s, t)
         if edm:  # EDM preconditioning: denoised = c_skip x + c_out F
             rho = s.sigmas[_index(s)].double()
@@ -159,3 +164,44 @@ def run_diffusers(s, steps, x, level, *, coords="vp", prediction="epsilon", edm=
     if calls is not None:
         calls.append(n)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# reference solutions of the probability-flow ODE
+# ---------------------------------------------------------------------------------------------
+
+_MU, _V, _LW = MEANS.numpy(), VARS.numpy(), torch.log(WEIGHTS).numpy()
+
+
+def _x0_np(xb, rho):
+    """gmm_x0 in k-diffusion coordinates, numpy float64, for the ODE solver."""
+    c = _V + rho * rho  # (K,)
+    diff = xb[:, None, :] - _MU[None]  # (B, K, D)
+    logw = _LW[None] - 0.5 * D * np.log(c)[None] - 0.5 * (diff * diff).sum(-1) / c[None]
+    logw -= logw.max(1, keepdims=True)
+    w = np.exp(logw)
+    w /= w.sum(1, keepdims=True)
+    return (w[..., None] * (_MU[None] + (_V / c)[None, :, None] * diff)).sum(1)
+
+
+def reference_kd(xbar, rho0: float, rho1: float):
+    """The exact PF-ODE solution in k-diffusion coordinates: d xbar / d log rho = xbar - D(xbar, rho),
+    from noise level rho0 to rho1 > 0 (DOP853, rtol = atol = 1e-12, float64)."""
+    from scipy.integrate import solve_ivp
+
+    shape = tuple(xbar.shape)
+    y0 = xbar.detach().to(torch.float64).reshape(-1).numpy()
+
+    def f(s, y):
+        xb = y.reshape(shape)
+        return (xb - _x0_np(xb, math.exp(s))).reshape(-1)
+
+    sol = solve_ivp(f, (math.log(rho0), math.log(rho1)), y0, method="DOP853", rtol=1e-12, atol=1e-12)
+    return torch.from_numpy(sol.y[:, -1].reshape(shape).copy())
+
+
+def convergence_slope(ns, errors):
+    """Least-squares slope of log(error) against log(1/N)."""
+    ln = np.log(np.asarray(ns, dtype=np.float64))
+    le = np.log(np.asarray(errors, dtype=np.float64))
+    return float(-np.polyfit(ln, le, 1)[0])

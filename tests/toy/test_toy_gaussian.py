@@ -1,7 +1,6 @@
 """Gaussian: the closed-form PF-ODE flow and reverse-SDE law, checked against the ODE itself, a
 reference integration and a Monte Carlo Euler-Maruyama simulation."""
 
-import math
 
 import pytest
 import torch
@@ -21,27 +20,27 @@ def _x(gauss, t, path, n=5, seed=0):
 
 # -- the closed form against the reference integrator ------------------------------------------------
 
-CASES = [  # (path, t_from, t_to, prediction): ends at sigma = 0 and starts at alpha = 0 included
-    (EDM(), 80.0, 0.0, "x0"),
-    (VP.linear(), 1.0, 0.0, "eps"),
-    (VP.cosine(), 1.0, 0.0, "v"),  # alpha = 0 -> sigma = 0
-    (FlowMatching(), 1.0, 0.0, "velocity"),  # alpha = 0 -> sigma = 0
-    (VE(), 1.0, 0.0, "score"),
-    (VP.discrete(rescale_zero_terminal_snr=True), 999.0, -1.0, "eps"),  # alpha = 0 -> sigma = 0, discrete
-    (EDM(), 0.002, 80.0, "x0"),  # forward in time
+CASES = [  # (path, t_from, t_to, prediction, check): ends at sigma = 0 and starts at alpha = 0 included
+    (EDM(), 80.0, 0.0, "x0", "raise"),
+    (VP.linear(), 1.0, 0.0, "eps", "off"),
+    (VP.cosine(), 1.0, 0.0, "v", "raise"),  # alpha = 0 -> sigma = 0
+    (FlowMatching(), 1.0, 0.0, "velocity", "off"),  # alpha = 0 -> sigma = 0
+    (VE(), 1.0, 0.0, "score", "off"),
+    (VP.discrete(rescale_zero_terminal_snr=True), 999.0, -1.0, "eps", "off"),  # alpha = 0 -> sigma = 0
+    (EDM(), 0.002, 80.0, "x0", "off"),  # forward in time
 ]
 
 
-@pytest.mark.parametrize("path,t_from,t_to,prediction", CASES,
+@pytest.mark.parametrize("path,t_from,t_to,prediction,check", CASES,
                          ids=[f"{type(c[0]).__name__}-{c[1]}-{c[2]}-{c[3]}" for c in CASES])
-def test_flow_agrees_with_reference_solve(path, t_from, t_to, prediction):
+def test_flow_agrees_with_reference_solve(path, t_from, t_to, prediction, check):
     gauss = problems.get("gaussian").distribution  # 8-D, eigenvalues from 0.01 to 1
     x = _x(gauss, t_from, path, n=6)
-    ref, err = reference.solve(gauss.model(path, prediction), x, t_from, t_to, return_error=True)
+    ref, err = reference.solve(gauss.model(path, prediction), x, t_from, t_to, return_error=True, check=check)
     exact = gauss.flow(x, t_from, t_to, path)
     scale = max(1.0, exact.abs().max().item())
     assert (ref - exact).abs().max() <= 1e-9 * scale
-    assert err.max() <= 1e-7 * scale  # the self-check's estimate is small too
+    assert err.max() <= 1e-7 * scale  # the self-check's estimate is small too (0 when off)
 
 
 @settings(max_examples=40, deadline=None)
@@ -78,13 +77,12 @@ def test_flow_solves_the_pf_ode(gauss, path, data):
 def test_flow_limits_are_exact():
     gauss = problems.get("gaussian").distribution
     x = _x(gauss, 1.0, VP.cosine())
-    # from alpha = 0: x_t = alpha_t mu + C_t^{1/2} x / sigma_1, and to sigma = 0: alpha mu + alpha Sigma^{1/2} ...
+    # from alpha = 0 (sigma_1 = 1) to sigma = 0 (alpha_0 = 1): x_0 = mu + Sigma^{1/2} x_1
     end = gauss.flow(x, 1.0, 0.0, VP.cosine())
     Q, ev = gauss.eigenvectors[0], gauss.eigenvalues[0]
     expected = gauss.mean + ((x @ Q) * ev.sqrt()) @ Q.T  # sigma_1 = 1, C_0 = Sigma
     assert torch.allclose(end, expected, atol=1e-13)
-    assert torch.equal(gauss.flow(x, 0.3, 0.3, VP.cosine()), x) or \
-        torch.allclose(gauss.flow(x, 0.3, 0.3, VP.cosine()), x, atol=1e-14)
+    assert torch.allclose(gauss.flow(x, 0.3, 0.3, VP.cosine()), x, atol=1e-14)
 
 
 # -- the reverse SDE ----------------------------------------------------------------------------------
@@ -104,7 +102,7 @@ def test_reverse_sde_law_preserves_the_marginals(gauss, path, data):
     a_s = path.alpha(torch.tensor(s, dtype=F64)).item()
     law0 = gauss.reverse_sde_marginal(a_s * gauss.mean[None] + base, s, t, path)
     M = (gauss.reverse_sde_marginal(a_s * gauss.mean[None] + eye, s, t, path).mean - law0.mean).T
-    C = lambda tt: gauss.marginal(tt, path).covs[0]  # noqa: E731
+    C = lambda tt: gauss.marginal(tt, path).covs[0]
     lhs = M @ C(s) @ M.T + law0.cov
     assert torch.isfinite(lhs).all()
     assert (lhs - C(t)).abs().max() <= 1e-10 * (1 + C(t).abs().max())
@@ -137,28 +135,31 @@ def test_reverse_sde_limits():
 def test_reverse_sde_marginal_by_euler_maruyama(path, s, t):
     """Euler-Maruyama for dx = [f x - g^2 score] dt + g dW backwards from s to t, f = (log alpha)',
     g^2 = (sigma^2)' - 2 f sigma^2, n paths from one start point: mean and covariance match the
-    closed form within 5 Monte Carlo standard errors plus the EM weak error, O(dt) = 2e-3 here."""
+    closed form within 5 Monte Carlo standard errors plus the EM weak error: measured (400k paths)
+    at about 0.6 / steps on both paths, halving when the steps double (weak order 1); we allow 1.5 / steps.
+    A wrong law fails by far: the ODE's mean factor sqrt(c_t / c_s) instead of alpha_s c_t / (alpha_t c_s)
+    moves the mean by ~0.1, twenty times the tolerance."""
     gauss = Gaussian([0.5, -1.0], [[0.8, 0.3], [0.3, 0.5]])
-    n, steps = 20000, 1000
+    n, steps = 20000, 400
     g = torch.Generator().manual_seed(11)
     x0 = torch.tensor([[1.0, 0.5]], dtype=F64) * path.sigma(torch.tensor(s, dtype=F64))
     law = gauss.reverse_sde_marginal(x0, s, t, path)
     x = x0.expand(n, 2).clone()
     grid = torch.linspace(s, t, steps + 1, dtype=F64)
-    for t0, t1 in zip(grid[:-1], grid[1:]):
-        tt = t0.expand(1)
-        a, sg = path.alpha(tt), path.sigma(tt)
-        da, ds = path.derivatives(tt)
-        f = da / a
-        g2 = 2 * sg * ds - 2 * f * sg * sg
-        dt = (t0 - t1).item()  # > 0: time runs backwards
-        drift = f * x - g2 * gauss.score(x, t0, path)
-        x = x - drift * dt + torch.sqrt(g2 * dt) * torch.randn(n, 2, dtype=F64, generator=g)
+    a, sg = path.alpha(grid[:-1]), path.sigma(grid[:-1])
+    da, ds = path.derivatives(grid[:-1])
+    f = da / a
+    g2 = 2 * sg * ds - 2 * f * sg * sg
+    dt = grid[:-1] - grid[1:]  # > 0: time runs backwards
+    noise = torch.sqrt(g2 * dt)
+    for i in range(steps):
+        drift = f[i] * x - g2[i] * gauss.score(x, grid[i], path)
+        x = x - drift * dt[i] + noise[i] * torch.randn(n, 2, dtype=F64, generator=g)
     cov = law.cov
     se_mean = (cov.diagonal() / n).sqrt()
-    bias = 2e-3 * (1 + law.mean.abs().max())
+    bias = 1.5 / steps
     assert ((x.mean(0) - law.mean[0]).abs() <= 5 * se_mean + bias).all()
     se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
-    assert ((torch.cov(x.T) - cov).abs() <= 5 * se_cov + 2e-3 * cov.abs().max()).all()
+    assert ((torch.cov(x.T) - cov).abs() <= 5 * se_cov + bias).all()
     # and it is not the ODE: the SDE law has a non-degenerate covariance
     assert cov.diagonal().min() > 10 * se_cov.max()

@@ -1,0 +1,131 @@
+"""odesolve.adapters.kdiffusion: k-diffusion style functions generated from the registry.
+
+They must equal odesolve.sample on the EDM path, and -- where k-diffusion implements the same
+update -- k-diffusion's own sample_* functions. k-diffusion's package imports heavy optional
+dependencies at import time, so only its ``sampling.py`` is loaded, by path, with a stub for
+``utils.append_dims`` (skipped where k-diffusion or torchsde is not installed).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from _adapters_lib import gmm_x0, rel
+
+import odesolve as ods
+from odesolve.adapters import kdiffusion as kd
+from odesolve.methods import ExponentialMultistep
+
+SIGMAS = torch.cat([ods.grids.karras(ods.paths.EDM(), 11, 0.02, 60.0, to_zero=False).sigmas,
+                    torch.zeros(1, dtype=torch.float64)])  # Karras ramp to 0.02, then a step to 0
+
+
+def denoiser(x, sigma, scale=1.0):
+    return gmm_x0(x, 1.0, sigma.double().reshape(-1)[0]).to(x.dtype) * scale
+
+
+def _x(seed=0):
+    return torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * 60.0
+
+
+def test_one_function_per_registered_method():
+    names = kd.available()
+    assert len(names) == len(ods.methods.names())
+    for name in ods.methods.names():
+        f = getattr(kd, "sample_" + name.replace("-", "_"))
+        assert callable(f) and f.__name__ == "sample_" + name.replace("-", "_")
+    assert "sample_dpmpp_2m" in dir(kd)
+    with pytest.raises(AttributeError, match="available"):
+        kd.sample_no_such_method  # noqa: B018
+
+
+@pytest.mark.parametrize("name", ods.methods.names())
+def test_generated_function_equals_odesolve_sample(name):
+    x = _x()
+    got = getattr(kd, "sample_" + name.replace("-", "_"))(denoiser, x, SIGMAS, extra_args={"scale": 1.0})
+    model = ods.Model(lambda xx, t: denoiser(xx, t), ods.paths.EDM(), "x0")
+    want = ods.sample(model, x, ods.grids.from_sigmas(ods.paths.EDM(), SIGMAS), method=name)
+    assert torch.isfinite(got).all()
+    assert rel(got, want) <= 1e-12
+
+
+def test_callback_and_options():
+    seen = []
+    x = _x(1)
+    kd.sample_heun(denoiser, x, SIGMAS, callback=seen.append)
+    assert [c["i"] for c in seen] == list(range(len(SIGMAS) - 1))
+    assert set(seen[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
+    assert torch.equal(seen[0]["x"], x) and float(seen[0]["sigma"]) == pytest.approx(60.0)
+    assert rel(seen[0]["denoised"], denoiser(x, SIGMAS[:1])) <= 1e-12  # the prediction at sigma_i
+    # options go to compile
+    a = kd.sample_dpmpp_3m(denoiser, x, SIGMAS[:-1], lower_order_final=True)
+    b = kd.sample_dpmpp_3m(denoiser, x, SIGMAS[:-1])
+    assert rel(a, b) > 1e-6
+
+
+@pytest.fixture(scope="module")
+def K():
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("k-diffusion is not installed")
+    pytest.importorskip("torchsde")
+    pytest.importorskip("torchdiffeq")
+    pkg = types.ModuleType("_kdiffusion_isolated")
+    pkg.__path__ = []
+    utils = types.ModuleType("_kdiffusion_isolated.utils")
+    utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
+    sys.modules.setdefault(pkg.__name__, pkg)
+    sys.modules.setdefault(utils.__name__, utils)
+    path = Path(spec.submodule_search_locations[0]) / "sampling.py"
+    s = importlib.util.spec_from_file_location("_kdiffusion_isolated.sampling", path)
+    mod = importlib.util.module_from_spec(s)
+    sys.modules[s.name] = mod
+    s.loader.exec_module(mod)
+    return mod
+
+
+# k-diffusion's "3M SDE" with eta = 0 is the published 3M (half D2 weight) with a Taylor 2-node warm-up
+KD_3M = ExponentialMultistep("kdiffusion-3m", order=2, form="data", nodes=3, half_second_difference=True)
+
+
+@pytest.mark.parametrize("kname, ours, kwargs", [
+    ("sample_euler", "euler", {}),
+    ("sample_heun", "heun", {}),
+    ("sample_dpmpp_2m", "dpmpp-2m", {}),
+    ("sample_dpm_2", "dpm-solver-2", {}),
+    ("sample_dpmpp_2s_ancestral", "dpmpp-2s", {"eta": 0.0}),
+    ("sample_dpmpp_sde", "dpmpp-2s", {"eta": 0.0}),
+    ("sample_dpmpp_2m_sde", "dpmpp-2m", {"eta": 0.0}),
+    ("sample_dpmpp_2m_sde", "dpmpp-2m-taylor", {"eta": 0.0, "solver_type": "heun"}),
+    ("sample_dpmpp_3m_sde", KD_3M, {"eta": 0.0}),
+])
+def test_k_diffusion_samplers(K, kname, ours, kwargs):
+    x = _x(2)
+    theirs = getattr(K, kname)(denoiser, x, SIGMAS, disable=True, **kwargs)
+    if isinstance(ours, str):
+        got = getattr(kd, "sample_" + ours.replace("-", "_"))(denoiser, x, SIGMAS)
+    else:
+        got = ods.sample(ods.Model(lambda xx, t: denoiser(xx, t), kd.PATH, "x0"), x,
+                         ods.grids.from_sigmas(kd.PATH, SIGMAS), method=ours)
+    assert rel(got, theirs) <= 1e-12
+
+
+def test_k_diffusion_3m_differs_from_dpmpp_3m_only_in_the_warm_up_step(K):
+    x = _x(3)
+    theirs = K.sample_dpmpp_3m_sde(denoiser, x, SIGMAS, disable=True, eta=0.0)
+    diff = rel(kd.sample_dpmpp_3m(denoiser, x, SIGMAS), theirs)
+    assert 1e-8 < diff < 1e-2  # the second step: midpoint (diffusers) vs Taylor (k-diffusion) weight
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
+def test_k_diffusion_lms(K, order):
+    """k-diffusion's LMS (Lagrange in sigma, scipy quadrature) is lms-N, including its full-order step to 0."""
+    x = _x(4)
+    theirs = K.sample_lms(denoiser, x, SIGMAS, disable=True, order=order)
+    got = getattr(kd, f"sample_lms_{order}")(denoiser, x, SIGMAS)
+    assert rel(got, theirs) <= 1e-9

@@ -1,0 +1,255 @@
+"""OdesolveScheduler: a diffusers scheduler backed by a compiled plan.
+
+It must give the images diffusers' own scheduler gives for the same method (within 1e-4) in a
+pipeline with a tiny random UNet on CPU in float32, and equal odesolve.sample with the network
+wrapped by model_from_diffusers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _adapters_lib import diffusers, gmm_x0, loop, rel, tiny_unet
+
+import odesolve as ods
+from odesolve.adapters.diffusers import OdesolveScheduler, grid_from_config, model_from_diffusers
+
+# the random UNet's noise prediction is not consistent with its input, so an eps-model's data
+# prediction is huge and the pipeline's images saturate; v- and x0-prediction keep them in (0, 1)
+PREDICTIONS = ["v_prediction", "sample"]
+
+
+def _pipe(prediction, **kw):
+    pipe = diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=diffusers.DDPMScheduler(prediction_type=prediction, **kw))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _images(pipe, scheduler, steps, seed=0):
+    pipe.scheduler = scheduler
+    with torch.no_grad():
+        return pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
+                    output_type="pt").images
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("method, make, steps", [
+    ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), 8),
+    ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), 16),  # lower_order_final off
+    ("dpmpp-3m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=3), 10),
+    ("dpmpp-2m-taylor", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_type="heun"), 10),
+    ("ddim", lambda c: diffusers.DDIMScheduler.from_config(c, timestep_spacing="trailing", clip_sample=False), 10),
+])
+def test_ddpm_pipeline_same_images_as_diffusers(prediction, method, make, steps):
+    pipe = _pipe(prediction)
+    cfg = pipe.scheduler.config
+    extra = {"timestep_spacing": "trailing"} if method == "ddim" else {}
+    ours = _images(pipe, OdesolveScheduler.from_config(cfg, method=method, **extra), steps)
+    theirs = _images(pipe, make(cfg), steps)
+    assert 0.05 < float(ours.mean()) < 0.95 and float(ours.std()) > 0.01  # not saturated
+    assert float((ours - theirs).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("method, make, cfg_kw", [
+    ("unipc-bh2-3", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_order=3), {}),
+    ("unipc-bh1-2", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_type="bh1",
+                                                                            final_sigmas_type="sigma_min"),
+     {"final_sigmas_type": "sigma_min"}),
+    ("unip-bh2-2", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, disable_corrector=list(range(99))), {}),
+    ("plms", lambda c: diffusers.PNDMScheduler.from_config(c, skip_prk_steps=True), None),
+])
+def test_manual_loop_same_result_as_diffusers(method, make, cfg_kw):
+    """UniPC's and PNDM's step() take no generator, so DDPMPipeline cannot run them; a pipeline's loop.
+    (PNDM with v-prediction combines raw v outputs across steps: docs/diffusers-differences.md.)"""
+    cfg = diffusers.DDPMScheduler(prediction_type="epsilon" if method == "plms" else "v_prediction").config
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    if method == "plms":  # PNDM's grid: leading spacing with T // N, then the end at alphas_cumprod[0]
+        theirs_s = make(cfg)
+        theirs = loop(theirs_s, unet, x, 10)
+        ts = torch.tensor(theirs_s._timesteps[::-1].astype(float).tolist() + [0.0], dtype=torch.float64)
+        ours_s = OdesolveScheduler.from_config(cfg, method="plms", final_sigmas_type="sigma_min")
+        ours = loop(ours_s, unet, x, None, timesteps=ts[:-1].tolist())
+    else:
+        ours = loop(OdesolveScheduler.from_config(cfg, method=method, lower_order_final_max_steps=None, **cfg_kw),
+                    unet, x, 10)
+        theirs = loop(make(cfg), unet, x, 10)
+    assert rel(ours, theirs) <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["dpmpp-2m", "unipc-bh2-3", "heun", "dpm-solver-3", "dpmpp-3m-corrected", "plms"])
+def test_scheduler_equals_odesolve_sample(method):
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    s = OdesolveScheduler.from_config(cfg, method=method)
+    ours = loop(s, unet, x, 6)
+    assert len(s.timesteps) == s.plan.calls  # one timestep per model call
+    model = model_from_diffusers(unet, cfg)
+    assert model.path is s.path
+    with torch.no_grad():
+        want = ods.sample(model, x, s.grid, method=method, **s._options(6))
+    assert rel(ours, want) <= 1e-5
+
+
+def test_timesteps_one_per_model_call_and_order():
+    cfg = diffusers.DDPMScheduler().config
+    for method, calls in (("heun", 2 * 10 - 1), ("dpm-solver-3", 3 * 10 - 2), ("dpmpp-3m-corrected", 11),
+                          ("plms", 11), ("dpmpp-2m", 10)):
+        s = OdesolveScheduler.from_config(cfg, method=method)
+        s.set_timesteps(10)
+        assert len(s.timesteps) == calls, method
+        assert s.order == ods.methods.get(method).calls_per_step
+        assert s.timesteps.dtype == torch.float32 and float(s.timesteps[0]) == 999.0
+
+
+def test_euler_and_heun_match_k_diffusion_style_schedulers():
+    """EulerDiscrete / HeunDiscrete run in k-diffusion coordinates (init_noise_sigma, scale_model_input);
+    OdesolveScheduler runs in the model's own coordinates: the final samples agree. (The betas are
+    passed explicitly: HeunDiscreteScheduler's defaults differ from DDPM's, and diffusers does not
+    carry default-valued fields from one scheduler class to another.)"""
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", beta_schedule="linear", beta_start=1e-4,
+                                  beta_end=0.02).config
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    for method, cls in (("euler", diffusers.EulerDiscreteScheduler), ("heun", diffusers.HeunDiscreteScheduler)):
+        theirs_s = cls.from_config(cfg)
+        theirs = loop(theirs_s, unet, x, 10, scale_input=True)
+        sig = theirs_s.sigmas[[0] + list(range(1, len(theirs_s.sigmas), 2 if method == "heun" else 1))].double()
+        ours = loop(OdesolveScheduler.from_config(cfg, method=method), unet, x, None, scale_input=True,
+                    sigmas=sig[:-1].tolist())
+        assert rel(ours, theirs) <= 1e-4, method
+
+
+def test_clip_sample_matches_ddim_with_clipped_model_output():
+    """DDIMScheduler clips x0 but, by default, keeps the unclipped noise in its update; clipping on the
+    model side (odesolve) equals DDIM with use_clipped_model_output=True."""
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", clip_sample=True).config
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    ddim = diffusers.DDIMScheduler.from_config(cfg, timestep_spacing="trailing")
+    ddim.set_timesteps(10)
+    xx = x.clone()
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            xx = ddim.step(unet(xx, t).sample, t, xx, use_clipped_model_output=True).prev_sample
+    ours = loop(OdesolveScheduler.from_config(cfg, method="ddim", timestep_spacing="trailing"), unet, x, 10)
+    assert float(ours.abs().max()) <= 1.0 + 1e-6
+    assert rel(ours, xx) <= 1e-4
+
+
+def test_pipeline_scheduler_swap_and_config_round_trip(tmp_path):
+    pipe = _pipe("v_prediction")
+    pipe.scheduler = OdesolveScheduler.from_config(pipe.scheduler.config, method="unipc-bh2-3")
+    a = _images(pipe, pipe.scheduler, 7)
+    pipe.scheduler.save_pretrained(tmp_path)
+    loaded = OdesolveScheduler.from_pretrained(tmp_path)
+    assert loaded.config.method == "unipc-bh2-3" and loaded.config.prediction_type == "v_prediction"
+    b = _images(pipe, loaded, 7)
+    assert torch.equal(a, b)
+    # diffusers' own schedulers load the saved config back
+    assert diffusers.DPMSolverMultistepScheduler.from_config(loaded.config).config.prediction_type == "v_prediction"
+
+
+def test_add_noise_and_init_noise_sigma():
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config)
+    ref = diffusers.DDPMScheduler()
+    x0, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    t = torch.tensor([999, 500, 0])
+    assert rel(s.add_noise(x0, noise, t), ref.add_noise(x0, noise, t)) <= 1e-5
+    s.set_timesteps(10)
+    assert s.init_noise_sigma == pytest.approx(1.0)
+    edm = OdesolveScheduler.from_config(diffusers.EDMEulerScheduler().config, method="euler")
+    edm.set_timesteps(10)
+    assert edm.init_noise_sigma == pytest.approx(math.sqrt(80.0**2 + 1))
+
+
+def _img2img(scheduler, unet, init, noise, steps, strength):
+    """diffusers' img2img: start at step int(N * strength) from the end, noised with add_noise."""
+    scheduler.set_timesteps(steps)
+    init_t = min(int(steps * strength), steps)
+    t_start = max(steps - init_t, 0)
+    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    x = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
+    with torch.no_grad():
+        for t in timesteps:
+            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    return x, t_start
+
+
+@pytest.mark.parametrize("method, theirs", [
+    ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c)),
+    ("unipc-bh2-3", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_order=3)),
+    ("heun", None), ("dpm-solver-3", None),
+])
+def test_img2img_strength(method, theirs):
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    g = torch.Generator().manual_seed(5)
+    init, noise = torch.randn(2, 3, 8, 8, generator=g).clamp(-1, 1), torch.randn(2, 3, 8, 8, generator=g)
+    s = OdesolveScheduler.from_config(cfg, method=method, lower_order_final_max_steps=None)
+    ours, t_start = _img2img(s, unet, init, noise, 10, 0.6)
+    assert s.plan.grid.steps == 10 - t_start  # recompiled from where sampling starts
+    if theirs is not None:
+        want, _ = _img2img(theirs(cfg), unet, init, noise, 10, 0.6)
+        assert rel(ours, want) <= 1e-4
+    # and it is odesolve.sample on the grid from that step on
+    full = grid_from_config(cfg, 10, path=s.path)
+    sub = ods.Grid(s.path, full.t[t_start:])
+    x = s.add_noise(init, noise, torch.tensor([float(full.t[t_start])] * 2))
+    with torch.no_grad():
+        want = ods.sample(model_from_diffusers(unet, cfg), x, sub, method=method, **s._options(10))
+    assert rel(ours, want) <= 1e-5
+
+
+def test_img2img_refused_for_methods_with_a_warm_up_call():
+    cfg = diffusers.DDPMScheduler().config
+    s = OdesolveScheduler.from_config(cfg, method="plms")
+    s.set_timesteps(10)
+    s.set_begin_index(5)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="warm-up|mid-way"):
+        s.step(torch.zeros_like(x), s.timesteps[5], x)
+
+
+def test_unknown_method_is_refused_with_suggestions():
+    with pytest.raises(ValueError, match="dpmpp-2m"):
+        OdesolveScheduler(method="dpmpp2m")
+
+
+def test_flow_matching_scheduler_equals_flowmatch_euler():
+    """FlowMatchEulerDiscreteScheduler is DDIM on the flow path (x = (1-t) x0 + t eps), started at
+    alpha = 0; odesolve's ddim takes that first step in its exact limit."""
+    cfg = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0).config
+
+    def velocity(x, t):  # the exact velocity (eps - x0) of the Gaussian mixture
+        tt = t.double().reshape(-1)[0] / 1000.0
+        x0 = gmm_x0(x, 1 - tt, tt)
+        return ((x.double() - x0) / tt).to(x.dtype) if tt > 0 else (x - x0).to(x.dtype)
+
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    theirs = loop(diffusers.FlowMatchEulerDiscreteScheduler.from_config(cfg), velocity, x, 12)
+    s = OdesolveScheduler.from_config(cfg, method="ddim")
+    ours = loop(s, velocity, x, 12)
+    assert isinstance(s.path, ods.paths.FlowMatching) and float(s.grid.t[0]) == 1.0
+    assert rel(ours, theirs) <= 1e-5
+
+
+def test_edm_scheduler_equals_edm_euler():
+    cfg = diffusers.EDMEulerScheduler().config
+
+    def net(x_in, c_noise):  # the EDM-preconditioned network of the exact denoiser
+        sigma = torch.exp(4 * c_noise.double().reshape(-1)[0])
+        sd = 0.5
+        x = x_in.double() * torch.sqrt(sigma**2 + sd**2)
+        c_skip, c_out = sd**2 / (sigma**2 + sd**2), sigma * sd / torch.sqrt(sigma**2 + sd**2)
+        return ((gmm_x0(x, 1.0, sigma) - c_skip * x) / c_out).to(x_in.dtype)
+
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    theirs = loop(diffusers.EDMEulerScheduler.from_config(cfg), net, x, 12, scale_input=True)
+    ours = loop(OdesolveScheduler.from_config(cfg, method="euler"), net, x, 12, scale_input=True)
+    assert rel(ours, theirs) <= 1e-5
