@@ -228,6 +228,11 @@ class VPDiscrete(Path):
         return cls(betas)
 
     @property
+    def breakpoints(self) -> Tensor:
+        """The integer times, where the interpolated schedule has kinks."""
+        return torch.arange(-1.0, self.t_max + 1.0, dtype=torch.float64)
+
+    @property
     def alphas_cumprod(self) -> Tensor:
         return torch.exp(2 * self._log_a[1:])
 

@@ -20,7 +20,8 @@ integral is sum_i w_i Delta_i with w_i = i! chi_{i+1}(h) (chi in ``base``): expo
 formula is redone with that output as an extra node at r = 1, at no extra model call.
 
 Interpolating in t or rho instead (DEIS tAB / rhoAB, Zhang & Chen 2023; k-diffusion's LMS)
-gives weights int l_m(u(rho)) d rho, computed by 32-point Gauss-Legendre quadrature in rho.
+gives weights int l_m(u(rho)) d rho, computed by 32-point Gauss-Legendre quadrature in rho, split
+at the path's ``breakpoints`` (the integer times of a discrete schedule, where t(rho) has kinks).
 """
 
 from __future__ import annotations
@@ -82,14 +83,21 @@ class ExponentialMultistep(Method):
             return list(g.scale(n + 1, self.form) * c)
         # noise form, Lagrange in u = t or rho, integrated over rho by Gauss-Legendre quadrature
         rho0, rho1 = torch.exp(g.log_sigma[n] - g.log_alpha[n]), torch.exp(g.log_sigma[n + 1] - g.log_alpha[n + 1])
-        rho = 0.5 * (rho0 + rho1) + 0.5 * (rho1 - rho0) * _GL_X
+        edges = torch.stack([rho0, rho1])
+        kinks = getattr(g.path, "breakpoints", None)
+        if self.variable == "t" and kinks is not None:  # t(rho) is only piecewise smooth: split there
+            inner = kinks[(kinks < g.t[n]) & (kinks > g.t[n + 1])]
+            edges = torch.cat([rho0[None], g.path.noise_level(inner.flip(0)), rho1[None]])
+        a, b = edges[:-1, None], edges[1:, None]
+        rho = (0.5 * (a + b) + 0.5 * (b - a) * _GL_X).flatten()
+        quad = (0.5 * (b - a) * _GL_W).flatten()
         u = rho if self.variable == "rho" else g.path.t_of_noise_level(rho)
         nodes = torch.stack(pos)
         out = []
         for m in range(q):
             others = torch.cat([nodes[:m], nodes[m + 1:]])
             ell = torch.prod((u[:, None] - others[None, :]) / (nodes[m] - others)[None, :], dim=1)
-            out.append(0.5 * (rho1 - rho0) * torch.sum(_GL_W * ell) * torch.exp(g.log_alpha[n + 1]))
+            out.append(torch.sum(quad * ell) * torch.exp(g.log_alpha[n + 1]))
         return out
 
     def _build(self, b, g, lower_order_final: bool = False):
@@ -166,6 +174,10 @@ def _family():
         tables.append(ExponentialMultistep(f"lms-{p}", order=min(p, 2), form="noise", nodes=p, variable="rho",
                                            paper="variable-step Adams-Bashforth in sigma/alpha on eps (k-diffusion "
                                                  "sample_lms; DEIS rhoAB)"))
+    for p in (2, 3):
+        tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=2, form="noise", nodes=p,
+                                           paper="diffusers' DEISMultistepScheduler (algorithm 'deis', log-rho): "
+                                                 "Lagrange in lambda = -log rho, exact weights, noise form"))
     tables.append(ExponentialMultistep("lms-4", order=2, form="noise", nodes=4, variable="rho",
                                        paper="variable-step Adams-Bashforth in sigma/alpha on eps, 4 nodes "
                                              "(k-diffusion sample_lms default order)"))
