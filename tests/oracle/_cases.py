@@ -42,7 +42,7 @@ import diffusers as d
 # diffusers DEISMultistepScheduler ("logrho"): Lagrange in log rho = -lambda, integrated d rho exactly,
 # i.e. the noise-form exponential Adams method with exact weights. For 2 nodes it is also
 # DPMSolverMultistepScheduler(algorithm_type="dpmsolver", solver_type="heun").
-DEIS_LOGRHO = {q: ExponentialMultistep(f"deis-logrho-{q}", order=min(q, 2), form="noise", nodes=q) for q in (1, 2, 3)}
+DEIS_LOGRHO = {1: "dpm-solver-1", 2: "deis-logrho-2", 3: "deis-logrho-3"}  # registered since
 # DPMSolverMultistepScheduler(solver_order=3, solver_type="heun"): 3M whose 2-node warm-up step
 # uses the Taylor weight (= k-diffusion's sample_dpmpp_3m_sde with eta = 0)
 DPMPP_3M_TAYLOR_WARMUP = ExponentialMultistep("dpmpp-3m-taylor-warmup", order=2, form="data", nodes=3,
