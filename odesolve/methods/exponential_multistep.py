@@ -174,8 +174,8 @@ def _family():
         tables.append(ExponentialMultistep(f"lms-{p}", order=min(p, 2), form="noise", nodes=p, variable="rho",
                                            paper="variable-step Adams-Bashforth in sigma/alpha on eps (k-diffusion "
                                                  "sample_lms; DEIS rhoAB)"))
-    for p in (2, 3):
-        tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=2, form="noise", nodes=p,
+    for p in (1, 2, 3):
+        tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=min(p, 2), form="noise", nodes=p,
                                            paper="diffusers' DEISMultistepScheduler (algorithm 'deis', log-rho): "
                                                  "Lagrange in lambda = -log rho, exact weights, noise form"))
     tables.append(ExponentialMultistep("lms-4", order=2, form="noise", nodes=4, variable="rho",

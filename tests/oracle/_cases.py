@@ -8,7 +8,7 @@ float64 tensors holding the same values; no code is replaced), which shows that 
 difference of the shipped scheduler comes from its float32 tables. Schedulers that cast the
 sample to float32 inside ``step`` (DPMSolverMultistep, Euler, EDMEuler) have no ``f64`` variant.
 
-``make_report.py`` prints the table of docs/diffusers-differences.md from these cases.
+``scripts/oracle_report.py`` prints the table of docs/diffusers-differences.md from these cases.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import diffusers as d
 # diffusers DEISMultistepScheduler ("logrho"): Lagrange in log rho = -lambda, integrated d rho exactly,
 # i.e. the noise-form exponential Adams method with exact weights. For 2 nodes it is also
 # DPMSolverMultistepScheduler(algorithm_type="dpmsolver", solver_type="heun").
-DEIS_LOGRHO = {1: "dpm-solver-1", 2: "deis-logrho-2", 3: "deis-logrho-3"}  # registered since
+DEIS_LOGRHO = {q: f"deis-logrho-{q}" for q in (1, 2, 3)}  # registered names
 # DPMSolverMultistepScheduler(solver_order=3, solver_type="heun"): 3M whose 2-node warm-up step
 # uses the Taylor weight (= k-diffusion's sample_dpmpp_3m_sde with eta = 0)
 DPMPP_3M_TAYLOR_WARMUP = ExponentialMultistep("dpmpp-3m-taylor-warmup", order=2, form="data", nodes=3,

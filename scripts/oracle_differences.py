@@ -1,11 +1,11 @@
-"""Print the numbers quoted in docs/diffusers-differences.md: ``python tests/oracle/make_differences.py``."""
+"""Print the numbers quoted in docs/diffusers-differences.md: ``python scripts/oracle_differences.py``."""
 
 import math
 import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "oracle"))
 warnings.filterwarnings("ignore")
 
 import torch

@@ -1,4 +1,4 @@
-"""Print the scheduler table of docs/diffusers-differences.md: ``python tests/oracle/make_report.py``.
+"""Print the scheduler table of docs/diffusers-differences.md: ``python scripts/oracle_report.py``.
 
 For every case of ``_cases.CASES``: the diffusers scheduler and config, the odesolve method it
 equals, and the largest relative difference of the final samples, as shipped and with the
@@ -9,7 +9,7 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "oracle"))
 
 import torch
 
