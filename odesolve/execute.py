@@ -12,7 +12,7 @@ are caught per step on CPU and at the end on other devices, naming the step eith
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Shaped

@@ -19,7 +19,8 @@ so conversions are two float64 coefficients per time, computed once for a whole 
 
 from __future__ import annotations
 
-from typing import Callable, Literal, get_args
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float, Shaped

@@ -1,2 +1,100 @@
-"""Theory tooling (provisional init)."""
-from .numeric import numeric_order, polynomial_errors, step_exactness
+"""Theory tooling for odesolve's methods and plans: order, stability, truncation error, reports.
+
+Everything works on compiled plans (or on tables, compiled for you), so a new method is analysed by
+being registered:
+
+- order, derived numerically: :func:`numeric_order` (polynomial-in-time and linear test models pushed
+  through the plan on refinement families; the warm-up rule ``min(p_int + 1, p_b + 2)``),
+  :func:`polynomial_errors`, :func:`step_exactness`; and symbolically: :func:`derive` (closed-form
+  exponential Adams coefficients, Hochbruck-Ostermann stiff order conditions of exponential RK
+  tables, Butcher trees, linear multistep conditions); :func:`order` picks one;
+- order, measured: :func:`convergence` and :func:`assert_order` on exact problems
+  (:mod:`~odesolve.analysis.problems`) along grid families (:mod:`~odesolve.analysis.families`);
+- linear stability: :func:`step_matrices`, :func:`amplification`, :func:`stability_function`,
+  :func:`stability_region`, :func:`boundary_locus`, :func:`stability_interval`, and classifier-free
+  guidance: :func:`guidance_mu`, :func:`guidance_stability`; classical tables in :mod:`~odesolve.analysis.lmm`;
+- truncation error: :func:`local_errors` (exact history; Lady Windermere's fan);
+- figures: :mod:`~odesolve.analysis.plots` (matplotlib imported on use);
+- the ``odesolve report`` command: :func:`run_report` (:mod:`~odesolve.analysis.report`).
+"""
+
+from . import families, lmm, plots, problems
+from .convergence import ConvergenceResult, assert_order, convergence, steps_for_nfe
+from .families import Family
+from .lmm import LinearMultistep, adams_bashforth, adams_moulton
+from .numeric import OrderResult, numeric_order, polynomial_errors, step_exactness
+from .problems import Problem
+from .stability import (
+    GuidanceStability,
+    StabilityRegion,
+    amplification,
+    boundary_locus,
+    guidance_mu,
+    guidance_stability,
+    plan_transfer,
+    spectral_radius,
+    stability_function,
+    stability_interval,
+    stability_region,
+    step_matrices,
+    uniform_grid,
+)
+from .symbolic import SymbolicLimitError, derive
+from .truncation import LocalErrors, local_errors
+
+__all__ = [
+    "ConvergenceResult",
+    "Family",
+    "GuidanceStability",
+    "LinearMultistep",
+    "LocalErrors",
+    "OrderResult",
+    "Problem",
+    "StabilityRegion",
+    "SymbolicLimitError",
+    "adams_bashforth",
+    "adams_moulton",
+    "amplification",
+    "assert_order",
+    "boundary_locus",
+    "convergence",
+    "derive",
+    "families",
+    "guidance_mu",
+    "guidance_stability",
+    "lmm",
+    "local_errors",
+    "numeric_order",
+    "order",
+    "plan_transfer",
+    "plots",
+    "polynomial_errors",
+    "problems",
+    "run_report",
+    "spectral_radius",
+    "stability_function",
+    "stability_interval",
+    "stability_region",
+    "step_exactness",
+    "step_matrices",
+    "steps_for_nfe",
+    "uniform_grid",
+]
+
+
+def order(method, *, symbolic: bool = True) -> int:
+    """The derived global order of ``method`` (a name or a table): from :func:`derive` when the table
+    has a closed form (fast, exact), else from :func:`numeric_order`."""
+    if symbolic:
+        try:
+            return derive(method).order
+        except (SymbolicLimitError, TypeError):
+            pass
+    return numeric_order(method).order
+
+
+def run_report(*args, **kwargs):
+    """See :func:`odesolve.analysis.report.run_report` (imported on use: it pulls in tqdm)."""
+    from .report import run_report as _run
+
+    return _run(*args, **kwargs)

@@ -3,6 +3,7 @@ pre-asymptotic points dropped (shared by the numeric order and the convergence s
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ def fit_slope(x, err, *, floor: float = 0.0, tol: float = 0.3, min_points: int =
     # stagnation at the fine end: the floor reached above `floor`
     while len(good) > min_points and ls(good[-2], good[-1]) < 0.5 and ls(good[-3], good[-2]) >= 0.5:
         floor_drop.append(good.pop())
-    local = tuple(ls(a, b) for a, b in zip(good[:-1], good[1:]))
+    local = tuple(ls(a, b) for a, b in itertools.pairwise(good))
     if len(good) < 2:
         return Fit(float("nan"), float("nan"), tuple(good), tuple(sorted(floor_drop)), (), local)
     ref = local[-1]

@@ -15,9 +15,10 @@ mean of a stochastic plan).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,8 +30,16 @@ from ..plan import Plan
 
 Variable = Literal["lambda", "rho", "t"]
 
-__all__ = ["Variable", "interpolation_variable", "PlanStructure", "structure", "as_method", "compile_cached",
-           "grid_from_lambdas", "check_plan"]
+__all__ = [
+    "PlanStructure",
+    "Variable",
+    "as_method",
+    "check_plan",
+    "compile_cached",
+    "grid_from_lambdas",
+    "interpolation_variable",
+    "structure",
+]
 
 
 def as_method(method):
@@ -78,9 +87,9 @@ class PlanStructure:
     @cached_property
     def rows(self):
         p = self.plan
-        f = lambda v: v.detach().cpu().to(torch.float64).numpy()  # noqa: E731
-        return dict(in_s=f(p.input_state), in_h=f(p.input_hist), up_s=f(p.update_state), up_h=f(p.update_hist),
-                    times=f(p.times))
+        f = lambda v: v.detach().cpu().to(torch.float64).numpy()
+        return {"in_s": f(p.input_state), "in_h": f(p.input_hist), "up_s": f(p.update_state), "up_h": f(p.update_hist),
+                    "times": f(p.times)}
 
     @cached_property
     def steps(self) -> list[tuple[int, int]]:

@@ -17,8 +17,8 @@ The indices of both are returned, so a test can see what was fitted. Grid famili
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +28,9 @@ from ..grids import Grid
 from . import families as _families
 from ._fit import fit_slope
 from ._plan import as_method, compile_cached
-from .problems import Problem, as_problem
+from .problems import as_problem
 
-__all__ = ["ConvergenceResult", "convergence", "assert_order", "steps_for_nfe"]
+__all__ = ["ConvergenceResult", "assert_order", "convergence", "steps_for_nfe"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -74,12 +74,13 @@ class ConvergenceResult:
 def steps_for_nfe(method, nfe: int) -> int:
     """The number of grid steps that spends about ``nfe`` model calls (at least 1)."""
     m = as_method(method)
-    return max(1, int(round(nfe / m.calls_per_step)))
+    return max(1, round(nfe / m.calls_per_step))
 
 
-def convergence(method, problem="gmm2d", grids="karras", nfe: Sequence[int] = (16, 32, 64, 128), *,
+def convergence(method: object, problem: object = "gmm2d", grids: object = "karras",
+                nfe: Sequence[int] = (16, 32, 64, 128), *,
                 steps: Sequence[int] | None = None, options: dict | None = None, tol: float = 0.3,
-                floor: float | None = None, **problem_kw) -> ConvergenceResult:
+                floor: float | None = None, **problem_kw: object) -> ConvergenceResult:
     """Run ``method`` on ``problem`` along a grid family and fit the order.
 
     Args:

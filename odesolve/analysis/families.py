@@ -9,13 +9,20 @@ order to measure). Four kinds:
 - ``"smooth"``: ``lambda_i = lambda_a + L phi(i/N)`` with a random smooth increasing ``phi``
   (``phi(x) = x + sum_k a_k sin(k pi x) / (k pi)``, k = 1, 2, ``0.1 <= sum |a_k| <= 0.3``): step ratios
   ``1 + O(1/N)``, the grids on which equal-step coefficients (iPNDM, PLMS) keep their order;
-- ``"random"``: arbitrary step ratios at every resolution: the step widths (before normalising to
-  the interval) repeat a random pattern of four widths, uniform in [0.4, 1.6] (for N not a multiple
-  of 4 the last four steps are the whole pattern). Neighbouring steps have ratios up to 4 however
-  fine the grid; the first and the last steps have the same neighbours for every N, so warm-up and
-  final-step errors shrink exactly like powers of 1/N; and the error of the periodic interior is a
-  smooth function of N, so fitted slopes carry no sampling noise (a grid with i.i.d. random steps
-  converges too, but its slopes fluctuate from one N to the next).
+- ``"random"``: arbitrary step ratios at every resolution (the family for ``grid_requirement ==
+  "any"``): step widths (before normalising to the
+  interval) ``w_i = 1 + a(i/N) xi_{i mod 4}`` with a random pattern ``xi`` in [-1, 1]^4 and an
+  amplitude ``a(x) = 0.15 + 0.6 x`` that grows along the interval, so neighbouring steps have ratios
+  from about 1.3 (first steps) up to 7 (last steps) however fine the grid. The family is consistent
+  (each step's neighbourhood converges as N grows), so errors are smooth functions of N and fitted
+  slopes carry no sampling noise; the varying amplitude averages the step-ratio dependent error
+  constants over many geometries, so that no single pattern can make a leading term vanish.
+
+- ``"iid"``: independent random widths uniform in [0.4, 1.6] (a fixed random stream, drawn afresh
+  for each N). Nothing is periodic, so no cancellation over a pattern can hide an inconsistency:
+  equal-step coefficients (iPNDM, PLMS) show their first order here, while a periodic pattern
+  partly averages their defects out. The errors carry sampling noise of relative size ~1/sqrt(N),
+  so use more and finer steps (e.g. 16 .. 256) for slopes.
 
 Families are deterministic given ``seed``.
 """
@@ -23,8 +30,9 @@ Families are deterministic given ``seed``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -33,11 +41,11 @@ from ..grids import Grid, karras
 from ..paths import Path
 from ._plan import grid_from_lambdas
 
-Kind = Literal["karras", "uniform", "smooth", "random"]
+Kind = Literal["karras", "uniform", "smooth", "random", "iid"]
 
-__all__ = ["Family", "family", "KINDS"]
+__all__ = ["KINDS", "Family", "family"]
 
-KINDS = ("karras", "uniform", "smooth", "random")
+KINDS = ("karras", "uniform", "smooth", "random", "iid")
 
 
 @dataclass(frozen=True)
@@ -80,14 +88,15 @@ class Family:
             k = np.arange(1, 3)
             phi = x + (a[None, :] * np.sin(np.pi * k[None, :] * x[:, None]) / (np.pi * k[None, :])).sum(1)
             return la + L * phi
+        if self.kind == "iid":
+            w = np.random.default_rng(self.seed).uniform(0.4, 1.6, steps)
+            return la + L * np.concatenate([[0.0], np.cumsum(w) / w.sum()])
         return la + L * self._random_fractions(steps)
 
     def _random_fractions(self, steps: int) -> np.ndarray:
-        rng = np.random.default_rng(self.seed)
-        pattern = rng.uniform(0.4, 1.6, 4)
-        w = np.resize(pattern, steps)
-        if steps % 4 and steps > 8:
-            w[-4:] = pattern  # the same last steps for every N
+        xi = np.random.default_rng(self.seed).uniform(-1.0, 1.0, 4)
+        i = np.arange(steps)
+        w = 1.0 + (0.15 + 0.6 * i / steps) * xi[i % 4]
         return np.concatenate([[0.0], np.cumsum(w) / w.sum()])
 
     def __call__(self, steps: int) -> Grid:

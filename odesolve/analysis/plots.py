@@ -6,12 +6,18 @@ pyplot, no global backend change), so it works headless: ``fig.savefig("x.png")`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["plot_convergence", "plot_stability_regions", "plot_local_errors", "plot_trajectories",
-           "plot_guidance", "save"]
+__all__ = [
+    "plot_convergence",
+    "plot_guidance",
+    "plot_local_errors",
+    "plot_stability_regions",
+    "plot_trajectories",
+    "save",
+]
 
 
 def _figure(figsize=(6.0, 4.2)):
@@ -22,9 +28,9 @@ def _figure(figsize=(6.0, 4.2)):
     return Figure(figsize=figsize, layout="constrained")
 
 
-def save(fig, path) -> str:
-    """Write ``fig`` to ``path`` (PNG at 120 dpi unless the suffix says otherwise); returns the path."""
-    fig.savefig(str(path), dpi=120)
+def save(fig, path, dpi: int = 100) -> str:
+    """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise); returns the path."""
+    fig.savefig(str(path), dpi=dpi)
     return str(path)
 
 
@@ -101,7 +107,8 @@ def plot_local_errors(profiles: Sequence, title: str | None = None):
     return fig
 
 
-def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_show: int = 24, title: str | None = None):
+def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_show: int = 24, title: str | None = None,
+                      points: int = 40):
     """2-D sample paths of ``method`` (markers at its steps) against the exact flow (lines) on a 2-D
     problem, over the data distribution's samples."""
     import torch
@@ -110,7 +117,6 @@ def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_sho
     from . import families as _families
     from ._plan import as_method, compile_cached
     from .problems import as_problem
-    from .truncation import _flow
 
     P = as_problem(problem)
     if P.x.ndim != 2 or P.x.shape[1] != 2:
@@ -122,13 +128,10 @@ def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_sho
     plan = compile_cached(m, grid)
     x = P.x[:n_show]
     _, traj = execute(plan, P.model(plan.prediction), x, return_trajectory=True)
-    fine = torch.exp(torch.linspace(float(torch.log(grid.sigmas[0])), float(torch.log(grid.sigmas[-1])), 60,
+    fine = torch.exp(torch.linspace(float(torch.log(grid.sigmas[0])), float(torch.log(grid.sigmas[-1])), points,
                                     dtype=torch.float64))
     ts = P.path.t_of_noise_level(fine)
-    ref = [x]
-    for a, b in zip(ts[:-1], ts[1:]):
-        ref.append(_flow(P, ref[-1], a, b))
-    ref = torch.stack(ref).numpy()
+    ref = P.trajectory(x, ts).numpy()
     traj = traj.numpy()
     fig = _figure((5.5, 5.0))
     ax = fig.add_subplot()

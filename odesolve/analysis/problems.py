@@ -7,18 +7,19 @@ starting states, and a reference: a callable ``reference(model, x, t_from, t_to)
 :func:`odesolve.toy.reference.solve`, DOP853 at rtol = atol = 1e-12, with its own error estimate) or
 the exact final states.
 
-Named problems (:func:`get`): the registry of :mod:`odesolve.toy.problems` when it provides the
-name, else the built-in ones below. Order studies stop at ``sigma_end > 0``: a step to sigma = 0
+Named problems (:func:`get`): the registry of :mod:`odesolve.toy.problems` (``gmm2d``,
+``gaussian``, ``lowrank64``, ...) when it has the name, else the small built-in ones below
+(``gmm1d``, ``gmm2d-easy``). Order studies stop at ``sigma_end > 0``: a step to sigma = 0
 takes a first-order limit in every method.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,7 +27,7 @@ from .. import paths as _paths
 from ..models import Model
 from ..paths import Path
 
-__all__ = ["Problem", "get", "as_problem", "BUILTIN"]
+__all__ = ["BUILTIN", "Problem", "as_problem", "describe", "get"]
 
 
 @dataclass(eq=False)
@@ -40,6 +41,7 @@ class Problem:
     sigma_start: float
     sigma_end: float
     reference: Callable | Tensor | None = None
+    description: str = ""
     _exact: Tensor | None = field(default=None, repr=False)
     _reference_error: float = field(default=float("nan"), repr=False)
 
@@ -84,6 +86,40 @@ class Problem:
             self._exact = torch.as_tensor(out).to(torch.float64)
         return self._exact
 
+    def flow(self, x: Tensor, t0, t1) -> Tensor:
+        """The exact flow from ``t0`` to ``t1`` (the reference)."""
+        if float(t0) == float(t1):
+            return x
+        out = (self.reference or _default_reference())(self.model("x0"), x, t0, t1)
+        return out[0] if isinstance(out, tuple) else out
+
+    def trajectory(self, x: Tensor, times) -> Tensor:
+        """Exact states at every time in ``times`` (monotone; the first is the time of ``x``): one
+        solve through all of them with the default reference, successive flows otherwise."""
+        times = torch.as_tensor(times, dtype=torch.float64)
+        key = (id(x), x.shape, times.numpy().tobytes())
+        cache = self.__dict__.setdefault("_trajectories", {})
+        if key in cache and cache[key][0] is x:
+            return cache[key][1]
+        out = self._trajectory(x, times)
+        if len(cache) > 16:
+            cache.clear()
+        cache[key] = (x, out)
+        return out
+
+    def _trajectory(self, x: Tensor, times: Tensor) -> Tensor:
+        if self.reference is None:
+            try:
+                from ..toy import reference as toy_reference
+
+                return toy_reference.trajectory(self.model("x0"), x, times, check="off")
+            except ImportError:  # pragma: no cover
+                pass
+        out = [x]
+        for a, b in itertools.pairwise(times):
+            out.append(self.flow(out[-1], a, b))
+        return torch.stack(out)
+
     @property
     def reference_error(self) -> float:
         """An estimate of the reference's own error (max abs), NaN when unknown."""
@@ -103,7 +139,8 @@ def _default_reference():
         return _scipy_reference
 
     def ref(model, x, t0, t1):
-        return toy_reference.solve(model, x, t0, t1, return_error=True)
+        # the toy reference's own two-tolerance check doubles its cost; its accuracy is tested there
+        return toy_reference.solve(model, x, t0, t1, check="off")
 
     return ref
 
@@ -140,7 +177,7 @@ def _gmm(weights, means, covs):
 
 
 def _mixture_2d():
-    c = lambda a, b, r: [[a * a, r * a * b], [r * a * b, b * b]]  # noqa: E731
+    c = lambda a, b, r: [[a * a, r * a * b], [r * a * b, b * b]]
     return _gmm([0.45, 0.35, 0.2], [[-1.0, 0.4], [1.0, 0.8], [0.2, -1.0]],
                 [c(0.45, 0.3, 0.3), c(0.35, 0.5, -0.4), c(0.5, 0.35, 0.0)])
 
@@ -163,31 +200,46 @@ def _flow_reference(dist):
 
 
 BUILTIN = {
-    "gmm2d": ("a 2-D mixture of three correlated Gaussians", _mixture_2d),
-    "gmm1d": ("a 1-D mixture of two Gaussians", _mixture_1d),
-    "gaussian": ("a 2-D Gaussian (closed-form flow, no ODE solve)", _gaussian_2d),
+    "gmm1d": ("a 1-D mixture of two Gaussians (std 0.3 and 0.45)", _mixture_1d),
+    "gmm2d-easy": ("a 2-D mixture of three correlated Gaussians (std 0.3 to 0.5)", _mixture_2d),
+    "gaussian2d": ("a 2-D Gaussian (closed-form flow, no ODE solve)", _gaussian_2d),
 }
 
 
 def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05, n: int = 32,
         seed: int = 0) -> Problem:
-    """A named problem with ``n`` starting states drawn from the exact marginal at ``sigma_start``."""
+    """A named problem with ``n`` starting states drawn from the exact marginal at ``sigma_start``: the
+    registry of :mod:`odesolve.toy.problems` first (its distribution and path), then :data:`BUILTIN`."""
+    desc = ""
     dist = None
     try:
         from ..toy import problems as toy_problems
+    except ImportError:  # pragma: no cover - odesolve.toy is part of the package
+        toy_problems = None
+    if toy_problems is not None and name in getattr(toy_problems, "names", list)():
+        tp = toy_problems.get(name)
+        dist, path, desc = tp.distribution, path or tp.path, getattr(tp, "description", "")
+    elif name in BUILTIN:
+        desc, factory = BUILTIN[name]
+        dist = factory()
+    else:
+        known = sorted(set(BUILTIN) | set(getattr(toy_problems, "names", list)() if toy_problems else []))
+        raise ValueError(f"problem {name!r} is unknown; known problems: {known}")
+    P = as_problem(dist, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed, name=name)
+    P.description = desc
+    return P
 
-        getter = getattr(toy_problems, "get", None)
-        if getter is not None and name not in BUILTIN:
-            dist = getter(name)
-    except (ImportError, KeyError, ValueError):
-        dist = None
-    if dist is not None and isinstance(dist, Problem):
-        return dist
-    if dist is None:
-        if name not in BUILTIN:
-            raise ValueError(f"problem {name!r} is unknown; built-in problems: {sorted(BUILTIN)}")
-        dist = BUILTIN[name][1]()
-    return as_problem(dist, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed, name=name)
+
+def describe(name: str) -> str:
+    """A one-line description of a named problem."""
+    try:
+        from ..toy import problems as toy_problems
+
+        if name in toy_problems.names():
+            return toy_problems.get(name).description
+    except ImportError:  # pragma: no cover
+        pass
+    return BUILTIN[name][0] if name in BUILTIN else name
 
 
 def as_problem(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05,
@@ -199,6 +251,10 @@ def as_problem(problem, *, path: Path | None = None, sigma_start: float = 2.0, s
         return problem
     if isinstance(problem, str):
         return get(problem, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed)
+    if hasattr(problem, "distribution") and hasattr(problem, "path") and not isinstance(problem, Problem):
+        path = path or problem.path  # a problem of odesolve.toy.problems: its distribution under its path
+        name = name or getattr(problem, "name", None)
+        problem = problem.distribution
     if not hasattr(problem, "model"):
         raise TypeError(f"problem must be a name ({sorted(BUILTIN)}), a Problem, or have .model(path, prediction); "
                         f"got {type(problem).__name__}")

@@ -29,8 +29,9 @@ on ``h`` itself, not only on ``mu h``, and so does the stability region.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -42,9 +43,22 @@ from ._plan import as_method, compile_cached, structure
 
 Test = Literal["lambda", "rho"]
 
-__all__ = ["Test", "step_matrices", "uniform_grid", "amplification", "spectral_radius", "stability_function",
-           "stability_region", "StabilityRegion", "boundary_locus", "stability_interval", "guidance_mu",
-           "guidance_stability", "GuidanceStability", "plan_transfer"]
+__all__ = [
+    "GuidanceStability",
+    "StabilityRegion",
+    "Test",
+    "amplification",
+    "boundary_locus",
+    "guidance_mu",
+    "guidance_stability",
+    "plan_transfer",
+    "spectral_radius",
+    "stability_function",
+    "stability_interval",
+    "stability_region",
+    "step_matrices",
+    "uniform_grid",
+]
 
 STABLE_TOL = 1e-10
 
@@ -124,6 +138,16 @@ def plan_transfer(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
     return v[:, 0]
 
 
+def _square(M: np.ndarray) -> np.ndarray:
+    """A warm-up step maps a shorter history to a longer one: pad with zeros (absent outputs)."""
+    d = max(M.shape[-2:])
+    if M.shape[-1] == M.shape[-2]:
+        return M
+    out = np.zeros(M.shape[:-2] + (d, d), dtype=M.dtype)
+    out[..., : M.shape[-2], : M.shape[-1]] = M
+    return out
+
+
 def spectral_radius(M: np.ndarray) -> np.ndarray:
     """Spectral radius of each matrix in a stack ``(..., d, d)``."""
     return np.abs(np.linalg.eigvals(M)).max(-1)
@@ -188,7 +212,7 @@ def stability_function(method, h: float, test: Test | None = None, *, options: d
                          "matrix, not a stability function; use amplification() or spectral_radius()")
     k0, k1 = structure(it.plan).steps[it.n]
     deg = degree if degree is not None else (k1 - k0)
-    m = 1 << max(2, int(math.ceil(math.log2(deg + 1))))
+    m = 1 << max(2, math.ceil(math.log2(deg + 1)))
     r = 1.0 / h
     nodes = r * np.exp(2j * np.pi * np.arange(m) / m)
     vals = it.matrix(nodes)[:, 0, 0]
@@ -278,7 +302,7 @@ def boundary_locus(method, h: float, test: Test | None = None, *, n: int = 721,
     d = M0.shape[-1]
     k0, k1 = structure(it.plan).steps[it.n]
     deg = d * (k1 - k0)
-    m = 1 << max(2, int(math.ceil(math.log2(deg + 1))))
+    m = 1 << max(2, math.ceil(math.log2(deg + 1)))
     r = 1.0 / h
     nodes = r * np.exp(2j * np.pi * np.arange(m) / m)
     ev = np.linalg.eigvals(it.matrix(nodes))  # (m, d)
@@ -357,8 +381,10 @@ class GuidanceStability:
 
     @property
     def stable(self) -> np.ndarray:
-        """(steps,) every direction stable in that step (frozen coefficients)."""
-        return (self.radius <= 1 + STABLE_TOL).all(1)
+        """(steps,) every direction stable in that step (frozen coefficients): the absolute criterion
+        ``radius <= 1`` for decaying modes (``Re mu < 0``); growing modes (``Re mu >= 0``, unguided
+        Gaussian data has mu in (0, 1)) grow in the exact flow as well and count as stable."""
+        return ((self.radius <= 1 + STABLE_TOL) | (np.real(self.mu) >= 0)).all(1)
 
     @property
     def first_unstable(self) -> int | None:
@@ -370,8 +396,10 @@ def guidance_stability(method, grid: Grid, cond, uncond, scale: float, *, option
                        test: Test = "lambda") -> GuidanceStability:
     """Frozen-coefficient stability of every step of ``method`` on ``grid`` for a Gaussian conditional /
     unconditional pair under classifier-free guidance of ``scale`` w: per step and eigen-direction,
-    ``mu_w`` (:func:`guidance_mu`) at both ends of the step, the spectral radius of that step's matrix
-    ``M_n(mu_w)`` on the actual (non-uniform) grid, and whether it is <= 1. A step to sigma = 0 takes
+    ``mu_w`` (:func:`guidance_mu`) at both ends of the step (the one with the larger amplification),
+    the spectral radius of that step's matrix ``M_n(mu_w)`` on the actual (non-uniform) grid (a warm-up
+    step, whose history grows, is padded with zero columns), and
+    whether a decaying mode is damped (:attr:`GuidanceStability.stable`). A step to sigma = 0 takes
     the first-order (DDIM) limit, which is exact for the linear test there; it is reported as stable.
     ``cond``/``uncond``: variances per eigen-direction, covariance matrices, or Gaussians with ``.cov``."""
     m = as_method(method)
@@ -392,7 +420,7 @@ def guidance_stability(method, grid: Grid, cond, uncond, scale: float, *, option
     rad = np.zeros((N, dirs))
     for n in range(g.steps):
         cand = np.stack([mu_ends[n], mu_ends[n + 1]])  # (2, dirs)
-        r = spectral_radius(step_matrices(plan, cand.ravel(), test, [n])[0]).reshape(2, dirs)
+        r = spectral_radius(_square(step_matrices(plan, cand.ravel(), test, [n])[0])).reshape(2, dirs)
         pick = r.argmax(0)
         mus[n] = cand[pick, np.arange(dirs)]
         rad[n] = r[pick, np.arange(dirs)]

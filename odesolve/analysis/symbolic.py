@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction as Fr
-from typing import Callable, Sequence
 
 import numpy as np
 import sympy as sp
@@ -52,8 +52,20 @@ import sympy as sp
 from ..methods import ExponentialMultistep, ExponentialRK, FixedAdams, RungeKutta
 from .lmm import LinearMultistep, adams_bashforth
 
-__all__ = ["derive", "SymbolicLimitError", "TIME_LIMIT", "phi", "phi_numpy", "Condition", "ERKDerivation",
-           "AdamsDerivation", "RKDerivation", "LMMDerivation", "FixedAdamsDerivation", "rooted_trees"]
+__all__ = [
+    "TIME_LIMIT",
+    "AdamsDerivation",
+    "Condition",
+    "ERKDerivation",
+    "FixedAdamsDerivation",
+    "LMMDerivation",
+    "RKDerivation",
+    "SymbolicLimitError",
+    "derive",
+    "phi",
+    "phi_numpy",
+    "rooted_trees",
+]
 
 TIME_LIMIT = 30.0  # seconds a symbolic derivation may take
 MAX_ERK_ORDER = 4
@@ -96,7 +108,7 @@ class phi(sp.Function):
         return (sp.exp(z) - sum(z**j / sp.factorial(j) for j in range(k))) / z**k
 
     def _latex(self, printer):
-        return r"\varphi_{%s}\left(%s\right)" % (printer._print(self.args[0]), printer._print(self.args[1]))
+        return rf"\varphi_{{{printer._print(self.args[0])}}}\left({printer._print(self.args[1])}\right)"
 
     def _sympystr(self, printer):
         return f"phi{self.args[0]}({printer._print(self.args[1])})"
@@ -121,28 +133,24 @@ def _phi_mp(k: int, z):
     return v
 
 
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(40)
-
-
 def phi_numpy(k, z):
-    """phi_k(z) in float64 with full relative accuracy: ``int_0^1 e^{(1-s) z} s^{k-1}/(k-1)! ds`` by
-    40-point Gauss-Legendre for z < 0 (a positive integrand), the series or the recurrence for z >= 0
-    (positive terms)."""
+    """phi_k(z) in float64 to a few ulps: the Taylor series (80 terms) for |z| < 3 (5 when k > 4),
+    the recurrence ``phi_{j+1} = (phi_j - 1/j!)/z`` from ``e^z`` beyond, where it is stable."""
     k = int(k)
     z = np.asarray(z, dtype=np.float64)
     if k == 0:
         return np.exp(z)
-    s = (_GL_X + 1) / 2
-    w = _GL_W / 2 * s ** (k - 1) / math.factorial(k - 1)
-    neg = np.einsum("q,...q->...", w, np.exp(np.multiply.outer(np.minimum(z, 0), 1 - s)))
-    zp = np.maximum(z, 0)
-    ser = sum(zp**n / math.factorial(n + k) for n in range(60))
-    zb = np.where(zp > 0, np.maximum(zp, 6.0), 6.0)
+    thr = 3.0 if k <= 4 else 5.0
+    small = np.abs(z) < thr
+    zs = np.where(small, z, 0.0)
+    ser = np.full_like(zs, 1.0 / math.factorial(k + 79))
+    for n in range(78, -1, -1):  # Horner
+        ser = ser * zs + 1.0 / math.factorial(n + k)
+    zb = np.where(small, thr, z)
     rec = np.exp(zb)
     for j in range(k):
-        rec = (rec - 1 / math.factorial(j)) / zb
-    pos = np.where(zp < 6, ser, rec)
-    return np.where(z < 0, neg, pos)
+        rec = (rec - 1.0 / math.factorial(j)) / zb
+    return np.where(small, ser, rec)
 
 
 # -- exact truncated power series in h -------------------------------------------------------------
@@ -273,8 +281,8 @@ class ERKDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        lines = [f"{t.name}: exponential RK, {len(t.c)} stages, c = {[str(c) for c in t.c]}, {t.form} form "
-                 f"(zeta = {self.zeta})",
+        lines = [(f"{t.name}: exponential RK, {len(t.c)} stages, c = {[str(c) for c in t.c]}, {t.form} form "
+                 f"(zeta = {self.zeta})"),
                  f"  classical order {self.classical_order}, stiff order {self.stiff_order} (declared {t.order})"]
         if not all(self.row_sum):
             bad = [i + 1 for i, ok in enumerate(self.row_sum) if not ok]
@@ -432,8 +440,8 @@ class AdamsDerivation(_Derivation):
         kind = f"exponential Adams, {t.nodes} nodes in {t.variable}, {t.form} form"
         if t.corrector:
             kind += ", UniC corrector (PEC)"
-        lines = [f"{t.name}: {kind}", f"  order {self.order} (declared {t.order}) from the rule min(p_int + 1, "
-                 f"p_b + 2) with p_int = {self.rule[0]}, p_b = {self.rule[1]}"]
+        lines = [f"{t.name}: {kind}", (f"  order {self.order} (declared {t.order}) from the rule min(p_int + 1, "
+                 f"p_b + 2) with p_int = {self.rule[0]}, p_b = {self.rule[1]}")]
         for k, v in self.degrees.items():
             lines.append(f"  degree {v}: {k}")
         names = ", ".join(f"c_{j}" for j in range(len(self.predictor)))
@@ -456,15 +464,14 @@ def _adams_coefficients(table: ExponentialMultistep, q: int, corrector: bool):
         nodes = [sp.Integer(1), *nodes]
     m = len(nodes)
     if table.variable == "rho":
-        # Lagrange in u = (rho - rho_n)/drho at nodes u_m; integral over u in [0, 1] times drho (= h)
+        # Lagrange in u = (rho - rho_n)/drho at the nodes; its integral over u in [0, 1], times drho (= h)
         u = sp.Symbol("u")
         coeffs = []
         for j, xj in enumerate(nodes):
-            ell = sp.Integer(1)
-            for k, xk in enumerate(nodes):
-                if k != j:
-                    ell *= (u - xk) / (xj - xk)
-            coeffs.append(sp.factor(h * sp.integrate(sp.expand(ell), (u, 0, 1))))
+            others = [x for k, x in enumerate(nodes) if k != j]
+            num = sp.Poly(sp.Mul(*[(u - x) for x in others]), u).all_coeffs()[::-1]
+            den = sp.Mul(*[(xj - x) for x in others])
+            coeffs.append(h * sp.factor(sp.Add(*[num[i] / (i + 1) for i in range(len(num))]) / den))
         return tuple(coeffs), h, r
     sign = -1 if table.form == "data" else 1
     zeta = sign * h
@@ -473,9 +480,16 @@ def _adams_coefficients(table: ExponentialMultistep, q: int, corrector: bool):
         w[1] = h * phi(1, zeta) / 2 if table.two_node == "midpoint" else h / 2
     if m == 3 and table.half_second_difference:
         w[2] = w[2] / 2
-    V = sp.Matrix(m, m, lambda i, k: nodes[i] ** k)
-    c = V.T.LUsolve(sp.Matrix(w))
-    return tuple(sp.factor(sp.together(v)) for v in c), h, r
+    # c = V^{-T} w in closed form: c_j = sum_i L_ji w_i with L_ji the coefficient of tau^i in the
+    # Lagrange basis polynomial l_j(tau) of the nodes (sum_j l_j(tau) r_j^k = tau^k)
+    tau = sp.Symbol("tau")
+    c = []
+    for j in range(m):
+        others = [nodes[k] for k in range(m) if k != j]
+        num = sp.Poly(sp.Mul(*[(tau - x) for x in others]), tau).all_coeffs()[::-1]  # lowest power first
+        den = sp.Mul(*[(nodes[j] - x) for x in others])
+        c.append(sp.Add(*[sp.factor(num[i] / den) * w[i] for i in range(m)]))
+    return tuple(c), h, r
 
 
 def _adams_degree(table: ExponentialMultistep, q: int, corrector: bool, rng) -> int:
@@ -501,9 +515,17 @@ def _adams_degree(table: ExponentialMultistep, q: int, corrector: bool, rng) -> 
         w[1] = chi(1) * Fr(1, 2) if table.two_node == "midpoint" else _Series.const(Fr(1, 2))
     if m == 3 and table.half_second_difference:
         w[2] = w[2] * Fr(1, 2)
-    Vt = sp.Matrix(m, m, lambda i, k: sp.Rational(nodes[k]) ** i)  # V^T
-    Vinv = Vt.inv()
-    c = [sum((w[i] * Fr(str(Vinv[j, i])) for i in range(m)), _Series.const(0)) for j in range(m)]
+    c = []
+    for j in range(m):  # c_j = sum_i L_ji w_i, L_ji the coefficients of the Lagrange basis polynomial l_j
+        poly = [Fr(1)]
+        den = Fr(1)
+        for k in range(m):
+            if k != j:
+                poly = [Fr(0)] + poly
+                for i in range(len(poly) - 1):
+                    poly[i] -= nodes[k] * poly[i + 1]
+                den *= nodes[j] - nodes[k]
+        c.append(sum((w[i] * (poly[i] / den) for i in range(m)), _Series.const(0)))
     L = math.inf
     for d in range(m + 3):
         defect = sum((c[j] * nodes[j] ** d for j in range(m)), _Series.const(0)) - chi(d + 1) * math.factorial(d)
@@ -619,10 +641,10 @@ class RKDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        lines = [f"{t.name}: Runge-Kutta, {len(t.c)} stages, order {self.order} (declared {t.order}; trees "
-                 f"checked to order {self.checked_to})", f"  R(z) = {self.stability_function}"]
+        lines = [(f"{t.name}: Runge-Kutta, {len(t.c)} stages, order {self.order} (declared {t.order}; trees "
+                 f"checked to order {self.checked_to})"), f"  R(z) = {self.stability_function}"]
         for tree, q, Phi, g, ok in self.conditions:
-            lines.append(f"  order {q} tree {_tree_str(tree):<16} b.Phi = {str(Phi):<10} 1/gamma = {str(g):<8} "
+            lines.append(f"  order {q} tree {_tree_str(tree):<16} b.Phi = {Phi!s:<10} 1/gamma = {g!s:<8} "
                          f"{'ok' if ok else 'FAILS'}")
         return "\n".join(lines)
 
@@ -702,9 +724,9 @@ class FixedAdamsDerivation(_Derivation):
     def summary(self) -> str:
         t = self.table
         lines = [f"{t.name}: fixed-coefficient Adams-Bashforth (AB{t.steps_back}) in rho, warm-up {t.warmup!r}",
-                 f"  global order: uniform grid {self.orders['uniform']}, smooth grid {self.orders['smooth']}, "
+                 (f"  global order: uniform grid {self.orders['uniform']}, smooth grid {self.orders['smooth']}, "
                  f"arbitrary grid {self.orders['any']} (declared {t.order}, grid_requirement "
-                 f"{t.grid_requirement!r})"]
+                 f"{t.grid_requirement!r})")]
         for f in self.formulas:
             lines.append(f"  {f.name}: beta = {[str(v) for v in f.beta[:-1][::-1]]}, order {f.order}")
         return "\n".join(lines)
@@ -730,7 +752,7 @@ def _fixed_adams(table: FixedAdams) -> FixedAdamsDerivation:
 
 # -- entry point --------------------------------------------------------------------------------------
 
-def derive(table, *, max_order: int | None = None, timeout: float | None = None):
+def derive(table: object, *, max_order: int | None = None, timeout: float | None = None):
     """Symbolic analysis of a method table (see the module docstring): an object with ``.order`` and
     ``.summary()``; the fields depend on the kind of table.
 

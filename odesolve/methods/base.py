@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -94,12 +95,12 @@ class Method:
                    tuple(sorted(options.items())))
             if key in _PLANS:
                 _PLANS.move_to_end(key)
-                return _PLANS[key]
+                return _copy(_PLANS[key])
         b = PlanBuilder(self.name, grid, self.prediction)
         self._build(b, Geometry(path, grid), **options)
         plan = b.build(path, order=self.order, form=self.form, options=options)
         if key is not None:
-            _PLANS[key] = plan
+            _PLANS[key] = _copy(plan)
             if len(_PLANS) > 64:
                 _PLANS.popitem(last=False)
         return plan
@@ -109,6 +110,12 @@ class Method:
 
     def __str__(self):
         return self.name
+
+
+def _copy(plan: Plan) -> Plan:
+    """A plan with its own tensors: a cached plan must not be edited through a returned one."""
+    fields = ("times", "step", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
+    return dataclasses.replace(plan, **{f: getattr(plan, f).clone() for f in fields}, meta=dict(plan.meta))
 
 
 class Geometry:
