@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_arguments", "run", "steps_for_nfe", "make_grid", "GRIDS"]
+__all__ = ["GRIDS", "add_arguments", "make_grid", "run", "steps_for_nfe"]
 
 GRIDS = ("trailing", "lambda", "karras")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -84,7 +84,7 @@ def steps_for_nfe(path, method, nfe: int, kind: str = "trailing") -> int | None:
     calls, starting from ``nfe // calls_per_step``; ``None`` if not even one step fits."""
     from . import methods
 
-    m = methods.get(method)
+    m = method if isinstance(method, methods.Method) else methods.get(method)
     if not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
     T = int(path.t_max) + 1
@@ -119,7 +119,8 @@ def _save_png(images: torch.Tensor, file: Path, title: str) -> None:
             ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray_r", vmin=-1, vmax=1,
                       interpolation="nearest")
     fig.suptitle(title, fontsize=8)
-    fig.tight_layout(pad=0.2)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / fig.get_figheight(), wspace=0.08,
+                        hspace=0.08)
     fig.savefig(file, dpi=100)
     plt.close(fig)
 

@@ -35,7 +35,7 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def get(name: str) -> Method:
+def get(name: "str | Method") -> Method:
     """The table registered as ``name``; an unknown name is refused with the closest known names."""
     if isinstance(name, Method):
         return name

@@ -4,10 +4,11 @@
     model = zoo.load("digits")              # odesolve.Model: network + path + prediction
     images = zoo.data("digits")             # the training images, (1797, 1, 8, 8) in [-1, 1]
 
-``digits`` is a compact residual MLP denoiser (eps-prediction) trained on scikit-learn's 8x8 handwritten digits
-(1797 images, 17 grey levels, scaled to [-1, 1]) on the DDPM linear-beta path
+``digits`` is a compact residual MLP denoiser (eps-prediction) trained on scikit-learn's 8x8
+handwritten digits (1797 images, 17 grey levels, scaled to [-1, 1]) on the DDPM linear-beta path
 ``VPDiscrete.from_schedule("linear", 1000)``; time is the timestep index, continuous in
-``[-1, 999]`` (the network was trained at continuous times in ``[0, 999]``). It was trained by
+``[-1, 999]`` (the network was trained at continuous times in ``[0, 999]`` and is conditioned on
+the half log-SNR ``lambda(t)``, which keeps its probability-flow ODE smooth). It was trained by
 ``scripts/train_digits.py``; the weights, the training images and their labels are package data
 (``odesolve/toy/weights/digits.pt``). See ``docs/digits.md``.
 
@@ -32,8 +33,22 @@ from ..grids import Grid
 from ..models import Model
 from ..paths import VPDiscrete
 
-__all__ = ["names", "load", "data", "labels", "reference_grid", "reference", "ReferenceAccuracyError",
-           "DigitsNet", "DigitsClassifier", "digits_classifier", "frechet_distance"]
+__all__ = [
+    "DigitsClassifier",
+    "DigitsNet",
+    "LambdaOfTime",
+    "ReferenceAccuracyError",
+    "data",
+    "digits_classifier",
+    "frechet_distance",
+    "labels",
+    "load",
+    "names",
+    "network",
+    "noise_embedding",
+    "reference",
+    "reference_grid",
+]
 
 _FILES = {"digits": "digits.pt"}
 
@@ -49,7 +64,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _checkpoint(name: str) -> dict:
     _check_name(name)
     ref = resources.files("odesolve.toy").joinpath("weights", _FILES[name])
@@ -65,13 +80,41 @@ def _checkpoint(name: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding of (continuous) times, computed in float32 whatever the network's dtype:
-    in bfloat16 a timestep near 999 would be rounded to a multiple of 4."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.to(torch.float32)[:, None] * freqs[None, :]
+def noise_embedding(lam: Tensor, dim: int, w_min: float = 0.1, w_max: float = 3.0) -> Tensor:
+    """Fourier features ``cos(w lam), sin(w lam)`` of the half log-SNR ``lam`` (clamped to [-20, 20]),
+    ``dim // 2`` frequencies geometric from ``w_min`` to ``w_max`` radians per unit of lambda, computed
+    in float32 whatever the network's dtype.
+
+    Low frequencies on purpose: the usual timestep embedding (frequencies up to 1 radian per
+    timestep) let a first version of this network wiggle on the scale of single timesteps, so its
+    probability-flow ODE was rough and third-order solvers converged at first order. Conditioning
+    on lambda, the variable the exponential integrators step in, with periods of 2 and more in
+    lambda, keeps the ODE smooth where the solvers look at it."""
+    lam = lam.to(torch.float32).clamp(-20.0, 20.0)
+    w = torch.exp(torch.linspace(math.log(w_min), math.log(w_max), dim // 2, device=lam.device))
+    args = lam[:, None] * w[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class LambdaOfTime:
+    """``lambda(t)`` of a :class:`VPDiscrete` path on any device, from a table of ``log alpha`` at the
+    integer times (the path interpolates ``log alpha`` linearly in between, and so does this)."""
+
+    def __init__(self, path: VPDiscrete):
+        self.table = path.log_alpha(torch.arange(-1.0, path.t_max + 1.0, dtype=torch.float64))
+        self._on = {}
+
+    def __call__(self, t: Tensor) -> Tensor:
+        key = str(t.device)
+        if key not in self._on:
+            dt = torch.float32 if t.device.type == "mps" else torch.float64
+            self._on[key] = self.table.to(t.device, dt)
+        tab = self._on[key]
+        n = tab.numel()
+        u = (t.to(tab.dtype) + 1.0).clamp(0.0, n - 1.0)
+        i = torch.floor(u).long().clamp(max=n - 2)
+        la = tab[i] + (u - i) * (tab[i + 1] - tab[i])
+        return la - 0.5 * torch.log(-torch.expm1(2.0 * la))  # +inf at t = -1
 
 
 class _Block(nn.Module):
@@ -99,12 +142,13 @@ class DigitsNet(nn.Module):
 
     An MLP, not a UNet: on 8x8 images every pixel is within reach of every other, and on a CPU a
     3x3 convolution at 8x8 runs at a small fraction of the speed of a matrix product (a (32, 64, 64)
-    UNet of 1M parameters trained 6 times slower per step than this net of 1.6M).
-    ``forward(x, t)`` takes ``x`` of shape ``(batch, *shape)`` and times in the path's time
-    (the timestep index); it runs in the dtype of its parameters.
+    UNet of 1M parameters took 7 times the CPU time per training step of a 2.7M-parameter MLP).
+    ``forward(x, lam)`` takes ``x`` of shape ``(batch, *shape)`` and the half log-SNR ``lam`` of
+    each sample's noise level (:func:`noise_embedding`); it runs in the dtype of its parameters.
     """
 
-    def __init__(self, shape: tuple[int, ...] = (1, 8, 8), hidden: int = 384, depth: int = 4, emb: int = 128):
+    def __init__(self, shape: tuple[int, ...] | list[int] = (1, 8, 8), hidden: int = 384, depth: int = 4,
+                 emb: int = 128):
         super().__init__()
         self.shape = tuple(shape)
         d = math.prod(self.shape)
@@ -117,12 +161,12 @@ class DigitsNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lam: Tensor) -> Tensor:
         dtype = self.inp.weight.dtype
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        e = F.silu(self.temb(timestep_embedding(t, self.temb_dim).to(dtype)))
+        lam = torch.as_tensor(lam, device=x.device)
+        if lam.ndim == 0:
+            lam = lam.expand(x.shape[0])
+        e = F.silu(self.temb(noise_embedding(lam, self.temb_dim).to(dtype)))
         h = self.inp(x.to(dtype).flatten(1))
         for block in self.blocks:
             h = block(h, e)
@@ -137,6 +181,12 @@ class DigitsNet(nn.Module):
 def path_from_config(cfg: dict) -> VPDiscrete:
     """The path a checkpoint was trained on (``cfg["path"]`` holds the diffusers schedule arguments)."""
     return VPDiscrete.from_schedule(**cfg["path"])
+
+
+@functools.cache
+def _path(name: str) -> VPDiscrete:
+    # one path object per model, shared by every load() (grids built on one load's path serve all)
+    return path_from_config(_checkpoint(name)["config"])
 
 
 def network(name: str = "digits", device=None, dtype: torch.dtype | None = None) -> nn.Module:
@@ -158,10 +208,12 @@ def load(name: str = "digits", device=None, dtype: torch.dtype | None = None) ->
     """
     ck = _checkpoint(_check_name(name))
     net = network(name, device, dtype)
-    path = path_from_config(ck["config"])
+    path = _path(name)
+
+    lam_of_t = LambdaOfTime(path)
 
     def fn(x: Tensor, t: Tensor) -> Tensor:
-        return net(x, t)
+        return net(x, lam_of_t(t))
 
     fn.__name__ = name
     model = Model(fn, path=path, prediction=ck["config"]["prediction"])
@@ -253,30 +305,34 @@ class DigitsClassifier(nn.Module):
         return torch.softmax(self(x), dim=1)
 
 
-def digits_classifier(seed: int = 0, train_fraction: float = 0.75, epochs: int = 150,
+def digits_classifier(seed: int = 0, train_fraction: float = 0.75, epochs: int = 60,
                       noise: float = 0.1) -> tuple[DigitsClassifier, Tensor, Tensor]:
     """Train :class:`DigitsClassifier` on a seeded random ``train_fraction`` of the digits (Adam,
-    full batches of 128, ``epochs`` epochs, inputs jittered by Gaussian noise of std ``noise``;
-    about 2 s on a CPU core). Returns ``(classifier, train_index, test_index)``."""
+    mini-batches of 128, ``epochs`` epochs, inputs jittered by Gaussian noise of std ``noise``;
+    about 3 s of one CPU core; 98 % test accuracy). Returns ``(classifier, train_index, test_index)``."""
+    with torch.inference_mode(False), torch.enable_grad():  # callable from inside inference_mode
+        return _train_classifier(seed, train_fraction, epochs, noise)
+
+
+def _train_classifier(seed, train_fraction, epochs, noise):
     g = torch.Generator().manual_seed(seed)
     x, y = data("digits"), labels("digits")
     perm = torch.randperm(x.shape[0], generator=g)
-    n_train = int(round(train_fraction * x.shape[0]))
+    n_train = round(train_fraction * x.shape[0])
     tr, te = perm[:n_train], perm[n_train:]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clf = DigitsClassifier()
     opt = torch.optim.Adam(clf.parameters(), lr=2e-3, weight_decay=1e-4)
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = tr[torch.randperm(tr.numel(), generator=g)]
-            for i in range(0, order.numel(), 128):
-                idx = order[i:i + 128]
-                xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g)
-                loss = F.cross_entropy(clf(xb), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    for _ in range(epochs):
+        order = tr[torch.randperm(tr.numel(), generator=g)]
+        for i in range(0, order.numel(), 128):
+            idx = order[i:i + 128]
+            xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g)
+            loss = F.cross_entropy(clf(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     clf.eval().requires_grad_(False)
     return clf, tr, te
 

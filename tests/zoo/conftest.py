@@ -1,0 +1,43 @@
+"""Shared fixtures of the zoo tests: the digits model, its classifier and one batch of samples."""
+
+import pytest
+import torch
+from zoo_setup import BEST, N_SAMPLES
+
+import odesolve as ods
+from odesolve.sampling import make_grid, steps_for_nfe
+from odesolve.toy import zoo
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Small batched MLP calls: one intra-op thread is faster than two on a shared 2-core machine
+    (OpenMP barriers), and makes the numbers below independent of the machine's core count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def model():
+    return zoo.load("digits")
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    """(classifier, train index, test index), trained here on a seeded 75 % split (about 2 s)."""
+    return zoo.digits_classifier(seed=0)
+
+
+@pytest.fixture(scope="session")
+def x_T():
+    return torch.randn((N_SAMPLES, 1, 8, 8), generator=torch.Generator().manual_seed(1234))
+
+
+@pytest.fixture(scope="session")
+def samples(model, x_T):
+    """N_SAMPLES samples of BEST at NFE 10 on the trailing grid (the `odesolve sample` default)."""
+    steps = steps_for_nfe(model.path, BEST, 10)
+    with torch.inference_mode():
+        return ods.sample(model, x_T, make_grid(model.path, steps), method=BEST)
