@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from jaxtyping import install_import_hook
 
 if "odesolve" not in sys.modules:
@@ -19,3 +22,13 @@ if "odesolve" not in sys.modules:
 os.environ.setdefault("ODESOLVE_FULL", "0")
 # helpers shared by the core tests (pytest-markdown-docs imports test modules before pytest adds their folder)
 sys.path.insert(0, str(Path(__file__).parent / "core"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Small tensors and tiny networks: one intra-op thread avoids OpenMP barriers stalling on a
+    shared 2-core machine, and makes timings independent of the core count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -9,7 +9,6 @@ constant and warm-up defects have small constants, which makes slopes look too h
 import os
 
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 
 from odesolve.analysis import problems
@@ -18,15 +17,6 @@ FULL = os.environ.get("ODESOLVE_FULL", "0") == "1"
 
 settings.register_profile("analysis", deadline=None, max_examples=25 if FULL else 1, derandomize=not FULL,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Many tiny float64 ops: intra-op threads only add overhead on a small machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

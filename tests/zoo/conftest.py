@@ -9,16 +9,6 @@ from odesolve.sampling import make_grid, steps_for_nfe
 from odesolve.toy import zoo
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small batched MLP calls: one intra-op thread is faster than two on a shared 2-core machine
-    (OpenMP barriers), and makes the numbers below independent of the machine's core count."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="session")
 def model():
     return zoo.load("digits")
