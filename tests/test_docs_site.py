@@ -29,3 +29,6 @@ def test_ci_runs_the_readme_test_command():
     command = readme.split("```bash")[1].split("```")[0].strip().splitlines()[1].split("&& ")[-1]
     assert command in ci and "pip install torch==2.13.0" in ci and 'pip install -e ".[test,docs]"' in ci
     assert shutil.which("bash")
+    # the main job writes figures: its install line must bring matplotlib (the plot extra)
+    main_job = readme.split("```bash")[1].split("```")[0].strip().splitlines()[0]
+    assert '".[plot]"' in main_job and main_job.endswith("odesolve report")
