@@ -8,6 +8,7 @@ wrapped by model_from_diffusers.
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -88,7 +89,7 @@ def test_scheduler_equals_odesolve_sample(method):
     ours = loop(s, unet, x, 6)
     assert len(s.timesteps) == s.plan.calls  # one timestep per model call
     model = model_from_diffusers(unet, cfg)
-    assert model.path is s.path
+    assert model.path == s.path
     with torch.no_grad():
         want = ods.sample(model, x, s.grid, method=method, **s._options(6))
     assert rel(ours, want) <= 1e-5
@@ -253,3 +254,175 @@ def test_edm_scheduler_equals_edm_euler():
     theirs = loop(diffusers.EDMEulerScheduler.from_config(cfg), net, x, 12, scale_input=True)
     ours = loop(OdesolveScheduler.from_config(cfg, method="euler"), net, x, 12, scale_input=True)
     assert rel(ours, theirs) <= 1e-5
+
+
+# -- bad inputs: refused with errors that name them ------------------------------------------------
+
+
+def _ready(method="dpmpp-2m", steps=10, **kw):
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler(prediction_type="v_prediction").config, method=method,
+                                      **kw)
+    s.set_timesteps(steps)
+    return s
+
+
+def test_step_at_a_timestep_off_the_grid_or_out_of_order_is_refused():
+    s, x = _ready(), torch.randn(1, 3, 8, 8)
+    out = torch.zeros_like(x)
+    with pytest.raises(ValueError, match=r"500\.5.*not in scheduler.timesteps"):
+        s.step(out, 500.5, x)  # the first call names where sampling starts: it must be on the grid
+    t = s.timesteps
+    x = s.step(out, t[0], x).prev_sample
+    with pytest.raises(ValueError, match=rf"timestep {float(t[2]):g}.*next model call is at timestep {float(t[1]):g}"):
+        s.step(out, t[2], x)  # skipping a call
+    with pytest.raises(ValueError, match=rf"timestep {float(t[0]):g}.*timestep {float(t[1]):g}"):
+        s.step(out, t[0], x)  # repeating one
+    x = s.step(out, t[1], x).prev_sample  # the right one is still accepted, and the run goes on
+    assert s.step_index == 2
+
+
+def test_fractional_timesteps_in_half_precision_are_accepted():
+    """Karras grids call the network at fractional timesteps; a pipeline may hand them back rounded
+    to its own dtype (float16 rounds 421.37 to 421.5)."""
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    s = OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True)
+    s.set_timesteps(8)
+    assert any(float(t) != round(float(t)) for t in s.timesteps)
+    y = x
+    with torch.no_grad():
+        for t in s.timesteps:
+            y = s.step(unet(y, t).sample, t.half(), y).prev_sample
+    assert rel(y, loop(OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True), unet, x, 8)) \
+        == 0.0
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (2, 3, 8, 8), (1, 5, 8, 8)])
+def test_wrong_shaped_model_output_is_refused_naming_both_shapes(shape):
+    s, x = _ready(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=re.escape(f"{tuple(shape)}") + ".*" + re.escape("(1, 3, 8, 8)")):
+        s.step(torch.zeros(shape), s.timesteps[0], x)
+
+
+def test_learned_variance_output_keeps_the_mean_channels():
+    s, x = _ready(steps=4), torch.randn(1, 3, 8, 8)
+    mean, var = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    a = s.step(torch.cat([mean, var], 1), s.timesteps[0], x).prev_sample
+    b = _ready(steps=4).step(mean, s.timesteps[0], x).prev_sample
+    assert torch.equal(a, b)
+
+
+def test_model_output_on_another_device_or_of_a_wrong_dtype_is_refused():
+    s, x = _ready(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"meta.*cpu"):
+        s.step(torch.zeros(1, 3, 8, 8, device="meta"), s.timesteps[0], x)
+    with pytest.raises(TypeError, match=r"model_output.*complex"):
+        s.step(torch.zeros(1, 3, 8, 8, dtype=torch.complex64), s.timesteps[0], x)
+    with pytest.raises(TypeError, match=r"model_output.*bool"):
+        s.step(torch.zeros(1, 3, 8, 8, dtype=torch.bool), s.timesteps[0], x)
+    with pytest.raises(TypeError, match=r"sample.*int64"):
+        s.step(torch.zeros(1, 3, 8, 8), s.timesteps[0], torch.zeros(1, 3, 8, 8, dtype=torch.int64))
+
+
+def test_sample_shape_changed_mid_run_is_refused():
+    s, x = _ready(), torch.randn(2, 3, 8, 8)
+    x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    with pytest.raises(ValueError, match=r"\(1, 3, 8, 8\).*\(2, 3, 8, 8\)"):
+        s.step(torch.zeros(1, 3, 8, 8), s.timesteps[1], x[:1])
+
+
+@pytest.mark.parametrize("steps, match", [
+    (2000, "num_inference_steps=2000 is more than the model's num_train_timesteps=1000"),
+    (10.7, "num_inference_steps must be an integer"),
+    (True, "num_inference_steps must be an integer"),
+    (0, "num_inference_steps must be an integer >= 1"),
+    ("10", "num_inference_steps must be an integer"),
+])
+def test_bad_step_counts_are_refused(steps, match):
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config)
+    with pytest.raises(ValueError, match=match):
+        s.set_timesteps(steps)
+    with pytest.raises(ValueError, match="steps"):
+        grid_from_config(diffusers.DDPMScheduler().config, steps)
+
+
+def test_step_counts_up_to_num_train_timesteps_give_that_many_distinct_timesteps():
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config, method="ddim", timestep_spacing="trailing")
+    for steps in (1000, 61, 10.0):
+        s.set_timesteps(steps)
+        ts = s.timesteps
+        assert len(ts) == int(steps) and bool((ts[1:] < ts[:-1]).all()) and float(ts[-1]) >= 0
+    # linspace cannot hold 1000 distinct integer timesteps in [0, 999]: it would repeat one
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config, timestep_spacing="linspace")
+    with pytest.raises(ValueError, match="repeated timesteps"):
+        s.set_timesteps(1000)
+    # a steps_offset past the end would clip the timesteps onto one
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config, timestep_spacing="leading", steps_offset=5000)
+    with pytest.raises(ValueError, match="steps_offset=5000"):
+        s.set_timesteps(10)
+
+
+@pytest.mark.parametrize("T", [-5, 0, 1, 10.5, "1000", True])
+def test_bad_num_train_timesteps_is_refused(T):
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        OdesolveScheduler(num_train_timesteps=T)
+    cfg = {"num_train_timesteps": T, "shift": 3.0}
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        grid_from_config(cfg, 10)
+
+
+ZERO_SNR = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True}
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_eps_network_from_alpha_zero_is_refused_up_front(spacing):
+    """Zero terminal SNR: the grid starts at alpha = 0, where eps = x carries nothing about x0."""
+    cfg = diffusers.DDPMScheduler(prediction_type="epsilon", timestep_spacing=spacing, **ZERO_SNR).config
+    for method in ("dpmpp-2m", "ddim", "unipc-bh2-3"):
+        s = OdesolveScheduler.from_config(cfg, method=method)
+        with pytest.raises(ValueError, match=r"timestep 999, where alpha = 0.*v_prediction.*timestep_spacing='leading'"):
+            s.set_timesteps(10)
+        assert s.plan is None  # nothing half set up
+
+
+def test_zero_terminal_snr_with_v_prediction_or_a_later_start_runs():
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", timestep_spacing="trailing", **ZERO_SNR).config
+    s = OdesolveScheduler.from_config(cfg, method="dpmpp-2m")
+    ours = loop(s, unet, x, 10)
+    assert float(s.timesteps[0]) == 999.0 and float(s.path.alpha(torch.tensor(999.0))) == 0.0
+    with torch.no_grad():
+        want = ods.sample(model_from_diffusers(unet, cfg), x, s.grid, method="dpmpp-2m", **s._options(10))
+    assert torch.isfinite(ours).all() and rel(ours, want) <= 1e-5
+    # an eps network from a grid that starts below alpha = 0
+    eps_cfg = diffusers.DDPMScheduler(prediction_type="epsilon", timestep_spacing="leading", **ZERO_SNR).config
+    s = OdesolveScheduler.from_config(eps_cfg, method="dpmpp-2m")
+    ours = loop(s, unet, x, 10)
+    assert float(s.timesteps[0]) < 999.0 and torch.isfinite(ours).all()
+
+
+def test_options_are_read_from_the_declared_attribute_when_methods_declare_them():
+    from odesolve.adapters.diffusers.scheduler import _accepts
+
+    class Declared:
+        options = ("lower_order_final",)
+
+    class DeclaresNone:
+        options = ()
+
+        def _build(self, b, g, lower_order_final=False):  # the declaration wins over the signature
+            pass
+
+    assert _accepts(Declared(), "lower_order_final") and not _accepts(DeclaresNone(), "lower_order_final")
+    assert _accepts(ods.methods.get("dpmpp-2m"), "lower_order_final")
+    assert not _accepts(ods.methods.get("heun"), "lower_order_final")
+
+
+@pytest.mark.parametrize("field, value", [("clip_sample_range", 0.0), ("clip_sample_range", float("nan")),
+                                          ("sample_max_value", -1.0), ("dynamic_thresholding_ratio", 1.5)])
+def test_bad_clipping_options_are_refused(field, value):
+    on = {"clip_sample": True} if field == "clip_sample_range" else {"thresholding": True}
+    with pytest.raises(ValueError, match=field):
+        OdesolveScheduler(**on, **{field: value})
