@@ -203,3 +203,128 @@ def test_flow_velocity_model_from_t_equal_one():
     model = ods.Model(lambda x, t: x, path, "velocity")
     out = ods.sample(model, torch.randn(2, 3), ods.grids.from_times(path, torch.linspace(1, 0, 5)), method="ddim")
     assert torch.isfinite(out).all()
+
+
+# -- the family registry ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config, family", [
+    ({"_class_name": "FlowMatchHeunDiscreteScheduler"}, "flow"),  # a saved config: its class name decides
+    ({"_class_name": "EDMDPMSolverMultistepScheduler", "sigma_schedule": "exponential"}, "edm"),
+    ({"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear"}, "vp"),
+    ({"num_train_timesteps": 1000}, "vp"),  # no marks: the default family
+    ({"use_flow_sigmas": True}, "flow"), ({"prediction_type": "flow_prediction"}, "flow"), ({"sigma_data": 0.5}, "edm"),
+])
+def test_family_from_class_name_or_fields(config, family):
+    assert ad.family_of(config) == family
+
+
+def test_family_of_a_scheduler_object_uses_its_class():
+    assert ad.family_of(diffusers.FlowMatchEulerDiscreteScheduler()) == "flow"
+    assert ad.family_of(diffusers.EDMEulerScheduler()) == "edm"
+    assert ad.family_of(diffusers.DDIMScheduler()) == "vp"
+
+
+def test_edm_sample_prediction_is_refused():
+    """EDM preconditioning is defined for eps- and v-networks (diffusers' EDM schedulers raise too)."""
+    with pytest.raises(ValueError, match="prediction_type='sample'"):
+        ad.path_from_config({"sigma_data": 0.5, "prediction_type": "sample"})
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"sigma_data": -0.5}, "sigma_data"), ({"sigma_data": 0.5, "sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min"),
+    ({"shift": float("nan")}, "shift"), ({"beta_start": "0.1"}, "beta_start"),
+    ({"trained_betas": [[0.1, 0.2], [0.1, 0.2]]}, "trained_betas"), ({"num_train_timesteps": 2.5}, "num_train_timesteps"),
+])
+def test_bad_config_values_are_refused_naming_the_field(config, field):
+    with pytest.raises(ValueError, match=field):
+        ad.grid_from_config(config, 10)
+
+
+def test_a_family_added_in_one_place_works_everywhere():
+    """A variance-exploding family (ScoreSdeVeScheduler's configs), written here: registering it is all
+    model_from_diffusers, path_from_config and grid_from_config need."""
+    from odesolve.adapters.diffusers import families
+
+    class VEFamily(families.Family):
+        name = "ve"
+        class_prefix = "ScoreSdeVe"
+        marks = ("snr",)
+        predictions = {"epsilon": "eps"}  # noqa: RUF012
+
+        @classmethod
+        def describes(cls, cfg):
+            return cfg.get("snr") is not None
+
+        @property
+        def path(self):
+            return ods.paths.VE(float(self.cfg.get("sigma_min", 0.01)), float(self.cfg.get("sigma_max", 1348.0)))
+
+        def network_time(self, t):  # the network is conditioned on the noise level
+            return self.path.sigma(torch.as_tensor(t, dtype=torch.float64))
+
+        def path_time(self, timestep):
+            return self.path.t_of_noise_level(torch.as_tensor(timestep, dtype=torch.float64))
+
+        def grid(self, steps, path, mu, final):
+            return ods.grids.uniform_lambda(path, steps)
+
+    saved = dict(families.FAMILIES)
+    families.register(VEFamily)
+    try:
+        cfg = diffusers.ScoreSdeVeScheduler(sigma_max=50.0).config
+        assert ad.family_of(cfg) == "ve" and ad.family_of({"snr": 0.15}) == "ve"
+        c = 0.7  # data N(0, c^2 I): eps(x, sigma) = sigma x / (c^2 + sigma^2), exactly
+
+        def net(x, sigma):
+            s = sigma.double().reshape(-1, 1)
+            return (s * x.double() / (c * c + s * s)).to(x.dtype)
+
+        model = ad.model_from_diffusers(net, cfg)
+        x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 50.0
+        # the probability-flow ODE scales x by sqrt(c^2 + sigma^2) / sqrt(c^2 + sigma_T^2)
+        want = x * math.sqrt(c * c + 0.01**2) / math.sqrt(c * c + 50.0**2)
+        errors = []
+        for steps in (40, 80):
+            grid = ad.grid_from_config(cfg, steps)
+            assert model.path == grid.path and float(grid.sigmas[0]) == pytest.approx(50.0)
+            errors.append(rel(ods.sample(model, x, grid, method="dpmpp-2m"), want))
+        assert errors[0] <= 5e-3 and math.log2(errors[0] / errors[1]) == pytest.approx(2.0, abs=0.2)
+    finally:
+        families.FAMILIES.clear()
+        families.FAMILIES.update(saved)
+    assert ad.family_of({"snr": 0.15}) == "vp"
+
+
+# -- networks in another dtype or on another device ------------------------------------------------
+
+
+def test_explicit_dtype_other_than_the_networks_is_refused_naming_both():
+    half = tiny_unet().to(torch.float16)
+    model = ad.model_from_diffusers(half, diffusers.DDPMScheduler().config, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"float16.*float32"):
+        model(torch.randn(1, 3, 8, 8), torch.tensor(10.0))
+
+
+def test_half_precision_network_behind_a_plain_function_gets_a_clear_error():
+    half = tiny_unet().to(torch.float16)
+    model = ad.model_from_diffusers(lambda x, t: half(x, t), diffusers.DDPMScheduler().config)
+    with pytest.raises(ValueError, match=r"torch.float32.*dtype="):
+        model(torch.randn(1, 3, 8, 8), torch.tensor(10.0))
+    # as the error says: the dtype the network computes in
+    fixed = ad.model_from_diffusers(lambda x, t: half(x, t), diffusers.DDPMScheduler().config, dtype=torch.float16)
+    with torch.no_grad():
+        out = fixed(torch.randn(1, 3, 8, 8), torch.tensor(10.0))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", ["float16", torch.int32, 16])
+def test_dtype_must_be_a_floating_torch_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        ad.model_from_diffusers(tiny_unet(), diffusers.DDPMScheduler().config, dtype=dtype)
+
+
+def test_network_returning_a_non_tensor_is_refused():
+    model = ad.model_from_diffusers(lambda x, t: "image", diffusers.DDPMScheduler().config)
+    with pytest.raises(TypeError, match="str"):
+        model(torch.randn(1, 3), torch.tensor(10.0))

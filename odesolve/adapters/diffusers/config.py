@@ -4,7 +4,7 @@ A config is a scheduler, its ``.config`` or a plain dict (a saved ``scheduler_co
 diffusers records which fields hold only their class's defaults (``_use_default_values``) and drops
 them when a config moves to another scheduler class; :func:`read_config` drops them too, so that
 ``grid_from_config(cfg)`` is the grid of ``OdesolveScheduler.from_config(cfg)``. The fields that
-tell the model families apart (:data:`FAMILY_KEYS`) are kept even where they hold defaults.
+tell the model families apart (``keep``: each family's ``marks``) are kept even where they hold defaults.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import math
 import numbers
 from collections.abc import Callable
 
-__all__ = ["FAMILY_KEYS", "check_common", "count", "num_train_timesteps", "positive", "read_config", "refuse"]
+__all__ = ["check_common", "count", "num_train_timesteps", "positive", "read_config", "refuse"]
 
-FAMILY_KEYS = ("shift", "sigma_data")
-
-
-def read_config(config) -> dict:
+def read_config(config, keep=()) -> dict:
     """The config as a dict without its default-valued fields (see the module docstring).
 
     A scheduler object adds its class name as ``_class_name`` (saved configs carry it already)."""
@@ -28,7 +25,7 @@ def read_config(config) -> dict:
         config = config.config
     if not hasattr(config, "get") or not hasattr(config, "items"):
         raise TypeError(f"config must be a diffusers scheduler, its .config or a dict, got {type(config).__name__}")
-    defaults = set(config.get("_use_default_values", None) or ()) - set(FAMILY_KEYS)
+    defaults = set(config.get("_use_default_values", None) or ()) - set(keep)
     cfg = {k: v for k, v in dict(config).items() if k not in defaults and k != "_use_default_values"}
     if name is not None:
         cfg.setdefault("_class_name", name)

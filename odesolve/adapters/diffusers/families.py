@@ -31,7 +31,7 @@ from ...paths import EDM, FlowMatching, Path, VPDiscrete, rescale_betas_zero_snr
 from .config import check_common, count, num_train_timesteps, positive, read_config, refuse
 from .timesteps import flow_sigmas_multistep, flow_times, karras_sigmas, spaced_timesteps
 
-__all__ = ["FAMILIES", "EDMFamily", "Family", "FlowFamily", "VPFamily", "family_for", "register"]
+__all__ = ["FAMILIES", "EDMFamily", "Family", "FlowFamily", "VPFamily", "family_for", "marks", "register"]
 
 FAMILIES: dict[str, type[Family]] = {}  # in order of precedence: the first that describes a config is its family
 
@@ -42,16 +42,23 @@ def register(cls: type[Family]) -> type[Family]:
     return cls
 
 
+def marks() -> tuple[str, ...]:
+    """The config fields that identify a family: kept even where they hold their class's defaults."""
+    return tuple(dict.fromkeys(m for f in FAMILIES.values() for m in f.marks))
+
+
 def family_for(config) -> Family:
     """The family a scheduler config describes, its config checked (a ``ValueError`` names the field).
 
     A config whose scheduler class name starts with a family's :attr:`~Family.class_prefix`
     (``EDMEulerScheduler``, ``FlowMatchEulerDiscreteScheduler``) is of that family; otherwise the
-    first family in :data:`FAMILIES` whose :meth:`~Family.describes` accepts its fields."""
-    cfg = read_config(config)
+    first family in :data:`FAMILIES` whose :meth:`~Family.describes` accepts its fields, and the
+    :attr:`~Family.default` family (VP) when none does."""
+    cfg = read_config(config, keep=marks())
     name = str(cfg.get("_class_name") or "")
     by_name = [f for f in FAMILIES.values() if f.class_prefix and name.startswith(f.class_prefix)]
-    cls = by_name[0] if by_name else next(f for f in FAMILIES.values() if f.describes(cfg))
+    ordered = sorted(FAMILIES.values(), key=lambda f: f.default)  # the default family last, whatever its place
+    cls = by_name[0] if by_name else next(f for f in ordered if f.default or f.describes(cfg))
     family = cls(cfg)
     check_common(cfg)
     family.check()
@@ -63,6 +70,8 @@ class Family:
 
     name: ClassVar[str]
     class_prefix: ClassVar[str | None] = None  # diffusers scheduler classes that belong to this family
+    default: ClassVar[bool] = False  # the family of a config no other family describes
+    marks: ClassVar[tuple[str, ...]] = ()  # fields that identify the family even at their default values
     predictions: ClassVar[dict[str, str]]  # config prediction_type -> odesolve prediction
 
     def __init__(self, cfg: dict):
@@ -137,6 +146,7 @@ class EDMFamily(Family):
 
     name = "edm"
     class_prefix = "EDM"
+    marks = ("sigma_data",)
     predictions: ClassVar = {"epsilon": "x0", "v_prediction": "x0"}  # preconditioned: the result predicts x0
 
     @classmethod
@@ -197,6 +207,7 @@ class FlowFamily(Family):
 
     name = "flow"
     class_prefix = "FlowMatch"
+    marks = ("shift",)
     # diffusers' flow configs often carry the multistep schedulers' prediction_type="epsilon" default
     predictions: ClassVar = {"flow_prediction": "velocity", "epsilon": "velocity"}
 
@@ -247,9 +258,11 @@ class VPFamily(Family):
     name = "vp"
     predictions: ClassVar = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
+    default = True
+
     @classmethod
     def describes(cls, cfg):
-        return True
+        return cfg.get("trained_betas") is not None or cfg.get("beta_schedule") is not None
 
     def check(self):
         super().check()

@@ -21,8 +21,8 @@ from torch import Tensor
 from ... import methods as _methods
 from ...grids import Grid
 from ...plan import Plan
-from .config import FAMILY_KEYS, count, positive
-from .families import family_for
+from .config import count, positive
+from .families import family_for, marks
 from .grids import explicit_grid, family_grid
 
 __all__ = ["OdesolveScheduler", "PlanRun"]
@@ -231,7 +231,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         EDM (``sigma_data``) config apart from a VP one even where they hold diffusers' defaults
         (diffusers drops default-valued keys when converting between schedulers)."""
         if config is not None and hasattr(config, "get"):
-            for key in FAMILY_KEYS:
+            for key in marks():
                 if key in config and key not in kwargs and config.get(key) is not None:
                     kwargs[key] = config[key]
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
