@@ -3,7 +3,8 @@
 - :mod:`odesolve.adapters.diffusers`: a diffusers network as an :class:`odesolve.Model`
   (:func:`~odesolve.adapters.diffusers.model_from_diffusers`), the path and prediction type of a
   scheduler config, and :class:`~odesolve.adapters.diffusers.OdesolveScheduler`, a diffusers
-  scheduler backed by a compiled plan (``pipe.scheduler = OdesolveScheduler.from_config(...)``).
+  scheduler backed by a compiled plan (``pipe.scheduler = OdesolveScheduler.from_config(...)``);
+  a package with one module per concern (config, families, timesteps, grids, model, scheduler).
 - :mod:`odesolve.adapters.kdiffusion`: k-diffusion style functions ``sample_<name>(model, x, sigmas,
   extra_args=None, callback=None, disable=None)`` for every registered method, generated from the
   registry.

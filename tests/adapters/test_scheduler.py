@@ -426,3 +426,11 @@ def test_bad_clipping_options_are_refused(field, value):
     on = {"clip_sample": True} if field == "clip_sample_range" else {"thresholding": True}
     with pytest.raises(ValueError, match=field):
         OdesolveScheduler(**on, **{field: value})
+
+
+def test_add_noise_outside_the_models_timesteps_is_refused():
+    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config)
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"add_noise: timesteps \[5000"):
+        s.add_noise(x, torch.randn_like(x), torch.tensor([5000]))
+    assert torch.equal(s.add_noise(x, x, torch.tensor([999])), s.add_noise(x, x, 999))

@@ -430,6 +430,11 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         """``alpha(t) x0 + sigma(t) noise`` at the network timesteps ``timesteps`` (any value, not
         only those of the grid)."""
         t = self._family.path_time(torch.as_tensor(timesteps).reshape(-1))
+        try:
+            self.path.check_times(t, "timesteps")
+        except ValueError as e:
+            raise ValueError(f"add_noise: timesteps {torch.as_tensor(timesteps).reshape(-1).tolist()[:4]} are outside "
+                             f"the model's ({e})") from None
         a, s = self.path.alpha(t), self.path.sigma(t)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         dev, dt = original_samples.device, original_samples.dtype
