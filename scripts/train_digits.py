@@ -128,20 +128,20 @@ def train(args) -> dict:
 def table(args) -> None:
     """Frechet distance of classifier features, samples vs the data, per method and NFE."""
     import odesolve as ods
-    from odesolve.sampling import make_grid, steps_for_nfe
-    from odesolve.toy import zoo
+    from odesolve.commands.sample import make_grid, steps_for_nfe
+    from odesolve.toy import metrics, reference, zoo
 
     torch.set_num_threads(args.threads)
     model = zoo.load("digits")
-    clf, tr, te = zoo.digits_classifier(seed=0)
+    clf, tr, te = metrics.digits_classifier(seed=0)
     x = zoo.data("digits")
     acc = float((clf(x[te]).argmax(1) == zoo.labels("digits")[te]).float().mean())
     feats_data = clf.features(x)
     n = args.table_n
     x_T = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed))
-    ref = zoo.reference(model, x_T, steps=args.table_ref_steps)
-    fd_ref = zoo.frechet_distance(clf.features(ref), feats_data)
-    fd_floor = zoo.frechet_distance(clf.features(x[tr][: min(n, tr.numel())]), clf.features(x[te]))
+    ref = reference.solve_by_halving(model, x_T, steps=args.table_ref_steps)
+    fd_ref = metrics.frechet_distance(clf.features(ref), feats_data)
+    fd_floor = metrics.frechet_distance(clf.features(x[tr][: min(n, tr.numel())]), clf.features(x[te]))
     print(f"classifier test accuracy {acc:.4f}; {n} samples per entry; grid {args.grid}")
     print(f"FD(reference ODE solution, data) = {fd_ref:.3f};  FD(train split, test split) = {fd_floor:.3f}")
     nfes = [int(v) for v in args.table_nfe.split(",")]
@@ -158,7 +158,7 @@ def table(args) -> None:
             grid = make_grid(model.path, steps, args.grid)
             out = ods.sample(model, x_T, grid, method=name)
             calls = ods.methods.get(name).compile(model.path, grid).calls
-            fd = zoo.frechet_distance(clf.features(out), feats_data)
+            fd = metrics.frechet_distance(clf.features(out), feats_data)
             err = float((out - ref).pow(2).mean().sqrt())
             cells.append(f"{fd:.2f} ({err:.3f})" + ("" if calls == nfe else f" [{calls}]"))
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

@@ -27,7 +27,7 @@ from .. import paths as _paths
 from ..models import Model
 from ..paths import Path
 
-__all__ = ["BUILTIN", "Problem", "as_problem", "describe", "get"]
+__all__ = ["BUILTIN", "Problem", "as_problem", "describe", "get", "names"]
 
 
 @dataclass(eq=False)
@@ -228,6 +228,13 @@ def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_
     P = as_problem(dist, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed, name=name)
     P.description = desc
     return P
+
+
+def names() -> list[str]:
+    """Every name :func:`get` knows: the registry of :mod:`odesolve.toy.problems` and :data:`BUILTIN`."""
+    from ..toy import problems as toy_problems
+
+    return sorted(set(toy_problems.names()) | set(BUILTIN))
 
 
 def describe(name: str) -> str:

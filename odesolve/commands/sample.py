@@ -5,7 +5,7 @@
 writes ``DIR/samples.npz`` (``samples``: float32, shape ``(n, *image)``, in the model's data
 coordinates, unclipped; with the method, the grid times, the real NFE and the seed) and
 ``DIR/grid.png`` (the first 100 samples). ``run(args)`` is the command; ``add_arguments(parser)``
-declares its options, so ``odesolve.cli`` only wires them.
+declares its options; every option is checked before the sampling starts.
 
 NFE budget. ``--nfe`` is the number of network evaluations allowed per sample. The grid gets
 ``nfe // calls_per_step`` steps, and then as many as fit: a step that ends at sigma = 0 (the last
@@ -30,7 +30,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["GRIDS", "add_arguments", "make_grid", "run", "steps_for_nfe"]
+from . import _checks
+
+__all__ = ["GRIDS", "HELP", "add_arguments", "make_grid", "run", "steps_for_nfe"]
+
+HELP = "sample from a model of the zoo with a registered method"
 
 GRIDS = ("trailing", "lambda", "karras")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,15 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def make_grid(path, steps: int, kind: str = "trailing"):
     """The grid ``kind`` (one of :data:`GRIDS`) with ``steps`` steps on a discrete VP ``path``,
     from its noise end to t = -1 (sigma = 0)."""
-    from . import grids
-    from .toy import zoo
+    from .. import grids
+    from ..toy import reference
 
     if kind == "trailing":
         return grids.discrete(path, steps, "trailing")
     if kind == "lambda":
         if steps < 2:
             return grids.discrete(path, 1, "trailing")
-        return zoo.reference_grid(path, steps)
+        return reference.halving_grid(path, steps)
     if kind == "karras":
         if steps < 2:
             return grids.discrete(path, 1, "trailing")
@@ -82,7 +86,7 @@ def make_grid(path, steps: int, kind: str = "trailing"):
 def steps_for_nfe(path, method, nfe: int, kind: str = "trailing") -> int | None:
     """The most steps of ``method`` on the grid ``kind`` whose plan makes at most ``nfe`` model
     calls, starting from ``nfe // calls_per_step``; ``None`` if not even one step fits."""
-    from . import methods
+    from .. import methods
 
     m = method if isinstance(method, methods.Method) else methods.get(method)
     if not isinstance(nfe, int) or nfe < 1:
@@ -125,44 +129,50 @@ def _save_png(images: torch.Tensor, file: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _check(args: argparse.Namespace):
+    """Every option checked before any work; returns ``(device, model, method, out)``."""
+    from .. import methods
+    from ..toy import metrics, zoo
+
+    n, _, nfe = (_checks.positive(o, v) for o, v in (("--n", args.n), ("--batch", args.batch), ("--nfe", args.nfe)))
+    _checks.seed(args.seed)
+    if args.fd:
+        if args.model != "digits":
+            raise _checks.UsageError(f"--fd is defined for the digits model only, got --model {args.model!r}")
+        if n <= metrics.DIGITS_FEATURES:
+            raise _checks.UsageError(f"--fd needs more samples than the classifier has features ({metrics.DIGITS_FEATURES})"
+                                     f" for a non-singular covariance: got --n {n}; use --n {metrics.DIGITS_FEATURES + 1}"
+                                     f" or more (the estimate's bias falls like 1/n)")
+    device = _checks.device(args.device)
+    dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
+    model = zoo.load(args.model, device=device, dtype=dtype)
+    method = methods.get(args.method)
+    out = Path(args.out) if args.out is not None else Path("out") / f"{args.model}-{method.name}-nfe{nfe}"
+    return device, model, method, _checks.output_folder("--out", out)
+
+
 def run(args: argparse.Namespace) -> int:
     """``odesolve sample``; returns the exit status (0 on success, 2 on bad arguments)."""
     import numpy as np
 
-    from . import methods
-    from .execute import execute
-    from .toy import zoo
+    from ..execute import execute
+    from ..toy import metrics, zoo
 
     def fail(msg):
-        print(f"odesolve sample: error: {msg}", file=sys.stderr)
-        return 2
+        return _checks.fail("sample", msg)
 
-    if args.n < 1 or args.batch < 1:
-        return fail(f"--n and --batch must be positive, got {args.n} and {args.batch}")
-    if args.nfe < 1:
-        return fail(f"--nfe must be positive, got {args.nfe}")
     try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        return fail(f"--device {args.device!r}: {err}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return fail(f"--device {args.device}: CUDA is not available in this torch build or machine")
-    dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
-    try:
-        model = zoo.load(args.model, device=device, dtype=dtype)
-        method = methods.get(args.method)
+        device, model, method, out = _check(args)
     except ValueError as err:
-        return fail(str(err))
+        return fail(err)
     path = model.path
     steps = steps_for_nfe(path, method, args.nfe, args.grid)
     if steps is None:
         return fail(f"--nfe {args.nfe} is too small for one step of {method.name!r}")
     grid = make_grid(path, steps, args.grid)
     plan = method.compile(path, grid)
-    out = Path(args.out) if args.out is not None else Path("out") / f"{args.model}-{method.name}-nfe{args.nfe}"
-    out.mkdir(parents=True, exist_ok=True)
 
-    shape = tuple(model.config["net"]["shape"])
+    shape = tuple(zoo.config(args.model)["net"]["shape"])
     x_T = torch.randn((args.n, *shape), generator=torch.Generator().manual_seed(args.seed))
     print(f"{args.model}: {method.name} (order {method.order}), {steps} steps on the {args.grid} grid, "
           f"real NFE {plan.calls} (requested {args.nfe}), {args.n} samples, batch {args.batch}, "
@@ -194,22 +204,9 @@ def run(args: argparse.Namespace) -> int:
     _save_png(samples[:100], png, f"{args.model}: {method.name}, NFE {plan.calls}, seed {args.seed}")
     line = f"wrote {npz} and {png}: {args.n} samples at NFE {plan.calls} in {seconds:.1f} s"
     if args.fd:
-        if args.model != "digits":
-            return fail("--fd is defined for the digits model only")
-        clf, _, _ = zoo.digits_classifier(seed=0)
+        clf, _, _ = metrics.digits_classifier(seed=0)
         with torch.inference_mode():
-            fd = zoo.frechet_distance(clf.features(samples), clf.features(zoo.data("digits")))
+            fd = metrics.frechet_distance(clf.features(samples), clf.features(zoo.data("digits")))
         line += f"; Frechet distance of classifier features to the data {fd:.3f}"
     print(line)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m odesolve.sampling``: the same as ``odesolve sample``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="odesolve sample", description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
