@@ -34,7 +34,7 @@ from .. import grids as _grids
 from .. import methods as _methods
 from ..execute import execute
 from ._plan import as_method, compile_cached
-from .convergence import ConvergenceResult, convergence, steps_for_nfe
+from .convergence import ConvergenceResult, convergence, nominal_steps
 from .numeric import numeric_order
 from .problems import describe, get
 from .stability import stability_interval
@@ -104,7 +104,7 @@ def _practical_errors(m, problem, nfe, n, seed):
     """RMS error at sigma = 0 on Karras grids (sigma 80 -> 0) from exact samples at sigma = 80."""
     errs, used = {}, {}
     for k in nfe:
-        steps = steps_for_nfe(m, k)
+        steps = nominal_steps(m, k)
         if steps < 2:
             errs[k], used[k] = math.nan, 0
             continue

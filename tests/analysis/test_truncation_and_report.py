@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from odesolve.analysis import local_errors, run_report
-from odesolve.analysis import report as report_mod
+from odesolve.commands import report as report_mod
 
 
 def test_local_errors_orders_and_the_fan(mixture_problem):
@@ -50,4 +50,4 @@ def test_report_command_line(tmp_path, capsys):
     assert "ddim" in out and "err@6" in out and (tmp_path / "report.md").exists()
     args = parser.parse_args(["ddim", "--problem", "no-such-problem", "--quick", "--out", str(tmp_path)])
     assert report_mod.run(args) == 2
-    assert "unknown" in capsys.readouterr().err
+    assert "--problem must be one of" in capsys.readouterr().err
