@@ -10,7 +10,7 @@ form), whose exact linear part is the identity,
     data form   y(lambda_N) = y(lambda_0) + int e^lambda  F(u(lambda)) d lambda
     noise form  xbar(rho_N) = xbar(rho_0) + int F(u(rho)) d rho,      rho = sigma/alpha = e^{-lambda}
 
-(THEORY.md 1.2), evaluated here by Gauss-Legendre quadrature in lambda (24 nodes per step: exact to
+(docs/theory.md section 2), evaluated here by Gauss-Legendre quadrature in lambda (24 nodes per step: exact to
 round-off for polynomial times exponential integrands on steps of length <= 1, independent of the
 phi-functions of :mod:`odesolve.methods`). ``F`` is a monomial ``((u - u_c)/u_r)^d`` in the
 method's interpolation variable ``u`` (lambda for exponential methods, rho for the classical

@@ -1,8 +1,8 @@
 r"""Linear stability of any plan: amplification matrices, stability functions and regions,
 boundary loci, real stability intervals, and what classifier-free guidance does to them.
 
-The test equations (THEORY.md 2.2)
----------------------------------
+The test equations (docs/theory.md section 6)
+---------------------------------------------
 - ``"lambda"`` (data form, the natural test of exponential integrators): ``x0(x, t) = mu x / alpha``.
   Then ``y = x / sigma`` obeys ``dy/dlambda = mu y``: for a frozen (constant) ``mu`` the exact factor
   over a step is ``e^(mu h)``; a ``mu`` that varies with lambda, as every real model's does, gives
@@ -13,8 +13,7 @@ The test equations (THEORY.md 2.2)
 - ``"rho"`` (noise form, the classical test in k-diffusion's variables): ``eps(x, t) = -mu x / alpha``,
   so ``xbar = x / alpha`` obeys ``dxbar/ds = mu xbar`` in the direction of integration ``s = -rho``
   (``rho = sigma / alpha`` decreases): over a step ``h = rho_n - rho_{n+1} > 0`` the exact factor is
-  ``e^(mu h)`` and ``z = mu h`` is the classical ``h lambda`` of Dahlquist's test (negative mu decays;
-  ``eps = mu_rho xbar`` in THEORY.md's notation is ``mu = -mu_rho``).
+  ``e^(mu h)`` and ``z = mu h`` is the classical ``h lambda`` of Dahlquist's test (negative mu decays).
 
 Either test is a model like any other, given to a plan in its own buffer (an eps-plan on the
 lambda test sees ``eps = (1 - mu) x / sigma``; an x0-plan on the rho test sees

@@ -1,4 +1,4 @@
-"""Error metrics for samplers on exact problems (THEORY.md section 5.5).
+"""Error metrics for samplers on exact problems (docs/theory.md section 7.5).
 
 Pass the distribution the samples should follow: the data mixture, or ``mixture.marginal(t, path)``
 for ``p`` at the last time of the grid (``p_{sigma_min} = p_0 * N(0, sigma_min^2)``), which is the

@@ -5,7 +5,7 @@ Formulation. With ``s = hypot(alpha, sigma)`` the state ``w = x / s`` obeys, in 
 
     dw/dlambda = a (x0_hat(s w, t(lambda)) - a w),      a = alpha / s = (1 + e^{-2 lambda})^{-1/2}.
 
-This is the data form of the PF-ODE (THEORY.md section 1.1: ``d(x/sigma)/dlambda = e^lambda x0_hat``,
+This is the data form of the PF-ODE (docs/theory.md sections 1 and 7.4: ``d(x/sigma)/dlambda = e^lambda x0_hat``,
 Lu et al. 2022, arXiv 2211.01095) rewritten for the variance-preserving scaling of the path, which
 every Gaussian path has up to the factor ``s`` (the PF-ODE commutes with rescaling ``x``). Why this
 choice:

@@ -77,7 +77,7 @@ def test_ddim_interval_closed_form(h):
 
 
 def _closed_form(name, h):
-    """THEORY.md 2.2's boundary locus mu(theta) = (e^{iq theta} - e^{i(q-1) theta}) /
+    """The boundary locus of docs/theory.md section 6, mu(theta) = (e^{iq theta} - e^{i(q-1) theta}) /
     sum_j c_j e^{(j+1)h} e^{i(q-1-j) theta}, with the weights c_j of the symbolic derivation at equal
     steps (r_j = -j): the interval ends at the real locus point nearest 0 on the negative side (0 when
     the principal root leaves the disc at once, i.e. sum_j c_j e^{(j+1)h} < 0)."""
@@ -108,8 +108,8 @@ def _closed_form(name, h):
 def test_theory_2_2_table_recomputed():
     """Most negative stable mu of DDIM / DPM-Solver++(2M, Taylor) / 3M as coded / 3M with the Taylor
     D2 weight, at h = 0.1 ... 1.5, against the closed forms (DDIM: -2/(e^h - 1); the multistep
-    methods: the r = -1 crossing of their characteristic polynomial), and against THEORY.md's
-    three-digit values."""
+    methods: the r = -1 crossing of their characteristic polynomial), and against the
+    three-digit values of an independent computation (the table of docs/theory.md section 6)."""
     hs = [0.1, 0.25, 0.5, 1.0, 1.5]
     names = ["ddim", "dpmpp-2m-taylor", "dpmpp-3m", "dpmpp-3m-corrected"]
     theory = {0.1: [-19.0, -9.18, -5.31, -4.80], 0.25: [-7.04, -3.22, -1.75, -1.57],
