@@ -215,3 +215,48 @@ def test_bfloat16_network_with_float32_state_stays_close(model, classifier, x_T,
     feats = clf.features(zoo.data("digits"))
     fd16, fd32 = (metrics.frechet_distance(clf.features(v), feats) for v in (out16, samples))
     assert abs(fd16 - fd32) < 0.1 * fd32, (fd16, fd32)
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo's objects: built whole, nothing attached afterwards
+# --------------------------------------------------------------------------------------------
+
+
+def test_loaded_model_carries_its_network_in_its_function(model):
+    """``zoo.load`` returns a plain Model whose ``fn`` is a ZooDenoiser holding the network; the same
+    network called at lambda(t) gives the model's output bit for bit."""
+    assert type(model) is ods.Model and isinstance(model.fn, zoo.ZooDenoiser)
+    assert not hasattr(model, "network") and not hasattr(model, "config")
+    net = model.fn.network
+    assert isinstance(net, zoo.DigitsNet) and net.shape == tuple(zoo.config("digits")["net"]["shape"])
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([10.0, 600.0], dtype=torch.float64)
+    with torch.inference_mode():
+        assert torch.equal(model(x, t), net(x, model.fn.lambda_of_t(t)))
+
+
+def test_config_is_a_copy():
+    cfg = zoo.config("digits")
+    cfg["net"]["shape"] = [3, 3]
+    assert zoo.config("digits")["net"]["shape"] == [1, 8, 8]
+    with pytest.raises(ValueError, match="'cifar'"):
+        zoo.config("cifar")
+
+
+def test_frechet_distance_refuses_a_singular_covariance():
+    """n <= d samples give a covariance of rank n - 1 < d: refused, naming the set and the counts."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 16, generator=g), torch.randn(300, 16, generator=g)
+    with pytest.raises(ValueError, match=r"a must have more rows.*got 8 samples of 16 features"):
+        metrics.frechet_distance(a, b)
+    with pytest.raises(ValueError, match=r"b must have more rows.*got 16 samples of 16 features"):
+        metrics.frechet_distance(b, b[:16])
+    assert metrics.frechet_distance(b[:17], b) > 0  # one more sample than features is enough
+
+
+def test_solve_by_halving_refuses_bad_arguments(model, x_T):
+    with pytest.raises(ValueError, match="steps must be an integer >= 4"):
+        reference.solve_by_halving(model, x_T[:2], steps=3)
+    edm = ods.Model(lambda x, t: x, ods.paths.EDM(), "x0")
+    with pytest.raises(TypeError, match="VPDiscrete"):
+        reference.solve_by_halving(edm, x_T[:2])
