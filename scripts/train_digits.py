@@ -56,10 +56,10 @@ def train(args) -> dict:
 
     images, labels = load_digits_uint8()
     x_data = (images.to(torch.float32) / 8.0 - 1.0).unsqueeze(1)
-    path_cfg = dict(schedule="linear", num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02)
+    path_cfg = {"schedule": "linear", "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
     path = VPDiscrete.from_schedule(**path_cfg)
     T = int(path.t_max) + 1
-    net_cfg = dict(shape=[1, 8, 8], hidden=args.hidden, depth=args.depth, emb=args.emb)
+    net_cfg = {"shape": [1, 8, 8], "hidden": args.hidden, "depth": args.depth, "emb": args.emb}
     net = DigitsNet(**net_cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
     n_params = sum(p.numel() for p in net.parameters())
@@ -111,12 +111,12 @@ def train(args) -> dict:
             "path": path_cfg,
             "prediction": "eps",
             "data": "sklearn.datasets.load_digits, x / 8 - 1",
-            "train": dict(seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, lr_min=args.lr_min,
-                          warmup=args.warmup, weight_decay=args.weight_decay, ema=args.ema, threads=args.threads,
-                          times="uniform on [0, T-1]", cond="lambda(t), zoo.noise_embedding", loss="mse eps",
-                          final_loss=running,
-                          wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1), torch=str(torch.__version__),
-                          weights_dtype="float16" if args.half else "float32"),
+            "train": {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "lr_min": args.lr_min,
+                          "warmup": args.warmup, "weight_decay": args.weight_decay, "ema": args.ema, "threads": args.threads,
+                          "times": "uniform on [0, T-1]", "cond": "lambda(t), zoo.noise_embedding", "loss": "mse eps",
+                          "final_loss": running,
+                          "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "torch": str(torch.__version__),
+                          "weights_dtype": "float16" if args.half else "float32"},
         },
         "state_dict": state,
         "data": images,

@@ -195,9 +195,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     samples = torch.cat(chunks)
 
-    meta = dict(model=args.model, method=method.name, order=method.order, nfe=plan.calls, nfe_requested=args.nfe,
-                steps=steps, grid=args.grid, seed=args.seed, n=args.n, device=str(device), dtype=args.dtype,
-                seconds=round(seconds, 3))
+    meta = {"model": args.model, "method": method.name, "order": method.order, "nfe": plan.calls, "nfe_requested": args.nfe,
+                "steps": steps, "grid": args.grid, "seed": args.seed, "n": args.n, "device": str(device), "dtype": args.dtype,
+                "seconds": round(seconds, 3)}
     npz = out / "samples.npz"
     np.savez_compressed(npz, samples=samples.numpy(), times=grid.t.numpy(), meta=json.dumps(meta))
     png = out / "grid.png"

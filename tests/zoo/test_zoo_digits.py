@@ -9,8 +9,8 @@ import torch
 from zoo_setup import BEST, N_SAMPLES
 
 import odesolve as ods
-from odesolve.paths import VPDiscrete
 from odesolve.commands.sample import make_grid, steps_for_nfe
+from odesolve.paths import VPDiscrete
 from odesolve.toy import metrics, reference, zoo
 
 # Bounds, justified where they are used. Measured values are for the shipped weights.
