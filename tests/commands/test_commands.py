@@ -45,6 +45,7 @@ def test_python_dash_m_odesolve_runs_the_command():
     (["sample", "--seed", str(2**64)], "--seed"),
     (["sample", "--device", "nonsense"], "--device"),
     (["sample", "--device", "cuda:97"], "--device"),
+    (["sample", "--device", "meta"], "--device"),  # holds no data: nothing could be copied back
     (["sample", "--fd", "--n", "128"], "--fd"),
     (["sample", "--fd", "--n", "8"], "--fd"),
     (["report", "--nfe", "0"], "--nfe"),
