@@ -9,7 +9,8 @@ declares its options; every option is checked before the sampling starts.
 
 NFE budget. ``--nfe`` is the number of network evaluations allowed per sample. The grid gets
 ``nfe // calls_per_step`` steps, and then as many as fit: a step that ends at sigma = 0 (the last
-step of the default grids) is an exact-at-the-limit DDIM step of one call whatever the method, so
+step of the default grids) takes one model call whatever the method (the DDIM limit ``x = x0_hat``
+for the exponential methods; docs/theory.md section 2), so
 a singlestep method such as ``dpm-solver-3`` at ``--nfe 10`` runs 4 steps (3 + 3 + 3 + 1 calls),
 and a method that spends an extra call on a warm-up (``dpmpp-3m-corrected``) runs one step fewer.
 The real NFE (the compiled plan's number of calls) is printed and stored.
@@ -58,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: out/MODEL-METHOD-nfeNFE); created if missing")
     parser.add_argument("--fd", action="store_true",
-                        help="also print the Frechet distance of classifier features to the data (digits only)")
+                        help="also print the Frechet distance of classifier features to the data (digits only; needs "
+                             "--n above the 128 features)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
