@@ -246,8 +246,8 @@ def solve(model: Model, x: Float[Tensor, " batch *shape"], t_from, t_to, *, rtol
 def halving_grid(path: VPDiscrete, steps: int, t_start: float | None = None, t_end: float = 0.0):
     """``steps - 1`` steps uniform in lambda from ``t_start`` (default the noise end) to ``t_end``
     (default 0, the first training time of a discrete model), then the step to ``t = -1``
-    (sigma = 0), which every method takes as the DDIM step ``x = x0_hat(x, t_end)`` (the limit
-    ``h -> inf`` of an exponential step, one model call). The grid of :func:`solve_by_halving`."""
+    (sigma = 0), one model call (for the exponential methods the DDIM limit ``x = x0_hat(x, t_end)``
+    of their step as ``h -> inf``; docs/theory.md section 2). The grid of :func:`solve_by_halving`."""
     from .. import grids
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
