@@ -217,7 +217,7 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
     lam = plan.grid.lambdas.numpy()
     if not np.isfinite(lam).all():
         raise ValueError("the grid must have finite lambda at both ends (sigma > 0 and alpha > 0): a step to "
-                         "sigma = 0 takes a first-order limit and has no order to measure")
+                         "sigma = 0 is infinitely long in lambda and has no order to measure")
     u = variable_of_lambda(path, variable, lam[[0, -1]])
     center, radius = float(u.mean()), float(abs(u[1] - u[0]) / 2)
     D = max_degree
