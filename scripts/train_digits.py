@@ -56,10 +56,10 @@ def train(args) -> dict:
 
     images, labels = load_digits_uint8()
     x_data = (images.to(torch.float32) / 8.0 - 1.0).unsqueeze(1)
-    path_cfg = dict(schedule="linear", num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02)
+    path_cfg = {"schedule": "linear", "num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02}
     path = VPDiscrete.from_schedule(**path_cfg)
     T = int(path.t_max) + 1
-    net_cfg = dict(shape=[1, 8, 8], hidden=args.hidden, depth=args.depth, emb=args.emb)
+    net_cfg = {"shape": [1, 8, 8], "hidden": args.hidden, "depth": args.depth, "emb": args.emb}
     net = DigitsNet(**net_cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
     n_params = sum(p.numel() for p in net.parameters())
@@ -111,12 +111,12 @@ def train(args) -> dict:
             "path": path_cfg,
             "prediction": "eps",
             "data": "sklearn.datasets.load_digits, x / 8 - 1",
-            "train": dict(seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, lr_min=args.lr_min,
-                          warmup=args.warmup, weight_decay=args.weight_decay, ema=args.ema, threads=args.threads,
-                          times="uniform on [0, T-1]", cond="lambda(t), zoo.noise_embedding", loss="mse eps",
-                          final_loss=running,
-                          wall_seconds=round(wall, 1), cpu_seconds=round(cpu, 1), torch=str(torch.__version__),
-                          weights_dtype="float16" if args.half else "float32"),
+            "train": {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr, "lr_min": args.lr_min,
+                          "warmup": args.warmup, "weight_decay": args.weight_decay, "ema": args.ema, "threads": args.threads,
+                          "times": "uniform on [0, T-1]", "cond": "lambda(t), zoo.noise_embedding", "loss": "mse eps",
+                          "final_loss": running,
+                          "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "torch": str(torch.__version__),
+                          "weights_dtype": "float16" if args.half else "float32"},
         },
         "state_dict": state,
         "data": images,
@@ -128,20 +128,20 @@ def train(args) -> dict:
 def table(args) -> None:
     """Frechet distance of classifier features, samples vs the data, per method and NFE."""
     import odesolve as ods
-    from odesolve.sampling import make_grid, steps_for_nfe
-    from odesolve.toy import zoo
+    from odesolve.commands.sample import make_grid, steps_for_nfe
+    from odesolve.toy import metrics, reference, zoo
 
     torch.set_num_threads(args.threads)
     model = zoo.load("digits")
-    clf, tr, te = zoo.digits_classifier(seed=0)
+    clf, tr, te = metrics.digits_classifier(seed=0)
     x = zoo.data("digits")
     acc = float((clf(x[te]).argmax(1) == zoo.labels("digits")[te]).float().mean())
     feats_data = clf.features(x)
     n = args.table_n
     x_T = torch.randn((n, 1, 8, 8), generator=torch.Generator().manual_seed(args.seed))
-    ref = zoo.reference(model, x_T, steps=args.table_ref_steps)
-    fd_ref = zoo.frechet_distance(clf.features(ref), feats_data)
-    fd_floor = zoo.frechet_distance(clf.features(x[tr][: min(n, tr.numel())]), clf.features(x[te]))
+    ref = reference.solve_by_halving(model, x_T, steps=args.table_ref_steps)
+    fd_ref = metrics.frechet_distance(clf.features(ref), feats_data)
+    fd_floor = metrics.frechet_distance(clf.features(x[tr][: min(n, tr.numel())]), clf.features(x[te]))
     print(f"classifier test accuracy {acc:.4f}; {n} samples per entry; grid {args.grid}")
     print(f"FD(reference ODE solution, data) = {fd_ref:.3f};  FD(train split, test split) = {fd_floor:.3f}")
     nfes = [int(v) for v in args.table_nfe.split(",")]
@@ -158,7 +158,7 @@ def table(args) -> None:
             grid = make_grid(model.path, steps, args.grid)
             out = ods.sample(model, x_T, grid, method=name)
             calls = ods.methods.get(name).compile(model.path, grid).calls
-            fd = zoo.frechet_distance(clf.features(out), feats_data)
+            fd = metrics.frechet_distance(clf.features(out), feats_data)
             err = float((out - ref).pow(2).mean().sqrt())
             cells.append(f"{fd:.2f} ({err:.3f})" + ("" if calls == nfe else f" [{calls}]"))
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

@@ -19,11 +19,11 @@ being registered:
 """
 
 from . import families, lmm, plots, problems
-from .convergence import ConvergenceResult, assert_order, convergence, steps_for_nfe
+from .convergence import ConvergenceResult, assert_order, convergence, nominal_steps
 from .families import Family
 from .lmm import LinearMultistep, adams_bashforth, adams_moulton
 from .numeric import OrderResult, numeric_order, polynomial_errors, step_exactness
-from .problems import Problem
+from .problems import InitialValueProblem
 from .stability import (
     GuidanceStability,
     StabilityRegion,
@@ -46,10 +46,10 @@ __all__ = [
     "ConvergenceResult",
     "Family",
     "GuidanceStability",
+    "InitialValueProblem",
     "LinearMultistep",
     "LocalErrors",
     "OrderResult",
-    "Problem",
     "StabilityRegion",
     "SymbolicLimitError",
     "adams_bashforth",
@@ -64,6 +64,7 @@ __all__ = [
     "guidance_stability",
     "lmm",
     "local_errors",
+    "nominal_steps",
     "numeric_order",
     "order",
     "plan_transfer",
@@ -77,7 +78,6 @@ __all__ = [
     "stability_region",
     "step_exactness",
     "step_matrices",
-    "steps_for_nfe",
     "uniform_grid",
 ]
 

@@ -28,9 +28,9 @@ from ..grids import Grid
 from . import families as _families
 from ._fit import fit_slope
 from ._plan import as_method, compile_cached
-from .problems import as_problem
+from .problems import as_ivp
 
-__all__ = ["ConvergenceResult", "assert_order", "convergence", "steps_for_nfe"]
+__all__ = ["ConvergenceResult", "assert_order", "convergence", "nominal_steps"]
 
 _EPS = float(np.finfo(np.float64).eps)
 
@@ -71,8 +71,10 @@ class ConvergenceResult:
         return self.table()
 
 
-def steps_for_nfe(method, nfe: int) -> int:
-    """The number of grid steps that spends about ``nfe`` model calls (at least 1)."""
+def nominal_steps(method, nfe: int) -> int:
+    """``max(1, round(nfe / calls_per_step))``: the step count that spends about ``nfe`` model calls
+    (warm-up calls and a step to sigma = 0 may change the real count; the exact budget rule of
+    ``odesolve sample`` is :func:`odesolve.commands.sample.steps_for_nfe`)."""
     m = as_method(method)
     return max(1, round(nfe / m.calls_per_step))
 
@@ -85,18 +87,19 @@ def convergence(method: object, problem: object = "gmm2d", grids: object = "karr
 
     Args:
         method: a registered name or a method table.
-        problem: a name (:func:`odesolve.analysis.problems.get`), a :class:`Problem`, or anything with
-            ``.model(path, prediction)`` (then pass ``x=`` and/or ``reference=``, see
-            :func:`~odesolve.analysis.problems.as_problem`).
+        problem: a problem name (:func:`odesolve.analysis.problems.get`), an
+            :class:`~odesolve.analysis.problems.InitialValueProblem`, an :class:`odesolve.toy.problems.Problem`,
+            or anything with ``.model(path, prediction)`` (then pass ``x=`` and/or ``reference=``, see
+            :func:`~odesolve.analysis.problems.as_ivp`).
         grids: a family kind (``"karras"``, ``"uniform"``, ``"smooth"``, ``"random"``), a
             :class:`~odesolve.analysis.families.Family`, or a callable ``steps -> Grid``.
         nfe: model-call budgets; the steps are ``nfe / calls per step`` (or give ``steps``).
         options: passed to ``compile``.
         problem_kw: ``path``, ``sigma_start``, ``sigma_end``, ``n``, ``seed``, ``x``, ``reference`` for
-            :func:`~odesolve.analysis.problems.as_problem`.
+            :func:`~odesolve.analysis.problems.as_ivp`.
     """
     m = as_method(method)
-    P = as_problem(problem, **problem_kw)
+    P = as_ivp(problem, **problem_kw)
     if isinstance(grids, str):
         if P.sigma_end <= 0:
             raise ValueError("problem.sigma_end must be > 0 for a grid family (order studies stop at sigma > 0)")
@@ -106,7 +109,7 @@ def convergence(method: object, problem: object = "gmm2d", grids: object = "karr
         fam, label = grids, getattr(grids, "__name__", str(grids))
     else:
         raise TypeError(f"grids must be a family kind, a Family or a callable steps -> Grid, got {type(grids).__name__}")
-    steps = list(steps) if steps is not None else [steps_for_nfe(m, n) for n in nfe]
+    steps = list(steps) if steps is not None else [nominal_steps(m, n) for n in nfe]
     if len(steps) < 2:
         raise ValueError("a convergence study needs at least 2 resolutions")
     exact = P.exact()

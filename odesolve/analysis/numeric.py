@@ -10,7 +10,7 @@ form), whose exact linear part is the identity,
     data form   y(lambda_N) = y(lambda_0) + int e^lambda  F(u(lambda)) d lambda
     noise form  xbar(rho_N) = xbar(rho_0) + int F(u(rho)) d rho,      rho = sigma/alpha = e^{-lambda}
 
-(THEORY.md 1.2), evaluated here by Gauss-Legendre quadrature in lambda (24 nodes per step: exact to
+(docs/theory.md section 2), evaluated here by Gauss-Legendre quadrature in lambda (24 nodes per step: exact to
 round-off for polynomial times exponential integrands on steps of length <= 1, independent of the
 phi-functions of :mod:`odesolve.methods`). ``F`` is a monomial ``((u - u_c)/u_r)^d`` in the
 method's interpolation variable ``u`` (lambda for exponential methods, rho for the classical
@@ -217,7 +217,7 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
     lam = plan.grid.lambdas.numpy()
     if not np.isfinite(lam).all():
         raise ValueError("the grid must have finite lambda at both ends (sigma > 0 and alpha > 0): a step to "
-                         "sigma = 0 takes a first-order limit and has no order to measure")
+                         "sigma = 0 is infinitely long in lambda and has no order to measure")
     u = variable_of_lambda(path, variable, lam[[0, -1]])
     center, radius = float(u.mean()), float(abs(u[1] - u[0]) / 2)
     D = max_degree
@@ -352,7 +352,7 @@ class DegreeFit:
 
 @dataclass(frozen=True)
 class OrderResult:
-    """The numeric order of a method on a grid family (see :func:`numeric_order`)."""
+    """The numeric order of a method along a grid family (see :func:`numeric_order`)."""
 
     method: str
     order: int  # the derived global order: round(min slope)
@@ -361,7 +361,7 @@ class OrderResult:
     exact_degree: int  # highest degree the whole plan integrates exactly on every grid of the family
     degrees: tuple[DegreeFit, ...]
     linear: DegreeFit | None
-    family: str
+    grids: str  # the grid family (as in ConvergenceResult.grids)
     steps: tuple[int, ...]
     nfe: tuple[int, ...]
     variable: str
@@ -374,7 +374,7 @@ class OrderResult:
         return abs(self.slope - round(self.slope)) > 0.3
 
     def table(self) -> str:
-        head = f"{self.method}: order {self.order} (slope {self.slope:.2f}) on {self.family}, steps {list(self.steps)}"
+        head = f"{self.method}: order {self.order} (slope {self.slope:.2f}) on {self.grids}, steps {list(self.steps)}"
         lines = [head, f"  {'model':<12} {'exact':>5} {'slope':>6}  errors"]
         for d in (*self.degrees, *([self.linear] if self.linear else [])):
             name = f"degree {d.degree}" if d.degree is not None else "linear"
@@ -453,17 +453,18 @@ def _select(fits, lin_fit, use_linear, max_degree, last_resort=False):
     return slope, best, certain
 
 
-def numeric_order(method: object, family: object = "auto", steps: Sequence[int] | None = None, *,
+def numeric_order(method: object, grids: object = "auto", steps: Sequence[int] | None = None, *,
                   max_degree: int = MAX_DEGREE,
                   variable: str | None = None, linear: bool = True, options: dict | None = None,
-                  refine: int = 2, **family_kw: object) -> OrderResult:
+                  refine: int = 2, **grid_kw: object) -> OrderResult:
     """The global order of ``method`` measured on x-independent polynomial models and a linear
     manufactured problem along a refinement family (see the module docstring for why this is the
     rule ``min(p_int + 1, p_b + 2)``).
 
     Args:
         method: a registered name, a method table, or a callable ``grid -> Plan``.
-        family: ``"auto"`` (``"random"`` for methods with ``grid_requirement == "any"``,
+        grids: the grid family (as in :func:`~odesolve.analysis.convergence.convergence`):
+            ``"auto"`` (``"random"`` for methods with ``grid_requirement == "any"``,
             ``"smooth"`` otherwise), a kind of :mod:`~odesolve.analysis.families`, a :class:`Family`,
             or a callable ``steps -> Grid``.
         steps: the step counts (default 8, 16, 32, 64).
@@ -472,8 +473,8 @@ def numeric_order(method: object, family: object = "auto", steps: Sequence[int] 
             decides is not clean (its error changes sign: warm-up and interior terms cancelling near
             one N) or is more than 0.3 from an integer; if it is still not, the smallest clean slope of
             the other test models (higher degrees, the linear problem) decides.
-        family_kw: ``seed``, ``sigma_start`` (default 1), ``sigma_end`` (default 0.25), ``path`` of
-            the family. The interval is short on purpose: the order is a property of small steps, and a
+        grid_kw: ``seed``, ``sigma_start`` (default 1), ``sigma_end`` (default 0.25), ``path`` of
+            the grid family. The interval is short on purpose: the order is a property of small steps, and a
             short interval reaches them with fewer (costly to compile) steps.
     """
     if callable(method) and not isinstance(method, str) and not hasattr(method, "compile"):
@@ -482,9 +483,9 @@ def numeric_order(method: object, family: object = "auto", steps: Sequence[int] 
         m = as_method(method)
         name = m.name
         make_plan = lambda g: compile_cached(m, g, **(options or {}))
-    family_kw.setdefault("sigma_start", 1.0)
-    family_kw.setdefault("sigma_end", 0.25)
-    fam = _families.family(family, m, **family_kw)
+    grid_kw.setdefault("sigma_start", 1.0)
+    grid_kw.setdefault("sigma_end", 0.25)
+    fam = _families.family(grids, m, **grid_kw)
     steps = [int(s) for s in (steps or DEFAULT_STEPS)]
     if len(steps) < 2 or sorted(set(steps)) != list(steps):
         raise ValueError(f"steps must be at least 2 increasing step counts, got {steps}")

@@ -116,9 +116,9 @@ def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_sho
     from ..execute import execute
     from . import families as _families
     from ._plan import as_method, compile_cached
-    from .problems import as_problem
+    from .problems import as_ivp
 
-    P = as_problem(problem)
+    P = as_ivp(problem)
     if P.x.ndim != 2 or P.x.shape[1] != 2:
         raise ValueError(f"plot_trajectories needs a 2-D problem, got states of shape {tuple(P.x.shape)}")
     m = as_method(method)

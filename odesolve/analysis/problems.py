@@ -1,16 +1,19 @@
-"""Exact reference problems for convergence studies.
+"""Initial value problems of the probability-flow ODE with exact solutions, for convergence studies.
 
-A :class:`Problem` is a distribution whose exact model is ``distribution.model(path, prediction)``
+A :class:`~odesolve.toy.problems.Problem` (of :mod:`odesolve.toy.problems`) is a distribution with a
+path and a noise range; an :class:`InitialValueProblem` is what a convergence study integrates: a
+distribution whose exact model is ``distribution.model(path, prediction)``
 (anything with that method: :class:`odesolve.toy.GaussianMixture`, a user's own), a path, the noise
 levels ``sigma_start > sigma_end`` between which the probability-flow ODE is integrated, float64
 starting states, and a reference: a callable ``reference(model, x, t_from, t_to) -> x_to`` (default:
 :func:`odesolve.toy.reference.solve`, DOP853 at rtol = atol = 1e-12, with its own error estimate) or
 the exact final states.
 
-Named problems (:func:`get`): the registry of :mod:`odesolve.toy.problems` (``gmm2d``,
-``gaussian``, ``lowrank64``, ...) when it has the name, else the small built-in ones below
-(``gmm1d``, ``gmm2d-easy``). Order studies stop at ``sigma_end > 0``: a step to sigma = 0
-takes a first-order limit in every method.
+:func:`get` builds the initial value problem of a named problem: the registry of
+:mod:`odesolve.toy.problems` (``gmm2d``, ``gaussian``, ``lowrank64``, ...) when it has the name,
+else the small built-in ones below (``gmm1d``, ``gmm2d-easy``, ``gaussian2d``). Order studies stop
+at ``sigma_end > 0``: a step to sigma = 0 is infinitely long in lambda, so no power of the step
+size bounds its error.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from .. import paths as _paths
 from ..models import Model
 from ..paths import Path
 
-__all__ = ["BUILTIN", "Problem", "as_problem", "describe", "get"]
+__all__ = ["BUILTIN", "InitialValueProblem", "as_ivp", "describe", "get", "names"]
 
 
 @dataclass(eq=False)
-class Problem:
-    """See the module docstring. ``exact()`` is computed once and cached."""
+class InitialValueProblem:
+    """The PF-ODE of ``distribution`` under ``path`` from the states ``x`` at noise level ``sigma_start``
+    to ``sigma_end``, with its exact solution (see the module docstring). ``exact()`` is computed
+    once and kept."""
 
     name: str
     distribution: object
@@ -207,8 +212,8 @@ BUILTIN = {
 
 
 def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05, n: int = 32,
-        seed: int = 0) -> Problem:
-    """A named problem with ``n`` starting states drawn from the exact marginal at ``sigma_start``: the
+        seed: int = 0) -> InitialValueProblem:
+    """The initial value problem of the named problem ``name`` with ``n`` starting states drawn from the exact marginal at ``sigma_start``: the
     registry of :mod:`odesolve.toy.problems` first (its distribution and path), then :data:`BUILTIN`."""
     desc = ""
     dist = None
@@ -225,9 +230,16 @@ def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_
     else:
         known = sorted(set(BUILTIN) | set(getattr(toy_problems, "names", list)() if toy_problems else []))
         raise ValueError(f"problem {name!r} is unknown; known problems: {known}")
-    P = as_problem(dist, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed, name=name)
+    P = as_ivp(dist, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed, name=name)
     P.description = desc
     return P
+
+
+def names() -> list[str]:
+    """Every name :func:`get` knows: the registry of :mod:`odesolve.toy.problems` and :data:`BUILTIN`."""
+    from ..toy import problems as toy_problems
+
+    return sorted(set(toy_problems.names()) | set(BUILTIN))
 
 
 def describe(name: str) -> str:
@@ -242,21 +254,26 @@ def describe(name: str) -> str:
     return BUILTIN[name][0] if name in BUILTIN else name
 
 
-def as_problem(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05,
-               x: Tensor | None = None, reference=None, n: int = 32, seed: int = 0, name: str | None = None) -> Problem:
-    """A :class:`Problem` from a name, a Problem, or anything with ``.model(path, prediction)`` (then
+def as_ivp(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05,
+           x: Tensor | None = None, reference=None, n: int = 32, seed: int = 0,
+           name: str | None = None) -> InitialValueProblem:
+    """An :class:`InitialValueProblem` from a name (:func:`get`), an InitialValueProblem, a
+    :class:`odesolve.toy.problems.Problem`, or anything with ``.model(path, prediction)`` (then
     ``x`` defaults to ``n`` draws of its marginal at ``sigma_start`` when it has ``sample_marginal``,
     and ``reference`` to the exact flow for distributions with ``flow`` or to the DOP853 reference)."""
-    if isinstance(problem, Problem):
+    if isinstance(problem, InitialValueProblem):
         return problem
     if isinstance(problem, str):
         return get(problem, path=path, sigma_start=sigma_start, sigma_end=sigma_end, n=n, seed=seed)
-    if hasattr(problem, "distribution") and hasattr(problem, "path") and not isinstance(problem, Problem):
-        path = path or problem.path  # a problem of odesolve.toy.problems: its distribution under its path
+    from ..toy import problems as toy_problems
+
+    if isinstance(problem, toy_problems.Problem):  # its distribution under its path
+        path = path or problem.path
         name = name or getattr(problem, "name", None)
         problem = problem.distribution
     if not hasattr(problem, "model"):
-        raise TypeError(f"problem must be a name ({sorted(BUILTIN)}), a Problem, or have .model(path, prediction); "
+        raise TypeError(f"problem must be a name ({names()}), an InitialValueProblem, an odesolve.toy Problem, or "
+                        f"have .model(path, prediction); "
                         f"got {type(problem).__name__}")
     path = path or _paths.EDM()
     t0 = path.t_of_noise_level(torch.tensor(sigma_start, dtype=torch.float64))
@@ -267,4 +284,5 @@ def as_problem(problem, *, path: Path | None = None, sigma_start: float = 2.0, s
         x = problem.sample_marginal(n, t0, path, generator=g)
     if reference is None and hasattr(problem, "flow"):
         reference = _flow_reference(problem)
-    return Problem(name or type(problem).__name__, problem, path, x, float(sigma_start), float(sigma_end), reference)
+    return InitialValueProblem(name or type(problem).__name__, problem, path, x, float(sigma_start), float(sigma_end),
+                               reference)

@@ -15,13 +15,12 @@ For each method:
 - **mu* (h)**: the stability interval on the lambda test (most negative stable mu of an interior step,
   uniform lambda-grid with step h; DDIM: -2/(e^h - 1)).
 
-Use from Python with :func:`run_report`, or from the command line (``odesolve report``, wired by
-``odesolve/cli.py`` through :func:`add_arguments` and :func:`run`).
+Use from Python with :func:`run_report`, or from the command line (``odesolve report``,
+:mod:`odesolve.commands.report`).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -35,13 +34,13 @@ from .. import grids as _grids
 from .. import methods as _methods
 from ..execute import execute
 from ._plan import as_method, compile_cached
-from .convergence import ConvergenceResult, convergence, steps_for_nfe
+from .convergence import ConvergenceResult, convergence, nominal_steps
 from .numeric import numeric_order
-from .problems import BUILTIN, get
+from .problems import describe, get
 from .stability import stability_interval
 from .symbolic import SymbolicLimitError, derive
 
-__all__ = ["ReportResult", "ReportRow", "add_arguments", "run", "run_report"]
+__all__ = ["ReportResult", "ReportRow", "run_report"]
 
 STABILITY_H = 0.5
 ORDER_SIGMAS = (1.0, 0.1)
@@ -105,7 +104,7 @@ def _practical_errors(m, problem, nfe, n, seed):
     """RMS error at sigma = 0 on Karras grids (sigma 80 -> 0) from exact samples at sigma = 80."""
     errs, used = {}, {}
     for k in nfe:
-        steps = steps_for_nfe(m, k)
+        steps = nominal_steps(m, k)
         if steps < 2:
             errs[k], used[k] = math.nan, 0
             continue
@@ -139,6 +138,10 @@ def _run_report(methods, problem, nfe, out, quick, progress, figures) -> ReportR
     nfe = tuple(int(k) for k in nfe)
     if not nfe or min(nfe) < 1:
         raise ValueError(f"nfe must be positive integers, got {nfe}")
+    if out is not None:  # before the minutes of work: a bad folder fails now, not at the end
+        if FsPath(out).exists() and not FsPath(out).is_dir():
+            raise ValueError(f"out must be a folder, got the existing file {str(out)!r}")
+        FsPath(out).mkdir(parents=True, exist_ok=True)
     n_samples = 8 if quick else 32
     ladder = (8, 16, 32) if quick else (8, 16, 32, 64)
     deriv_steps = (8, 16, 32) if quick else (8, 16, 32, 64)
@@ -228,7 +231,7 @@ def _figure_errors(res: ReportResult):
 
 
 def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
-    desc = BUILTIN.get(res.problem, ("",))[0]
+    desc = describe(res.problem)
     lines = [f"# odesolve report: {res.problem}", "",
              f"Problem: {desc or res.problem}. Float64 states, exact model, DOP853 reference (rtol 1e-12).", "",
              ("- **declared**: the table's `order`; **derived**: `analysis.numeric_order` (polynomial and linear "
@@ -256,42 +259,3 @@ def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
     path = outdir / "report.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``odesolve report``."""
-    parser.add_argument("methods", nargs="*", metavar="METHOD",
-                        help="registered method names (default: all; see odesolve.methods.names())")
-    parser.add_argument("--problem", default="gmm2d",
-                        help=f"exact problem (built-in: {', '.join(sorted(BUILTIN))}; or one of odesolve.toy.problems)")
-    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20], help="NFE budgets for the error columns")
-    parser.add_argument("--out", default="report", help="directory for report.md and the figures")
-    parser.add_argument("--quick", action="store_true", help="fewer samples and resolutions (a smoke test)")
-    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``odesolve report`` with parsed ``args``; prints the table. Exit status 0, or 1 when a
-    declared order disagrees with the derived one, 2 on bad input."""
-    try:
-        res = run_report(args.methods or None, args.problem, tuple(args.nfe), args.out, args.quick,
-                         progress=not getattr(args, "no_progress", False), figures=not getattr(args, "no_figures", False))
-    except ValueError as err:
-        print(f"odesolve report: {err}", file=sys.stderr)
-        return 2
-    print(res.table())
-    if res.markdown:
-        print(f"\nwrote {res.markdown}" + (f" and {len(res.figures)} figures" if res.figures else "")
-              + f" in {res.seconds:.1f} s")
-    return 0 if res.ok else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="odesolve report", description=__doc__.split("\n")[0]))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

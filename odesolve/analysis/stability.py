@@ -1,18 +1,19 @@
 r"""Linear stability of any plan: amplification matrices, stability functions and regions,
 boundary loci, real stability intervals, and what classifier-free guidance does to them.
 
-The test equations (THEORY.md 2.2)
----------------------------------
+The test equations (docs/theory.md section 6)
+---------------------------------------------
 - ``"lambda"`` (data form, the natural test of exponential integrators): ``x0(x, t) = mu x / alpha``.
-  Then ``y = x / sigma`` obeys ``dy/dlambda = mu y``: the exact factor over a step is ``e^(mu h)``.
+  Then ``y = x / sigma`` obeys ``dy/dlambda = mu y``: for a frozen (constant) ``mu`` the exact factor
+  over a step is ``e^(mu h)``; a ``mu`` that varies with lambda, as every real model's does, gives
+  ``exp(integral of mu dlambda)`` instead, which the frozen analysis only approximates.
   For Gaussian data with variance ``s^2`` along an eigen-direction, ``mu = s^2 e^(2 lambda) /
   (s^2 e^(2 lambda) + 1)`` in (0, 1); guidance makes it ``(1 + w) mu_c - w mu_u``, possibly large and
   negative.
 - ``"rho"`` (noise form, the classical test in k-diffusion's variables): ``eps(x, t) = -mu x / alpha``,
   so ``xbar = x / alpha`` obeys ``dxbar/ds = mu xbar`` in the direction of integration ``s = -rho``
   (``rho = sigma / alpha`` decreases): over a step ``h = rho_n - rho_{n+1} > 0`` the exact factor is
-  ``e^(mu h)`` and ``z = mu h`` is the classical ``h lambda`` of Dahlquist's test (negative mu decays;
-  ``eps = mu_rho xbar`` in THEORY.md's notation is ``mu = -mu_rho``).
+  ``e^(mu h)`` and ``z = mu h`` is the classical ``h lambda`` of Dahlquist's test (negative mu decays).
 
 Either test is a model like any other, given to a plan in its own buffer (an eps-plan on the
 lambda test sees ``eps = (1 - mu) x / sigma``; an x0-plan on the rho test sees
@@ -49,6 +50,7 @@ __all__ = [
     "Test",
     "amplification",
     "boundary_locus",
+    "final_step_factor",
     "guidance_mu",
     "guidance_stability",
     "plan_transfer",
@@ -103,14 +105,17 @@ def step_matrices(plan: Plan, mu, test: Test | None = None, steps: Sequence[int]
     steps read (see :meth:`PlanStructure.live`), oldest first."""
     st = structure(plan)
     test = _check_test(test or ("lambda" if plan.prediction == "x0" else "rho"))
-    if not bool(torch.isfinite(plan.grid.lambdas).all()):
-        raise ValueError("the grid must have finite lambda (0 < sigma and 0 < alpha) for a stability analysis; "
-                         "drop a step to sigma = 0, which takes the first-order limit")
+    steps = range(plan.grid.steps) if steps is None else list(steps)
+    lam = plan.grid.lambdas
+    if not all(bool(torch.isfinite(lam[n:n + 2]).all()) for n in steps):
+        raise ValueError("the steps must have finite lambda (0 < sigma and 0 < alpha) at both ends for a stability "
+                         "matrix; for a last step to sigma = 0 see guidance_stability (it reports that step's "
+                         "factor in data units)")
     mu = np.atleast_1d(np.asarray(mu, dtype=complex)).ravel()
     kappa = _call_coefficients(plan, mu, test)
     scale, unit = _scales(plan, test)
     out = []
-    for n in (range(plan.grid.steps) if steps is None else steps):
+    for n in steps:
         k0, k1 = st.steps[n]
         live_in, live_out = st.live(n), st.live(n + 1)
         dim = 1 + len(live_in)
@@ -125,6 +130,34 @@ def step_matrices(plan: Plan, mu, test: Test | None = None, steps: Sequence[int]
         rows = [s / scale[n + 1]] + [hist[c] * unit[c] for c in live_out]
         out.append(np.stack(rows, axis=1))
     return out
+
+
+def final_step_factor(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
+    """The factor ``(x_N / alpha_N) / (x_{N-1} / alpha_{N-1})`` of the plan's last step, in data units,
+    on the linear test with a frozen ``mu``, the earlier outputs it reads being those the same frozen
+    test produced from the start of the grid. Made for a last step to sigma = 0 (infinite lambda),
+    where the scaled state of :func:`step_matrices` does not exist; valid for any last step.
+
+    Compare with the exact frozen flow: in data units ``u = x / alpha`` the lambda test gives
+    ``du/dlambda = (mu - 1) u``, so a step to sigma = 0 (``h = inf``) takes every mode with
+    ``Re mu < 1`` to 0 exactly. The step itself is not exact: the DDIM step ``x_N = x0_hat(x_{N-1})``
+    gives the factor ``mu`` (a mode with ``mu = -3`` is amplified 3 times); a last step that reads
+    earlier outputs (``plms``, ``ipndm``, ``deis-N``, ``lms-N``) gives a factor that depends on them."""
+    test = _check_test(test or ("lambda" if plan.prediction == "x0" else "rho"))
+    mu = np.atleast_1d(np.asarray(mu, dtype=complex)).ravel()
+    N = plan.grid.steps
+    st = structure(plan)
+    kappa = _call_coefficients(plan, mu, test)
+    scale, unit = _scales(plan, test)
+    v = np.ones((mu.size, 1), dtype=complex)
+    for M in (step_matrices(plan, mu, test, range(N - 1)) if N > 1 else []):
+        v = np.einsum("mij,mj->mi", M, v)
+    k0, k1 = st.steps[N - 1]
+    x_prev = v[:, :1] * scale[N - 1]
+    hist = {c: v[:, 1 + i:2 + i] / unit[c] for i, c in enumerate(st.live(N - 1))}
+    x_last, _ = st.run(k0, k1, x_prev, hist, lambda k, X: kappa[:, k, None] * X)
+    alpha = plan.path.alpha(plan.grid.t).numpy()
+    return (x_last[:, 0] / alpha[N]) / (x_prev[:, 0] / alpha[N - 1])
 
 
 def plan_transfer(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
@@ -399,9 +432,12 @@ def guidance_stability(method, grid: Grid, cond, uncond, scale: float, *, option
     ``mu_w`` (:func:`guidance_mu`) at both ends of the step (the one with the larger amplification),
     the spectral radius of that step's matrix ``M_n(mu_w)`` on the actual (non-uniform) grid (a warm-up
     step, whose history grows, is padded with zero columns), and
-    whether a decaying mode is damped (:attr:`GuidanceStability.stable`). A step to sigma = 0 takes
-    the first-order (DDIM) limit, which is exact for the linear test there; it is reported as stable.
-    ``cond``/``uncond``: variances per eigen-direction, covariance matrices, or Gaussians with ``.cov``."""
+    whether a decaying mode is damped (:attr:`GuidanceStability.stable`). A last step to sigma = 0 has
+    no scaled state; its ``radius`` is ``|final_step_factor|`` (data units) at ``mu_w`` of the step's
+    start, where the step's call is made. It is not exact: the exact frozen flow takes the mode to 0,
+    while the DDIM step gives the factor ``mu_w`` (for ``mu_w = -3`` a 3 times amplification, reported
+    unstable). ``cond``/``uncond``: variances per eigen-direction, covariance matrices, or Gaussians
+    with ``.cov``."""
     m = as_method(method)
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be an odesolve.grids.Grid, got {type(grid).__name__}")
@@ -409,22 +445,21 @@ def guidance_stability(method, grid: Grid, cond, uncond, scale: float, *, option
     finite = np.isfinite(lam)
     N = grid.steps
     last_singular = not finite[-1]
-    g = grid if not last_singular else Grid(grid.path, grid.t[:-1])
-    if not np.isfinite(g.lambdas.numpy()).all():
+    if not finite[:-1].all():
         raise ValueError("grid must start at alpha > 0 (finite lambda) for a guidance stability analysis")
-    plan = compile_cached(m, g, **(options or {}))
-    lam_f = g.lambdas.numpy()
-    mu_ends = guidance_mu(lam_f, cond, uncond, scale)  # (steps+1, dirs)
+    plan = compile_cached(m, grid, **(options or {}))
+    lam_f = lam[finite]
+    mu_ends = guidance_mu(lam_f, cond, uncond, scale)  # (finite grid points, dirs)
     dirs = mu_ends.shape[1]
     mus = np.zeros((N, dirs), dtype=mu_ends.dtype)
     rad = np.zeros((N, dirs))
-    for n in range(g.steps):
+    for n in range(N - 1 if last_singular else N):
         cand = np.stack([mu_ends[n], mu_ends[n + 1]])  # (2, dirs)
         r = spectral_radius(_square(step_matrices(plan, cand.ravel(), test, [n])[0])).reshape(2, dirs)
         pick = r.argmax(0)
         mus[n] = cand[pick, np.arange(dirs)]
         rad[n] = r[pick, np.arange(dirs)]
     if last_singular:
-        mus[N - 1] = guidance_mu(lam_f[-1:], cond, uncond, scale)[0]
-        rad[N - 1] = 0.0
+        mus[N - 1] = mu_ends[-1]
+        rad[N - 1] = np.abs(final_step_factor(plan, mu_ends[-1], test))
     return GuidanceStability(m.name, float(scale), grid.sigmas.numpy(), np.diff(lam), mus, rad)

@@ -36,7 +36,7 @@ from ..execute import execute
 from ..grids import Grid
 from . import families as _families
 from ._plan import as_method, compile_cached, structure
-from .problems import Problem, as_problem
+from .problems import InitialValueProblem, as_ivp
 
 __all__ = ["LocalErrors", "local_errors"]
 
@@ -71,7 +71,7 @@ def _rms(v: torch.Tensor) -> float:
     return float(torch.sqrt(torch.mean(v.to(torch.float64) ** 2)))
 
 
-def _flow(P: Problem, x, t0, t1):
+def _flow(P: InitialValueProblem, x, t0, t1):
     return P.flow(x, t0, t1)
 
 
@@ -81,7 +81,7 @@ def local_errors(method, problem="gmm2d", grid: Grid | None = None, steps: int =
     (default: a Karras grid of ``steps`` steps between the problem's noise levels), and with ``fan``
     the per-step contributions to the global error (one reference solve per step)."""
     m = as_method(method)
-    P = as_problem(problem, **problem_kw)
+    P = as_ivp(problem, **problem_kw)
     if grid is None:
         grid = _families.Family("karras", path=P.path, sigma_start=P.sigma_start, sigma_end=max(P.sigma_end, 1e-3))(
             steps)

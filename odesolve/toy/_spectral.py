@@ -9,8 +9,8 @@ where ``V_k`` is ``d x r`` with orthonormal columns, ``ev_k > 0`` its ``r`` eige
 ``r = d`` (eigendecomposition, no complement); ``U U^T + s^2 I`` is ``V = left singular vectors of
 U``, ``ev = S^2 + s^2``, ``f = s^2``. The decomposition is computed once, when the mixture is built.
 
-Under a Gaussian path ``x_t = alpha x0 + sigma eps`` the marginal is again a mixture (THEORY.md
-section 5.1) with ``C_k = alpha^2 Sigma_k + sigma^2 I``, diagonal in the same basis:
+Under a Gaussian path ``x_t = alpha x0 + sigma eps`` the marginal is again a mixture (docs/theory.md
+section 7.1) with ``C_k = alpha^2 Sigma_k + sigma^2 I``, diagonal in the same basis:
 
     p_t(x)  = sum_k pi_k N(x; alpha mu_k, C_k)
     x0_hat  = sum_k w_k [mu_k + alpha Sigma_k C_k^{-1} (x - alpha mu_k)]

@@ -3,7 +3,7 @@
 With ``Sigma = Q diag(ev) Q^T`` and ``c_i(t) = alpha_t^2 ev_i + sigma_t^2`` (the eigenvalues of
 ``C_t = alpha_t^2 Sigma + sigma_t^2 I``), along each eigen-direction ``y = q_i^T (x - alpha_t mu)``:
 
-- PF-ODE (Wang & Vastola, arXiv 2303.02490; THEORY.md section 5.2):
+- PF-ODE (Wang & Vastola, arXiv 2303.02490; docs/theory.md section 7.2):
   ``y_t = sqrt(c_t / c_s) y_s``, i.e. ``x_t = alpha_t mu + C_t^{1/2} C_s^{-1/2} (x_s - alpha_s mu)``.
 - Reverse SDE ``dx = [f x - g^2 grad log p_t] dt + g dW`` run from ``s`` to a less noisy ``t``: with
   the exact score it is the time reversal of the forward process (Anderson 1982; Song et al. 2021),

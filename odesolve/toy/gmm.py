@@ -1,7 +1,7 @@
 """Gaussian mixtures with full covariances: exact marginals, scores and denoisers under any path.
 
 ``p_0 = sum_k pi_k N(mu_k, Sigma_k)`` and ``x_t = alpha x0 + sigma eps`` give
-``p_t = sum_k pi_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I)`` (THEORY.md section 5.1; e.g.
+``p_t = sum_k pi_k N(alpha mu_k, alpha^2 Sigma_k + sigma^2 I)`` (docs/theory.md section 7.1; e.g.
 Karras et al. 2022, appendix; Wang & Vastola, arXiv 2303.02490). The eigendecomposition
 ``Sigma_k = Q_k diag(ev_k) Q_k^T`` is computed once; ``C_k`` is diagonal in the same basis, so a
 prediction costs two matrix products, ``O(B K d^2)``, and no factorization per time.

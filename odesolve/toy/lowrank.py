@@ -1,7 +1,7 @@
 """Mixtures of low-rank Gaussians: ``Sigma_k = U_k U_k^T + s_k^2 I`` with ``U_k`` of shape (d, r).
 
 The mixture of low-rank Gaussians (MoLRG) of Wang et al., "Diffusion Models Learn Low-Dimensional
-Distributions via Subspace Clustering", arXiv 2409.02426 (THEORY.md section 5.3), with a noise
+Distributions via Subspace Clustering", arXiv 2409.02426 (docs/theory.md section 7.3), with a noise
 floor ``s_k > 0`` that keeps the covariances positive definite. With the thin SVD
 ``U_k = P_k S_k W_k^T`` (computed once), ``Sigma_k = P_k diag(S_k^2 + s_k^2) P_k^T + s_k^2 (I - P_k
 P_k^T)``, and ``C_k = alpha^2 Sigma_k + sigma^2 I`` has eigenvalue ``alpha^2 s_k^2 + sigma^2`` on

@@ -5,7 +5,7 @@ Formulation. With ``s = hypot(alpha, sigma)`` the state ``w = x / s`` obeys, in 
 
     dw/dlambda = a (x0_hat(s w, t(lambda)) - a w),      a = alpha / s = (1 + e^{-2 lambda})^{-1/2}.
 
-This is the data form of the PF-ODE (THEORY.md section 1.1: ``d(x/sigma)/dlambda = e^lambda x0_hat``,
+This is the data form of the PF-ODE (docs/theory.md sections 1 and 7.4: ``d(x/sigma)/dlambda = e^lambda x0_hat``,
 Lu et al. 2022, arXiv 2211.01095) rewritten for the variance-preserving scaling of the path, which
 every Gaussian path has up to the factor ``s`` (the PF-ODE commutes with rescaling ``x``). Why this
 choice:
@@ -57,16 +57,17 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..models import Model
-from ..paths import as_time
+from ..paths import VPDiscrete, as_time
 
-__all__ = ["ReferenceAccuracyError", "solve", "trajectory"]
+__all__ = ["ReferenceAccuracyError", "halving_grid", "solve", "solve_by_halving", "trajectory"]
 
 Backend = Literal["scipy", "torchdiffeq"]
 Check = Literal["raise", "warn", "off"]
 
 
 class ReferenceAccuracyError(RuntimeError):
-    """The reference solutions at two tolerances disagree beyond the stated bound."""
+    """A reference failed its self-check: the solutions at two tolerances (:func:`trajectory`) or at
+    two step counts (:func:`solve_by_halving`) disagree beyond the stated bound."""
 
 
 def _softplus_a(lam: Tensor) -> Tensor:
@@ -235,3 +236,57 @@ def solve(model: Model, x: Float[Tensor, " batch *shape"], t_from, t_to, *, rtol
     out = trajectory(model, x, torch.stack([t_from, t_to]), rtol=rtol, atol=atol, method=method, backend=backend,
                      check=check, return_error=return_error, cut=cut)
     return (out[0][-1], out[1][-1]) if return_error else out[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# References for learned models: a fine-step odesolve method, checked by halving the steps
+# --------------------------------------------------------------------------------------------
+
+
+def halving_grid(path: VPDiscrete, steps: int, t_start: float | None = None, t_end: float = 0.0):
+    """``steps - 1`` steps uniform in lambda from ``t_start`` (default the noise end) to ``t_end``
+    (default 0, the first training time of a discrete model), then the step to ``t = -1``
+    (sigma = 0), one model call (for the exponential methods the DDIM limit ``x = x0_hat(x, t_end)``
+    of their step as ``h -> inf``; docs/theory.md section 2). The grid of :func:`solve_by_halving`."""
+    from .. import grids
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an integer >= 2, got {steps!r}")
+    t_start = path.t_max if t_start is None else t_start
+    body = grids.uniform_lambda(path, steps - 1, t_start=t_start, t_end=t_end).t
+    return grids.Grid(path, torch.cat([body, torch.tensor([path.t_min], dtype=torch.float64)]))
+
+
+def solve_by_halving(model: Model, x_T: Tensor, *, steps: int = 256, method: str = "dpm-solver-3",
+                     tol: float = 1e-3, t_start: float | None = None, return_error: bool = False):
+    """A reference solution of the probability-flow ODE of a learned discrete-time ``model`` (a
+    :class:`~odesolve.paths.VPDiscrete` path, e.g. :func:`odesolve.toy.zoo.load`) from ``x_T`` at
+    ``t_start`` (default the noise end) to sigma = 0, by a fine-step high-order odesolve method.
+
+    Where :func:`solve` adapts its steps to 1e-12 (right for exact float64 models), a float32
+    network is solved on :func:`halving_grid` with ``steps`` steps of ``method`` (default
+    DPM-Solver-3, third order: ``3 (steps - 1) + 1`` model calls) in float64 state, and again with
+    ``steps // 2`` steps. The largest difference between the two over all entries must be below
+    ``tol`` (in the data's units; ``digits`` has grey levels 0.125 apart), else
+    :class:`ReferenceAccuracyError`; for a third-order method the fine solve's error is about 1/8
+    of that difference. The end point is ``x0_hat`` at ``t_end = 0`` (sigma = 0.01 for ``digits``):
+    the network was not trained closer to the data.
+
+    Returns the solution in ``x_T``'s dtype, with ``return_error`` also the difference (a float).
+    """
+    from ..execute import sample
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 4:
+        raise ValueError(f"steps must be an integer >= 4, got {steps!r}")
+    if not isinstance(model.path, VPDiscrete):
+        raise TypeError(f"model.path must be a VPDiscrete path (a discrete-time model), got {type(model.path).__name__}")
+    x = x_T.to(torch.float64)
+    with torch.inference_mode():
+        fine = sample(model, x, halving_grid(model.path, steps, t_start), method=method)
+        coarse = sample(model, x, halving_grid(model.path, steps // 2, t_start), method=method)
+    err = float((fine - coarse).abs().max())
+    if not err < tol:
+        raise ReferenceAccuracyError(f"solve_by_halving: {method} with {steps} and {steps // 2} steps differ by "
+                                     f"{err:.3g} >= tol = {tol:g}; raise steps")
+    out = fine.to(x_T.dtype)
+    return (out, err) if return_error else out

@@ -1,8 +1,10 @@
 """Small pretrained networks shipped with odesolve, for trying methods on a real (learned) model.
 
     from odesolve.toy import zoo
-    model = zoo.load("digits")              # odesolve.Model: network + path + prediction
+    model = zoo.load("digits")              # odesolve.Model; model.fn is a ZooDenoiser
+    model.fn.network                        # the bare nn.Module (compile it, hook it, ...)
     images = zoo.data("digits")             # the training images, (1797, 1, 8, 8) in [-1, 1]
+    zoo.config("digits")["net"]["shape"]    # (1, 8, 8): what the checkpoint was trained with
 
 ``digits`` is a compact residual MLP denoiser (eps-prediction) trained on scikit-learn's 8x8
 handwritten digits (1797 images, 17 grey levels, scaled to [-1, 1]) on the DDPM linear-beta path
@@ -12,13 +14,15 @@ the half log-SNR ``lambda(t)``, which keeps its probability-flow ODE smooth). It
 ``scripts/train_digits.py``; the weights, the training images and their labels are package data
 (``odesolve/toy/weights/digits.pt``). See ``docs/digits.md``.
 
-Besides the model this module gives what the tests and the docs measure it with: a reference
-solution (:func:`reference`), a small classifier of the digits (:func:`digits_classifier`) whose
-hidden layer gives features for a Frechet distance (:func:`frechet_distance`).
+This module holds the networks and their checkpoints only. What the tests and the docs measure
+them with lives with the other metrics and references: the digits classifier and the Frechet
+distance in :mod:`odesolve.toy.metrics`, the step-halving reference solution in
+:mod:`odesolve.toy.reference` (:func:`~odesolve.toy.reference.solve_by_halving`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from importlib import resources
@@ -27,27 +31,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .. import grids as _grids
-from ..execute import sample as _sample
-from ..grids import Grid
 from ..models import Model
 from ..paths import VPDiscrete
 
 __all__ = [
-    "DigitsClassifier",
     "DigitsNet",
     "LambdaOfTime",
-    "ReferenceAccuracyError",
+    "ZooDenoiser",
+    "config",
     "data",
-    "digits_classifier",
-    "frechet_distance",
     "labels",
     "load",
     "names",
     "network",
     "noise_embedding",
-    "reference",
-    "reference_grid",
+    "path_from_config",
 ]
 
 _FILES = {"digits": "digits.pt"}
@@ -198,28 +196,40 @@ def network(name: str = "digits", device=None, dtype: torch.dtype | None = None)
     return net.to(device=device, dtype=dtype or torch.float32)
 
 
+class ZooDenoiser(nn.Module):
+    """The function ``fn(x, t)`` of a zoo :class:`~odesolve.Model`: the network ``network`` evaluated
+    at the half log-SNR ``lambda(t)`` of the time ``t`` on ``path`` (:class:`LambdaOfTime`).
+
+    ``network`` is the bare ``nn.Module`` (for ``torch.compile``, hooks, counting parameters);
+    ``name`` the zoo name. ``x`` is cast to the network's dtype and the output returned in it."""
+
+    def __init__(self, name: str, network: nn.Module, path: VPDiscrete):
+        super().__init__()
+        self.name = name
+        self.network = network
+        self.lambda_of_t = LambdaOfTime(path)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.network(x, self.lambda_of_t(t))
+
+
+def config(name: str = "digits") -> dict:
+    """The training configuration stored with the checkpoint of ``name`` (a copy): ``net`` (the
+    :class:`DigitsNet` arguments, ``shape`` among them), ``path`` (the diffusers schedule arguments),
+    ``prediction``."""
+    return copy.deepcopy(_checkpoint(_check_name(name))["config"])
+
+
 def load(name: str = "digits", device=None, dtype: torch.dtype | None = None) -> Model:
     """The zoo model ``name`` as an :class:`odesolve.Model` on ``device`` with parameters in ``dtype``
     (default float32; bfloat16 and float16 work too, the state is then kept in float32 by the executor).
 
-    The model's ``fn(x, t)`` casts ``x`` to the network's dtype and returns the network's output in
-    it; times are embedded in float32. Wrap calls in ``torch.inference_mode()`` when no gradients
-    are needed.
+    ``model.fn`` is a :class:`ZooDenoiser`; ``model.fn.network`` the bare network. Times are embedded
+    in float32. Wrap calls in ``torch.inference_mode()`` when no gradients are needed.
     """
     ck = _checkpoint(_check_name(name))
-    net = network(name, device, dtype)
-    path = _path(name)
-
-    lam_of_t = LambdaOfTime(path)
-
-    def fn(x: Tensor, t: Tensor) -> Tensor:
-        return net(x, lam_of_t(t))
-
-    fn.__name__ = name
-    model = Model(fn, path=path, prediction=ck["config"]["prediction"])
-    model.network = net  # the nn.Module, for users who want it (compile, hooks, ...)
-    model.config = ck["config"]
-    return model
+    return Model(ZooDenoiser(name, network(name, device, dtype), _path(name)), path=_path(name),
+                 prediction=ck["config"]["prediction"])
 
 
 def data(name: str = "digits", device=None, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -232,122 +242,3 @@ def data(name: str = "digits", device=None, dtype: torch.dtype = torch.float32) 
 def labels(name: str = "digits", device=None) -> Tensor:
     """The class labels (int64) of :func:`data`."""
     return _checkpoint(_check_name(name))["labels"].to(device=device, dtype=torch.int64)
-
-
-# --------------------------------------------------------------------------------------------
-# Reference solutions
-# --------------------------------------------------------------------------------------------
-
-
-class ReferenceAccuracyError(RuntimeError):
-    """Halving the steps of a reference solve changed the result by more than the tolerance."""
-
-
-def reference_grid(path: VPDiscrete, steps: int, t_start: float | None = None, t_end: float = 0.0) -> Grid:
-    """``steps - 1`` steps uniform in lambda from ``t_start`` (default the noise end) to ``t_end``
-    (default 0, the first training time), then the step to t = -1 (sigma = 0), which every method
-    takes as the exact-at-the-limit DDIM step ``x = x0_hat(x, t_end)``."""
-    t_start = path.t_max if t_start is None else t_start
-    body = _grids.uniform_lambda(path, steps - 1, t_start=t_start, t_end=t_end).t
-    return Grid(path, torch.cat([body, torch.tensor([path.t_min], dtype=torch.float64)]))
-
-
-def reference(model: Model, x_T: Tensor, *, steps: int = 256, method: str = "dpm-solver-3", tol: float = 1e-3,
-              t_start: float | None = None, return_error: bool = False):
-    """A high-accuracy solution of the probability-flow ODE of ``model`` from ``x_T`` (the state at
-    ``t_start``, default the noise end) to sigma = 0, by a fine-step high-order odesolve method.
-
-    The ODE is solved in float64 state (the network runs in its own dtype) on :func:`reference_grid`
-    with ``steps`` steps of ``method`` (default DPM-Solver-3, third order: 3 (steps - 1) + 1 model
-    calls), and again with ``steps // 2`` steps. The largest difference between the two, over all
-    entries, must be below ``tol`` (in the data's units; ``digits`` has grey levels 0.125 apart),
-    else :class:`ReferenceAccuracyError` is raised. For a third-order method the error of the fine
-    solve is about 1/8 of that difference. The end point is ``x0_hat`` at ``t = 0``
-    (sigma = 0.01 for ``digits``): the network was not trained closer to the data.
-
-    Returns the solution in ``x_T``'s dtype, with ``return_error`` also the difference (a float).
-    """
-    if steps < 4:
-        raise ValueError(f"steps must be at least 4, got {steps}")
-    x = x_T.to(torch.float64)
-    with torch.inference_mode():
-        fine = _sample(model, x, reference_grid(model.path, steps, t_start), method=method)
-        coarse = _sample(model, x, reference_grid(model.path, steps // 2, t_start), method=method)
-    err = float((fine - coarse).abs().max())
-    if not err < tol:
-        raise ReferenceAccuracyError(f"reference: {method} with {steps} and {steps // 2} steps differ by {err:.3g} "
-                                     f">= tol = {tol:g}; raise steps")
-    out = fine.to(x_T.dtype)
-    return (out, err) if return_error else out
-
-
-# --------------------------------------------------------------------------------------------
-# A classifier of the digits, and the Frechet distance of its features
-# --------------------------------------------------------------------------------------------
-
-
-class DigitsClassifier(nn.Module):
-    """An MLP 64 -> hidden -> hidden -> 10 on the flattened 8x8 images in [-1, 1].
-    ``features(x)`` is the second hidden layer (after its ReLU), the space of the Frechet distance."""
-
-    def __init__(self, hidden: int = 128):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.head = nn.Linear(hidden, 10)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x.to(torch.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-    def probabilities(self, x: Tensor) -> Tensor:
-        return torch.softmax(self(x), dim=1)
-
-
-def digits_classifier(seed: int = 0, train_fraction: float = 0.75, epochs: int = 60,
-                      noise: float = 0.1) -> tuple[DigitsClassifier, Tensor, Tensor]:
-    """Train :class:`DigitsClassifier` on a seeded random ``train_fraction`` of the digits (Adam,
-    mini-batches of 128, ``epochs`` epochs, inputs jittered by Gaussian noise of std ``noise``;
-    about 3 s of one CPU core; 98 % test accuracy). Returns ``(classifier, train_index, test_index)``."""
-    with torch.inference_mode(False), torch.enable_grad():  # callable from inside inference_mode
-        return _train_classifier(seed, train_fraction, epochs, noise)
-
-
-def _train_classifier(seed, train_fraction, epochs, noise):
-    g = torch.Generator().manual_seed(seed)
-    x, y = data("digits"), labels("digits")
-    perm = torch.randperm(x.shape[0], generator=g)
-    n_train = round(train_fraction * x.shape[0])
-    tr, te = perm[:n_train], perm[n_train:]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clf = DigitsClassifier()
-    opt = torch.optim.Adam(clf.parameters(), lr=2e-3, weight_decay=1e-4)
-    for _ in range(epochs):
-        order = tr[torch.randperm(tr.numel(), generator=g)]
-        for i in range(0, order.numel(), 128):
-            idx = order[i:i + 128]
-            xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g)
-            loss = F.cross_entropy(clf(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    clf.eval().requires_grad_(False)
-    return clf, tr, te
-
-
-def frechet_distance(a: Tensor, b: Tensor) -> float:
-    """Frechet distance between Gaussians fitted to the rows of ``a`` and ``b`` (FID's formula,
-    ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)``), in float64."""
-    a, b = (v.detach().to(torch.float64).flatten(1).cpu() for v in (a, b))
-    if a.shape[1] != b.shape[1] or a.shape[0] < 2 or b.shape[0] < 2:
-        raise ValueError(f"a and b must be (n, d) feature sets with n >= 2 and equal d; got {tuple(a.shape)}, "
-                         f"{tuple(b.shape)}")
-    mu = a.mean(0) - b.mean(0)
-    ca, cb = torch.cov(a.T), torch.cov(b.T)
-    ea, va = torch.linalg.eigh(ca)
-    sa = (va * ea.clamp(min=0).sqrt()) @ va.T  # C_a^1/2
-    m = sa @ cb @ sa
-    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
-    return float(mu @ mu + torch.trace(ca) + torch.trace(cb) - 2 * tr_sqrt)

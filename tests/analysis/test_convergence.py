@@ -64,7 +64,7 @@ def test_any_object_with_a_model_and_a_reference():
                        grids="uniform", nfe=(16, 32, 64, 128))
     assert res.problem == "_Gaussian1D"
     # the scipy fallback reference agrees with the closed form
-    P = problems.as_problem(dist, x=x, path=path, sigma_start=2.0, sigma_end=0.05,
+    P = problems.as_ivp(dist, x=x, path=path, sigma_start=2.0, sigma_end=0.05,
                             reference=problems._scipy_reference)
     assert torch.allclose(P.exact(), dist.flow(x, P.t_start, P.t_end, path), atol=1e-9)
     # and the named problems come from odesolve.toy where it has them
@@ -78,7 +78,7 @@ def test_bad_problems():
     with pytest.raises(TypeError, match="model"):
         convergence("ddim", 42)
     with pytest.raises(ValueError, match="x .the starting states"):
-        problems.as_problem(_Gaussian1D())
+        problems.as_ivp(_Gaussian1D())
     with pytest.raises(ValueError, match="at least 2"):
         convergence("ddim", "gmm1d", steps=(8,), sigma_start=1.0, sigma_end=0.1, n=2)
     fam = Family("karras", sigma_start=1.0, sigma_end=0.1)

@@ -1,6 +1,6 @@
 """Linear stability of plans: known values (Adams-Bashforth intervals, RK4's stability function,
-DDIM's interval), THEORY.md 2.2's table recomputed against closed forms, the plan interpreter
-against the executor, and guidance."""
+DDIM's interval), the table of docs/theory.md (stability intervals) recomputed against closed forms,
+the plan interpreter against the executor, and guidance (including the last step to sigma = 0)."""
 
 import math
 
@@ -25,6 +25,7 @@ from odesolve.analysis import (
     step_matrices,
 )
 from odesolve.analysis.families import Family
+from odesolve.analysis.stability import final_step_factor
 
 EDM = ods.paths.EDM()
 AB_INTERVALS = {1: -2.0, 2: -1.0, 3: -6.0 / 11.0, 4: -0.3}
@@ -76,7 +77,7 @@ def test_ddim_interval_closed_form(h):
 
 
 def _closed_form(name, h):
-    """THEORY.md 2.2's boundary locus mu(theta) = (e^{iq theta} - e^{i(q-1) theta}) /
+    """The boundary locus of docs/theory.md section 6, mu(theta) = (e^{iq theta} - e^{i(q-1) theta}) /
     sum_j c_j e^{(j+1)h} e^{i(q-1-j) theta}, with the weights c_j of the symbolic derivation at equal
     steps (r_j = -j): the interval ends at the real locus point nearest 0 on the negative side (0 when
     the principal root leaves the disc at once, i.e. sum_j c_j e^{(j+1)h} < 0)."""
@@ -107,8 +108,8 @@ def _closed_form(name, h):
 def test_theory_2_2_table_recomputed():
     """Most negative stable mu of DDIM / DPM-Solver++(2M, Taylor) / 3M as coded / 3M with the Taylor
     D2 weight, at h = 0.1 ... 1.5, against the closed forms (DDIM: -2/(e^h - 1); the multistep
-    methods: the r = -1 crossing of their characteristic polynomial), and against THEORY.md's
-    three-digit values."""
+    methods: the r = -1 crossing of their characteristic polynomial), and against the
+    three-digit values of an independent computation (the table of docs/theory.md section 6)."""
     hs = [0.1, 0.25, 0.5, 1.0, 1.5]
     names = ["ddim", "dpmpp-2m-taylor", "dpmpp-3m", "dpmpp-3m-corrected"]
     theory = {0.1: [-19.0, -9.18, -5.31, -4.80], 0.25: [-7.04, -3.22, -1.75, -1.57],
@@ -173,6 +174,51 @@ def test_guidance_moves_eigenvalues_out_of_the_region():
     # a full covariance pair gives the same mu as its eigenvalues when they commute
     full = guidance_mu(lam, np.diag([0.04, 0.5]), np.diag([1.0, 0.5]), 5.0)
     assert np.allclose(np.sort(full, 1), np.sort(guidance_mu(lam, [0.04, 0.5], [1.0, 0.5], 5.0), 1))
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp-2m", "dpmpp-3m", "plms", "deis-3", "dpm-solver-3"])
+def test_final_step_factor_matches_the_executor(name):
+    """The factor of a last step to sigma = 0, in data units, equals what the executor computes with
+    the frozen linear test model (x0 = mu x / alpha) on the same grid; for DDIM it is mu itself,
+    where the exact frozen flow gives 0 (du/dlambda = (mu - 1) u over an infinite lambda step)."""
+    g = ods.grids.from_sigmas(EDM, torch.tensor([2.0, 1.3, 0.9, 0.6, 0.4, 0.25, 0.0], dtype=torch.float64))
+    plan = ods.methods.get(name).compile(EDM, g)
+    mus = np.array([-3.0, -0.4, 0.7])
+    F = final_step_factor(plan, mus, "lambda")
+
+    def fn(x, t):
+        a, s = EDM.alpha(t)[:, None], EDM.sigma(t)[:, None]
+        mu = torch.as_tensor(mus)[:, None]
+        return mu * x / a if plan.prediction == "x0" else (1 - mu) * x / s
+
+    x = torch.ones(3, 1, dtype=torch.float64) * EDM.sigma(g.t[0])
+    _, traj = ods.sample(ods.Model(fn, EDM, plan.prediction), x, g, method=name, return_trajectory=True)
+    a = EDM.alpha(g.t)
+    out = (traj[-1, :, 0] / a[-1]) / (traj[-2, :, 0] / a[-2])
+    assert np.allclose(F, out.numpy(), rtol=1e-9), (F, out)
+    if name == "ddim":
+        assert np.allclose(F, mus, rtol=1e-12)
+
+
+def test_guided_last_step_to_sigma_zero_is_judged_not_assumed_exact():
+    """DDIM's step from sigma = 0.5 to 0 multiplies a guided mode by mu_w(0.5) = -4.83 (w = 7.5,
+    variances 0.04 and 1 on EDM: mu_w = 8.5 * 0.16 / 1.16 - 7.5 * 4 / 5): amplified, so unstable,
+    and the executor running the guided model agrees on the factor."""
+    w, sc, su = 7.5, 0.04, 1.0
+    g = ods.grids.from_sigmas(EDM, torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=torch.float64))
+    r = guidance_stability("ddim", g, [sc], [su], w)
+    expected = (1 + w) * sc * 4 / (sc * 4 + 1) - w * su * 4 / (su * 4 + 1)
+    assert expected == pytest.approx(-4.8276, abs=1e-4)
+    assert r.mu[-1, 0] == pytest.approx(expected, rel=1e-12)
+    assert r.radius[-1, 0] == pytest.approx(-expected, rel=1e-12) and not r.stable[-1]
+
+    def guided(x, t):
+        a, s = EDM.alpha(t)[:, None], EDM.sigma(t)[:, None]
+        return (1 + w) * a * sc / (a * a * sc + s * s) * x - w * a * su / (a * a * su + s * s) * x
+
+    _, traj = ods.sample(ods.Model(guided, EDM, "x0"), torch.ones(1, 1, dtype=torch.float64), g, method="ddim",
+                         return_trajectory=True)
+    assert float(traj[-1, 0, 0] / traj[-2, 0, 0]) == pytest.approx(expected, rel=1e-12)
 
 
 def test_bad_inputs():

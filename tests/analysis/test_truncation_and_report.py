@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from odesolve.analysis import local_errors, run_report
-from odesolve.analysis import report as report_mod
+from odesolve.commands import report as report_mod
 
 
 def test_local_errors_orders_and_the_fan(mixture_problem):
@@ -50,4 +50,13 @@ def test_report_command_line(tmp_path, capsys):
     assert "ddim" in out and "err@6" in out and (tmp_path / "report.md").exists()
     args = parser.parse_args(["ddim", "--problem", "no-such-problem", "--quick", "--out", str(tmp_path)])
     assert report_mod.run(args) == 2
-    assert "unknown" in capsys.readouterr().err
+    assert "--problem must be one of" in capsys.readouterr().err
+
+
+def test_run_report_refuses_a_file_as_out_before_any_work(tmp_path):
+    """The folder is checked first: a file given as ``out`` fails at once, and is left untouched."""
+    f = tmp_path / "report.md"
+    f.write_text("mine")
+    with pytest.raises(ValueError, match="out must be a folder"):
+        run_report(["ddim"], out=f, quick=True, progress=False)
+    assert f.read_text() == "mine"

@@ -156,7 +156,7 @@ def dpmpp_2m(path, t, x, variant="midpoint", data=True, lower_order_final=False)
 
 
 def dpmpp_3m(path, t, x, d2_factor=1.0, data=True, warmup="midpoint", lower_order_final=False):
-    """The third-order multistep update of DPM-Solver++ (code of Lu et al.; THEORY.md 1.4):
+    """The third-order multistep update of DPM-Solver++ (code of Lu et al.; docs/theory.md section 4):
 
     x' = sigma'/sigma x - alpha'(e^-h - 1) m0 + alpha' h phi_2(-h) D1 + d2_factor * alpha' h phi_3(-h) D2
 

@@ -79,7 +79,7 @@ def test_d1024_is_fast_and_matches_dense_on_a_subset():
 
 
 def test_mixture_of_subspaces_denoiser_formula():
-    """Zero means, orthonormal U_k, s -> the MoLRG formula of THEORY.md section 5.3 with the floor:
+    """Zero means, orthonormal U_k, s -> the MoLRG formula of docs/theory.md section 7.3 with the floor:
     x0_hat = sum_k w_k [alpha ev/c P P^T + alpha f/c_perp (I - P P^T)] x."""
     g = torch.Generator().manual_seed(3)
     d, r = 10, 3

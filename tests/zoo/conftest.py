@@ -5,8 +5,8 @@ import torch
 from zoo_setup import BEST, N_SAMPLES
 
 import odesolve as ods
-from odesolve.sampling import make_grid, steps_for_nfe
-from odesolve.toy import zoo
+from odesolve.commands.sample import make_grid, steps_for_nfe
+from odesolve.toy import metrics, zoo
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def model():
 @pytest.fixture(scope="session")
 def classifier():
     """(classifier, train index, test index), trained here on a seeded 75 % split (about 2 s)."""
-    return zoo.digits_classifier(seed=0)
+    return metrics.digits_classifier(seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """The digits model of the zoo: it loads, its samples are digits, and solvers converge on it.
 
 Numbers quoted in the comments were measured with the shipped weights (odesolve/toy/weights/digits.pt,
-seed 0) and the test's classifier (zoo.digits_classifier(seed=0)); see docs/digits.md.
+seed 0) and the test's classifier (metrics.digits_classifier(seed=0)); see docs/digits.md.
 """
 
 import pytest
@@ -9,9 +9,9 @@ import torch
 from zoo_setup import BEST, N_SAMPLES
 
 import odesolve as ods
+from odesolve.commands.sample import make_grid, steps_for_nfe
 from odesolve.paths import VPDiscrete
-from odesolve.sampling import make_grid, steps_for_nfe
-from odesolve.toy import zoo
+from odesolve.toy import metrics, reference, zoo
 
 # Bounds, justified where they are used. Measured values are for the shipped weights.
 CONFIDENCE_MARGIN = 0.05  # samples' mean confidence >= held-out real digits' - this
@@ -29,7 +29,7 @@ def untrained_samples(model, x_T):
     (which make a new network predict eps = 0 exactly) get torch's default initialisation."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = zoo.DigitsNet(**model.config["net"])
+        net = zoo.DigitsNet(**zoo.config("digits")["net"])
         net.out.reset_parameters()
         for block in net.blocks:
             block.lin2.reset_parameters()
@@ -128,9 +128,9 @@ def test_frechet_distance_of_samples_to_the_data(model, classifier, samples, x_T
     get: a sampler must be as close to the data as the data themselves are at this sample size."""
     clf, _, test = classifier
     feats = clf.features(zoo.data("digits"))
-    fd = zoo.frechet_distance(clf.features(samples), feats)
-    fd_real = zoo.frechet_distance(clf.features(zoo.data("digits")[test][:N_SAMPLES]), feats)
-    fd_untrained = zoo.frechet_distance(clf.features(untrained_samples(model, x_T).clamp(-1, 1)), feats)
+    fd = metrics.frechet_distance(clf.features(samples), feats)
+    fd_real = metrics.frechet_distance(clf.features(zoo.data("digits")[test][:N_SAMPLES]), feats)
+    fd_untrained = metrics.frechet_distance(clf.features(untrained_samples(model, x_T).clamp(-1, 1)), feats)
     assert fd < FD_BOUND <= fd_real + 0.1, (fd, fd_real)
     assert fd_untrained > 50 * FD_BOUND, fd_untrained
 
@@ -139,10 +139,10 @@ def test_frechet_distance_is_zero_for_equal_sets_and_symmetric():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(300, 5, generator=g, dtype=torch.float64)
     b = 2.0 * torch.randn(300, 5, generator=g, dtype=torch.float64) + 1.0
-    assert zoo.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
-    assert zoo.frechet_distance(a, b) == pytest.approx(zoo.frechet_distance(b, a), rel=1e-9)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.frechet_distance(a, b) == pytest.approx(metrics.frechet_distance(b, a), rel=1e-9)
     # two isotropic Gaussians: |mu|^2 + d (s_a - s_b)^2, here about 5 + 5 = 10
-    assert 8.0 < zoo.frechet_distance(a, b) < 12.0
+    assert 8.0 < metrics.frechet_distance(a, b) < 12.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_reference_is_converged_and_solvers_approach_it(model, x_T):
       every method converges at first order there (measured ratio 1.9; bound 2.5), yet BEST at NFE 10
       stays within 1.5 times its 400-sample RMS error of 0.072, and beats DDIM by 2."""
     x = x_T[:32]
-    ref, err = zoo.reference(model, x, steps=128, return_error=True)
+    ref, err = reference.solve_by_halving(model, x, steps=128, return_error=True)
     assert err < 2e-4 * 2
     errors = {}
     with torch.inference_mode():
@@ -177,8 +177,8 @@ def test_reference_is_converged_and_solvers_approach_it(model, x_T):
 
 
 def test_reference_refuses_an_unconverged_solve(model, x_T):
-    with pytest.raises(zoo.ReferenceAccuracyError, match="differ by"):
-        zoo.reference(model, x_T[:4], steps=4, method="ddim")
+    with pytest.raises(reference.ReferenceAccuracyError, match="differ by"):
+        reference.solve_by_halving(model, x_T[:4], steps=4, method="ddim")
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_bfloat16_network_with_float32_state_stays_close(model, classifier, x_T,
       their class (bound 5 %), and the Frechet distance moves by 1 % (bound 10 %)."""
     clf = classifier[0]
     mb = zoo.load("digits", dtype=torch.bfloat16)
-    assert mb.network.inp.weight.dtype == torch.bfloat16
+    assert mb.fn.network.inp.weight.dtype == torch.bfloat16
     xt = torch.randn((256, 1, 8, 8), generator=torch.Generator().manual_seed(5))
     tt = torch.rand(256, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 999
     with torch.inference_mode():
@@ -213,5 +213,50 @@ def test_bfloat16_network_with_float32_state_stays_close(model, classifier, x_T,
     flips = float((clf(out16).argmax(1) != clf(samples).argmax(1)).float().mean())
     assert flips < 0.05, flips
     feats = clf.features(zoo.data("digits"))
-    fd16, fd32 = (zoo.frechet_distance(clf.features(v), feats) for v in (out16, samples))
+    fd16, fd32 = (metrics.frechet_distance(clf.features(v), feats) for v in (out16, samples))
     assert abs(fd16 - fd32) < 0.1 * fd32, (fd16, fd32)
+
+
+# --------------------------------------------------------------------------------------------
+# The zoo's objects: built whole, nothing attached afterwards
+# --------------------------------------------------------------------------------------------
+
+
+def test_loaded_model_carries_its_network_in_its_function(model):
+    """``zoo.load`` returns a plain Model whose ``fn`` is a ZooDenoiser holding the network; the same
+    network called at lambda(t) gives the model's output bit for bit."""
+    assert type(model) is ods.Model and isinstance(model.fn, zoo.ZooDenoiser)
+    assert not hasattr(model, "network") and not hasattr(model, "config")
+    net = model.fn.network
+    assert isinstance(net, zoo.DigitsNet) and net.shape == tuple(zoo.config("digits")["net"]["shape"])
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([10.0, 600.0], dtype=torch.float64)
+    with torch.inference_mode():
+        assert torch.equal(model(x, t), net(x, model.fn.lambda_of_t(t)))
+
+
+def test_config_is_a_copy():
+    cfg = zoo.config("digits")
+    cfg["net"]["shape"] = [3, 3]
+    assert zoo.config("digits")["net"]["shape"] == [1, 8, 8]
+    with pytest.raises(ValueError, match="'cifar'"):
+        zoo.config("cifar")
+
+
+def test_frechet_distance_refuses_a_singular_covariance():
+    """n <= d samples give a covariance of rank n - 1 < d: refused, naming the set and the counts."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 16, generator=g), torch.randn(300, 16, generator=g)
+    with pytest.raises(ValueError, match=r"a must have more rows.*got 8 samples of 16 features"):
+        metrics.frechet_distance(a, b)
+    with pytest.raises(ValueError, match=r"b must have more rows.*got 16 samples of 16 features"):
+        metrics.frechet_distance(b, b[:16])
+    assert metrics.frechet_distance(b[:17], b) > 0  # one more sample than features is enough
+
+
+def test_solve_by_halving_refuses_bad_arguments(model, x_T):
+    with pytest.raises(ValueError, match="steps must be an integer >= 4"):
+        reference.solve_by_halving(model, x_T[:2], steps=3)
+    edm = ods.Model(lambda x, t: x, ods.paths.EDM(), "x0")
+    with pytest.raises(TypeError, match="VPDiscrete"):
+        reference.solve_by_halving(edm, x_T[:2])

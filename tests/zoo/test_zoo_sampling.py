@@ -1,4 +1,4 @@
-"""`odesolve sample` end to end (odesolve.sampling.run), and its NFE -> steps rule."""
+"""`odesolve sample` end to end (odesolve.commands.sample.run), and its NFE -> steps rule."""
 
 import argparse
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import odesolve as ods
-from odesolve import sampling
+from odesolve.commands import sample as sampling
 from odesolve.toy import zoo
 
 

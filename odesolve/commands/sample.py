@@ -5,11 +5,12 @@
 writes ``DIR/samples.npz`` (``samples``: float32, shape ``(n, *image)``, in the model's data
 coordinates, unclipped; with the method, the grid times, the real NFE and the seed) and
 ``DIR/grid.png`` (the first 100 samples). ``run(args)`` is the command; ``add_arguments(parser)``
-declares its options, so ``odesolve.cli`` only wires them.
+declares its options; every option is checked before the sampling starts.
 
 NFE budget. ``--nfe`` is the number of network evaluations allowed per sample. The grid gets
 ``nfe // calls_per_step`` steps, and then as many as fit: a step that ends at sigma = 0 (the last
-step of the default grids) is an exact-at-the-limit DDIM step of one call whatever the method, so
+step of the default grids) takes one model call whatever the method (the DDIM limit ``x = x0_hat``
+for the exponential methods; docs/theory.md section 2), so
 a singlestep method such as ``dpm-solver-3`` at ``--nfe 10`` runs 4 steps (3 + 3 + 3 + 1 calls),
 and a method that spends an extra call on a warm-up (``dpmpp-3m-corrected``) runs one step fewer.
 The real NFE (the compiled plan's number of calls) is printed and stored.
@@ -30,7 +31,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["GRIDS", "add_arguments", "make_grid", "run", "steps_for_nfe"]
+from . import _checks
+
+__all__ = ["GRIDS", "HELP", "add_arguments", "make_grid", "run", "steps_for_nfe"]
+
+HELP = "sample from a model of the zoo with a registered method"
 
 GRIDS = ("trailing", "lambda", "karras")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -54,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: out/MODEL-METHOD-nfeNFE); created if missing")
     parser.add_argument("--fd", action="store_true",
-                        help="also print the Frechet distance of classifier features to the data (digits only)")
+                        help="also print the Frechet distance of classifier features to the data (digits only; needs "
+                             "--n above the 128 features)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -62,15 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def make_grid(path, steps: int, kind: str = "trailing"):
     """The grid ``kind`` (one of :data:`GRIDS`) with ``steps`` steps on a discrete VP ``path``,
     from its noise end to t = -1 (sigma = 0)."""
-    from . import grids
-    from .toy import zoo
+    from .. import grids
+    from ..toy import reference
 
     if kind == "trailing":
         return grids.discrete(path, steps, "trailing")
     if kind == "lambda":
         if steps < 2:
             return grids.discrete(path, 1, "trailing")
-        return zoo.reference_grid(path, steps)
+        return reference.halving_grid(path, steps)
     if kind == "karras":
         if steps < 2:
             return grids.discrete(path, 1, "trailing")
@@ -82,7 +88,7 @@ def make_grid(path, steps: int, kind: str = "trailing"):
 def steps_for_nfe(path, method, nfe: int, kind: str = "trailing") -> int | None:
     """The most steps of ``method`` on the grid ``kind`` whose plan makes at most ``nfe`` model
     calls, starting from ``nfe // calls_per_step``; ``None`` if not even one step fits."""
-    from . import methods
+    from .. import methods
 
     m = method if isinstance(method, methods.Method) else methods.get(method)
     if not isinstance(nfe, int) or nfe < 1:
@@ -125,44 +131,50 @@ def _save_png(images: torch.Tensor, file: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _check(args: argparse.Namespace):
+    """Every option checked before any work; returns ``(device, model, method, out)``."""
+    from .. import methods
+    from ..toy import metrics, zoo
+
+    n, _, nfe = (_checks.positive(o, v) for o, v in (("--n", args.n), ("--batch", args.batch), ("--nfe", args.nfe)))
+    _checks.seed(args.seed)
+    if args.fd:
+        if args.model != "digits":
+            raise _checks.UsageError(f"--fd is defined for the digits model only, got --model {args.model!r}")
+        if n <= metrics.DIGITS_FEATURES:
+            raise _checks.UsageError(f"--fd needs more samples than the classifier has features ({metrics.DIGITS_FEATURES})"
+                                     f" for a non-singular covariance: got --n {n}; use --n {metrics.DIGITS_FEATURES + 1}"
+                                     f" or more (the estimate's bias falls like 1/n)")
+    device = _checks.device(args.device)
+    dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
+    model = zoo.load(args.model, device=device, dtype=dtype)
+    method = methods.get(args.method)
+    out = Path(args.out) if args.out is not None else Path("out") / f"{args.model}-{method.name}-nfe{nfe}"
+    return device, model, method, _checks.output_folder("--out", out)
+
+
 def run(args: argparse.Namespace) -> int:
     """``odesolve sample``; returns the exit status (0 on success, 2 on bad arguments)."""
     import numpy as np
 
-    from . import methods
-    from .execute import execute
-    from .toy import zoo
+    from ..execute import execute
+    from ..toy import metrics, zoo
 
     def fail(msg):
-        print(f"odesolve sample: error: {msg}", file=sys.stderr)
-        return 2
+        return _checks.fail("sample", msg)
 
-    if args.n < 1 or args.batch < 1:
-        return fail(f"--n and --batch must be positive, got {args.n} and {args.batch}")
-    if args.nfe < 1:
-        return fail(f"--nfe must be positive, got {args.nfe}")
     try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        return fail(f"--device {args.device!r}: {err}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return fail(f"--device {args.device}: CUDA is not available in this torch build or machine")
-    dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
-    try:
-        model = zoo.load(args.model, device=device, dtype=dtype)
-        method = methods.get(args.method)
+        device, model, method, out = _check(args)
     except ValueError as err:
-        return fail(str(err))
+        return fail(err)
     path = model.path
     steps = steps_for_nfe(path, method, args.nfe, args.grid)
     if steps is None:
         return fail(f"--nfe {args.nfe} is too small for one step of {method.name!r}")
     grid = make_grid(path, steps, args.grid)
     plan = method.compile(path, grid)
-    out = Path(args.out) if args.out is not None else Path("out") / f"{args.model}-{method.name}-nfe{args.nfe}"
-    out.mkdir(parents=True, exist_ok=True)
 
-    shape = tuple(model.config["net"]["shape"])
+    shape = tuple(zoo.config(args.model)["net"]["shape"])
     x_T = torch.randn((args.n, *shape), generator=torch.Generator().manual_seed(args.seed))
     print(f"{args.model}: {method.name} (order {method.order}), {steps} steps on the {args.grid} grid, "
           f"real NFE {plan.calls} (requested {args.nfe}), {args.n} samples, batch {args.batch}, "
@@ -185,31 +197,18 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     samples = torch.cat(chunks)
 
-    meta = dict(model=args.model, method=method.name, order=method.order, nfe=plan.calls, nfe_requested=args.nfe,
-                steps=steps, grid=args.grid, seed=args.seed, n=args.n, device=str(device), dtype=args.dtype,
-                seconds=round(seconds, 3))
+    meta = {"model": args.model, "method": method.name, "order": method.order, "nfe": plan.calls, "nfe_requested": args.nfe,
+                "steps": steps, "grid": args.grid, "seed": args.seed, "n": args.n, "device": str(device), "dtype": args.dtype,
+                "seconds": round(seconds, 3)}
     npz = out / "samples.npz"
     np.savez_compressed(npz, samples=samples.numpy(), times=grid.t.numpy(), meta=json.dumps(meta))
     png = out / "grid.png"
     _save_png(samples[:100], png, f"{args.model}: {method.name}, NFE {plan.calls}, seed {args.seed}")
     line = f"wrote {npz} and {png}: {args.n} samples at NFE {plan.calls} in {seconds:.1f} s"
     if args.fd:
-        if args.model != "digits":
-            return fail("--fd is defined for the digits model only")
-        clf, _, _ = zoo.digits_classifier(seed=0)
+        clf, _, _ = metrics.digits_classifier(seed=0)
         with torch.inference_mode():
-            fd = zoo.frechet_distance(clf.features(samples), clf.features(zoo.data("digits")))
+            fd = metrics.frechet_distance(clf.features(samples), clf.features(zoo.data("digits")))
         line += f"; Frechet distance of classifier features to the data {fd:.3f}"
     print(line)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m odesolve.sampling``: the same as ``odesolve sample``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="odesolve sample", description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
