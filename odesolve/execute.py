@@ -149,8 +149,7 @@ def _check_inputs(model: Model, x: Tensor, path):
         raise TypeError(f"x must have a real floating dtype, got {x.dtype} (the imaginary part would be dropped)")
     if not x.is_floating_point():
         raise TypeError(f"x must have a floating dtype, got {x.dtype}")
-    # one reduction (float64: a finite float32/16 tensor cannot overflow it), the exact check if it fails
-    if not math.isfinite(x.detach().sum(dtype=_sum_dtype(x.device)).item()) and not bool(torch.isfinite(x).all()):
+    if not _finite(x):
         raise ValueError("x must be finite (the initial state contains NaN or Inf)")
 
 
@@ -162,8 +161,15 @@ def _plan_requires_grad(plan: Plan) -> bool:
     return any(getattr(plan, n).requires_grad for n in _COEFFICIENTS) or plan.grid.t.requires_grad
 
 
-def _sum_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """Accumulate a finiteness check in the tensor's own float32/float64 (a float64 sum of a float32
+    tensor measured 50x slower on CPU), half precisions in float32."""
+    return None if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _finite(v: Tensor) -> bool:
+    """One reduction; a sum that overflows a finite tensor is confirmed elementwise."""
+    return math.isfinite(v.detach().sum(dtype=_sum_dtype(v.dtype)).item()) or bool(torch.isfinite(v).all())
 
 
 # -- the program cache ---------------------------------------------------------------------------
@@ -318,6 +324,7 @@ class Program:
         gt = plan.grid.t if grad else plan.grid.t.detach()
         self._grid_t = tuple(gt.unbind(0))
         self._needs_xin = not grad and not all(self.plain_input)
+        self._x0_buffer, self.stochastic = plan.prediction == "x0", plan.stochastic
 
     def __repr__(self):
         return (f"Program({self.plan!r}, prediction={self.prediction!r}, shape={tuple(self.shape)}, "
@@ -341,32 +348,29 @@ class Program:
 
     def _interpret(self, x: Tensor, generator, step_ends: bool, check: bool):
         shape, N, W, wd, dev = self.shape, self.numel, self.window, self.working_dtype, self.device
-        grad, identity, rows, times, to_x0 = self.differentiable, self.identity, self._rows, self._t, self._to_x0
-        s = x.reshape(N).to(wd, copy=True)  # the run's own state: never the caller's tensor
-        S = s.view(shape)
+        grad, identity, rows, times = self.differentiable, self.identity, self._rows, self._t
+        s = x.to(wd, memory_format=torch.contiguous_format, copy=True)  # the run's own state, never x itself
         if grad:
             ring = [None] * W
-        else:
-            ring_t = torch.empty((W, N), dtype=wd, device=dev)
-            ring, ring_s = ring_t.unbind(0), tuple(r.view(shape) for r in ring_t.unbind(0))
-            xin = torch.empty(N, dtype=wd, device=dev) if self._needs_xin else None
-            Xin = xin.view(shape) if xin is not None else None
+        else:  # F_{k-j} in ring slot (k-j) % W, written in place
+            ring = torch.empty((W, *shape), dtype=wd, device=dev).unbind(0)
+            xin = torch.empty_like(s) if self._needs_xin else None
         check_now = check and dev.type == "cpu"
         sums = [] if check and not check_now else None
-        sum_dtype, out_dtype = _sum_dtype(dev), wd
+        out_dtype, sum_dtype = wd, _sum_dtype(wd)
         end = None
         for k, row in enumerate(rows):
             if row.plain:
-                X = S
+                X = s
             elif grad:
-                X = _combination(row.a_in, s, row.in_terms, ring).view(shape)
+                X = _combination(row.a_in, s, row.in_terms, ring)
             else:
-                _combination_(xin, row.a_in, s, row.in_terms, ring)
-                X = Xin
+                X = _combination_(xin, row.a_in, s, row.in_terms, ring)
             out = yield k, X, times[k], end
             end = None
             if type(out) is not Tensor or out.dtype is not out_dtype or out.shape != shape or out.device != dev:
                 out_dtype = self._check_output(out, k)
+                sum_dtype = _sum_dtype(out_dtype)
             if check_now:  # one reduction per call; a sum that overflows is confirmed elementwise
                 if not math.isfinite(out.sum(dtype=sum_dtype).item()) and not bool(torch.isfinite(out).all()):
                     _raise_nonfinite(self.plan, k)
@@ -374,40 +378,38 @@ class Program:
                 sums.append(out.detach().sum(dtype=sum_dtype))
             slot = k % W
             if grad:
-                F = out.reshape(N).to(wd)
-                ring[slot] = F if identity else F * row.cf + X.reshape(N) * row.cx
-                Fs = ring[slot].view(shape)
+                F = out.to(wd)
+                ring[slot] = F = F if identity else F * row.cf + X * row.cx
             else:
-                Fs = ring_s[slot]
+                F = ring[slot]
                 if identity:
-                    Fs.copy_(out)
-                else:  # F = cf out + cx X (converted in the working dtype)
+                    F.copy_(out)
+                else:  # F = cf out + cx X, in the working dtype
                     if out.dtype is wd:
-                        torch.mul(out, row.cf, out=Fs)
+                        torch.mul(out, row.cf, out=F)
                     else:
-                        Fs.copy_(out).mul_(row.cf)
-                    Fs.add_(X, alpha=row.cx)
+                        F.copy_(out).mul_(row.cf)
+                    F.add_(X, alpha=row.cx)
             del out  # the ring holds it now: the next model call does not need it alive
             if step_ends and row.last:  # before the state (which X may be) is overwritten
-                a, b = to_x0[k]
-                denoised = Fs.clone() if self.plan.prediction == "x0" else X * a + Fs * b
+                a, b = self._to_x0[k]
+                denoised = F.clone() if self._x0_buffer else X * a + F * b
             if row.update:
                 if grad:
                     s = _combination(row.a_up, s, row.up_terms, ring)
                     if row.noise:
-                        s = s + standard_normal(generator, N, dev, wd) * row.noise
-                    S = s.view(shape)
+                        s = s + standard_normal(generator, N, dev, wd).view(shape) * row.noise
                 else:
                     _combination_(s, row.a_up, s, row.up_terms, ring)
                     if row.noise:
-                        s.add_(standard_normal(generator, N, dev, wd), alpha=row.noise)
+                        s.add_(standard_normal(generator, N, dev, wd).view(shape), alpha=row.noise)
             if step_ends and row.last:
-                end = StepEnd(row.step, self._grid_t[row.step + 1], S if grad else S.clone(), denoised)
+                end = StepEnd(row.step, self._grid_t[row.step + 1], s if grad else s.clone(), denoised)
         if sums:  # other devices: one synchronisation per run
             bad = ~torch.isfinite(torch.stack(sums))
             if bool(bad.any()):
                 _raise_nonfinite(self.plan, int(torch.nonzero(bad)[0]))
-        yield self.calls, (S if S.dtype == self.dtype else S.to(self.dtype)), None, end
+        yield self.calls, (s if s.dtype == self.dtype else s.to(self.dtype)), None, end
 
     def _check_output(self, out, k: int) -> torch.dtype:
         """Validate a model output that is not of the last accepted type; returns its dtype."""
@@ -433,7 +435,7 @@ class Program:
         """Drive :meth:`steps` with ``model`` to the end; returns the final state (and with
         ``return_trajectory`` the states at every grid time). ``guard``: refuse a model that
         modifies its input in place (read from the tensor's version counter around each call)."""
-        if self.plan.stochastic and generator is None:
+        if self.stochastic and generator is None:
             raise ValueError(f"generator: {self.plan.method!r} injects noise; pass a torch.Generator for "
                              "reproducibility")
         if callback is not None and not callable(callback):
@@ -540,7 +542,7 @@ class Sampler:
         if self.capture is None:
             return self.program.run(self.model, x)
         out = self._replay(x) if self.capture == "cuda-graph" else self._compiled(x)
-        if not bool(torch.isfinite(out.sum(dtype=_sum_dtype(out.device)))) and not bool(torch.isfinite(out).all()):
+        if not _finite(out):
             self.program.run(self.model, x)  # eagerly, with checks: raises NonFiniteError naming the call
             raise NonFiniteError(f"the result of {self.plan.method!r} is not finite, and an eager re-run found no "
                                  "non-finite model output (an overflow of the state, or a model that is not "
