@@ -63,7 +63,17 @@ from .grids import Grid
 from .models import PREDICTIONS, Model, conversion
 from .plan import Plan
 
-__all__ = ["sample", "execute", "prepare", "Program", "StepEnd", "Sampler", "NonFiniteError", "standard_normal"]
+__all__ = [
+    "NonFiniteError",
+    "Program",
+    "Sampler",
+    "StepEnd",
+    "execute",
+    "plan_fingerprint",
+    "prepare",
+    "sample",
+    "standard_normal",
+]
 
 
 class NonFiniteError(FloatingPointError):
@@ -88,7 +98,7 @@ def standard_normal(generator: torch.Generator | None, n: int, device: torch.dev
 # -- the public entry points ---------------------------------------------------------------------
 
 
-def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="dpmpp-2m", *,
+def sample(model: Model, x: Shaped[Tensor, batch *shape], grid: Grid, method="dpmpp-2m", *,
            return_trajectory: bool = False, callback: Callable[[dict], None] | None = None, progress: bool = False,
            generator: torch.Generator | None = None, **options):
     """Integrate from ``x`` (the state at ``grid.t[0]``, in the path's coordinates) along ``grid``.
@@ -114,7 +124,7 @@ def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="
                        progress=progress)
 
 
-def execute(plan: Plan, model: Model, x: Shaped[Tensor, "batch *shape"], *, return_trajectory: bool = False,
+def execute(plan: Plan, model: Model, x: Shaped[Tensor, batch *shape], *, return_trajectory: bool = False,
             callback: Callable[[dict], None] | None = None, progress: bool = False,
             generator: torch.Generator | None = None):
     """Run ``plan`` with ``model`` from ``x``. See :func:`sample`."""
@@ -176,11 +186,11 @@ def _finite(v: Tensor) -> bool:
 
 _COEFFICIENTS = ("times", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
 _CACHE_SIZE = 32
-_programs: "OrderedDict[tuple, Program]" = OrderedDict()
+_programs: OrderedDict[tuple, Program] = OrderedDict()
 _lock = threading.Lock()
 
 
-def _cached(key, build: Callable[[], "Program"]) -> "Program":
+def _cached(key, build: Callable[[], Program]) -> Program:
     with _lock:
         program = _programs.get(key)
         if program is not None:
@@ -205,7 +215,7 @@ def plan_fingerprint(plan: Plan) -> tuple:
 
 
 def prepare(plan: Plan, prediction: str, shape, dtype: torch.dtype = torch.float32, device="cpu", *,
-            differentiable: bool = False) -> "Program":
+            differentiable: bool = False) -> Program:
     """The :class:`Program` of ``plan`` for a model predicting ``prediction`` and a state of
     ``shape``, ``dtype`` on ``device``, from a bounded cache keyed on the plan's content
     (:func:`plan_fingerprint`); a plan whose coefficients require gradients is prepared afresh."""
@@ -235,7 +245,7 @@ def _compile_key(m: _methods.Method, grid: Grid, options: dict):
     return key
 
 
-def _prepare_compiled(m: _methods.Method, grid: Grid, options: dict, prediction: str, x: Tensor) -> "Program":
+def _prepare_compiled(m: _methods.Method, grid: Grid, options: dict, prediction: str, x: Tensor) -> Program:
     key = _compile_key(m, grid, options)
     differentiable = torch.is_grad_enabled() and x.requires_grad
     if key is None:
@@ -308,7 +318,7 @@ class Program:
         self.last_of_step = tuple(k == K - 1 or self.step_of[k + 1] != self.step_of[k] for k in range(K))
         # F_{k-j} lives in ring slot (k-j) % W; outputs of calls before 0 do not exist (are 0).
         # Without gradients only the nonzero terms are kept; with them every existing one.
-        keep = (lambda c: True) if grad else (lambda c: c != 0)  # noqa: E731
+        keep = (lambda c: True) if grad else (lambda c: c != 0)
         rows = []
         for k in range(K):
             in_terms = tuple(((k - j) % W, in_h[k][j]) for j in range(1, W) if k - j >= 0 and keep(inh_v[k][j]))

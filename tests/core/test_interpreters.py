@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.analysis import guidance_stability
 from odesolve.analysis._plan import structure
 from odesolve.models import PREDICTIONS, conversion

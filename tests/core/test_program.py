@@ -5,12 +5,12 @@ import dataclasses
 
 import pytest
 import torch
+from exact import GAUSS
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.execute import Program, StepEnd, plan_fingerprint, prepare
-
-from exact import GAUSS
 
 EDM = P.EDM()
 
@@ -211,7 +211,7 @@ def test_bad_model_outputs_are_refused_naming_the_call(fn, err, match):
     plan = ods.methods.get("dpmpp-2m").compile(EDM, grid)
     program = prepare(plan, "x0", x.shape, x.dtype)
     run = program.steps(x)
-    k, X, t, _ = next(run)
+    _, X, t, _ = next(run)
     with pytest.raises(err, match=match):
         run.send(fn(X, t))
 
@@ -223,7 +223,7 @@ def test_complex_state_is_refused():
 
 
 def test_the_program_refuses_a_state_it_was_not_prepared_for():
-    grid, x, model = _setup()
+    grid, x, _ = _setup()
     program = prepare(ods.methods.get("ddim").compile(EDM, grid), "x0", x.shape, x.dtype)
     for bad in (x[:2], x.float()):
         with pytest.raises(ValueError, match="prepared for"):
