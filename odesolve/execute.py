@@ -309,7 +309,16 @@ class Program:
 
         in_s, up_s, noise = cast(plan.input_state), cast(plan.update_state), cast(plan.update_noise)
         in_h, up_h = cast(plan.input_hist), cast(plan.update_hist)
-        cx, cf = (cast(v) for v in conversion(plan.path, prediction, plan.prediction, plan.times))
+        cx, cf = conversion(plan.path, prediction, plan.prediction, plan.times)
+        undefined = ~(torch.isfinite(cx) & torch.isfinite(cf))
+        if bool(undefined.any()):
+            k = int(torch.nonzero(undefined)[0])
+            t = plan.times[k].detach()
+            raise ValueError(f"prediction: the output of a model predicting {prediction!r} cannot be converted into "
+                             f"the {plan.prediction} that {plan.method!r} keeps at call {k} (t = {float(t):.6g}, "
+                             f"alpha = {float(plan.path.alpha(t)):.3g}, sigma = {float(plan.path.sigma(t)):.3g}): "
+                             "use a model predicting x0, v or velocity there, or a grid that starts later")
+        cx, cf = cast(cx), cast(cf)
         bx, bf = conversion(plan.path, plan.prediction, "x0", plan.times)  # buffer -> x0, for `denoised`
         self._to_x0 = list(zip(cast(bx), cast(bf)))
         ins_v, inh_v = plan.input_state.tolist(), plan.input_hist.tolist()

@@ -230,3 +230,16 @@ def test_the_program_refuses_a_state_it_was_not_prepared_for():
             program.steps(bad)
     with pytest.raises(ValueError, match="prediction must be one of"):
         prepare(program.plan, "noise", x.shape, x.dtype)
+
+
+def test_an_eps_model_at_alpha_zero_is_refused_before_sampling():
+    """Zero terminal SNR: x0 = (x - sigma eps) / alpha is undefined at alpha = 0, so a data-form
+    plan cannot use an eps model's first output; refused up front, not reported as a model NaN."""
+    path = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_zero_terminal_snr=True)
+    grid = G.discrete(path, 10, spacing="trailing")
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    eps_model = GAUSS.model(path, "eps")
+    with pytest.raises(ValueError, match=r"predicting 'eps' cannot be converted into the x0 .* call 0 .*alpha = 0"):
+        ods.sample(eps_model, x, grid, method="dpmpp-2m")
+    v_model = GAUSS.model(path, "v")  # defined there: samples
+    assert bool(torch.isfinite(ods.sample(v_model, x, grid, method="dpmpp-2m")).all())
