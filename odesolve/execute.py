@@ -208,7 +208,7 @@ def plan_fingerprint(plan: Plan) -> tuple:
     """A key equal for two plans exactly when everything a :class:`Program` reads from them is
     equal: method name, path, prediction, sizes, and the bytes of every coefficient, time and
     step index and of the grid."""
-    data = b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in (
+    data = b"".join(t.detach().cpu().numpy().tobytes() for t in (
         plan.times, plan.step, plan.input_state, plan.input_hist, plan.update_state, plan.update_hist,
         plan.update_noise, plan.grid.t))
     return (plan.method, plan.prediction, plan.path, plan.calls, plan.window, plan.grid.steps, data)
@@ -237,7 +237,7 @@ def _compile_key(m: _methods.Method, grid: Grid, options: dict):
             raise TypeError(f"option {name}={value!r} must be hashable (a number, string, bool or tuple)") from None
     if grid.t.requires_grad:
         return None
-    key = (m, grid.path, grid.t.numpy().tobytes(), items)
+    key = (m, grid.path, grid.t.detach().cpu().numpy().tobytes(), items)
     try:
         hash(key)
     except TypeError:
@@ -269,8 +269,10 @@ class _Row(NamedTuple):
     a_up: object  # update_state[k]
     up_terms: tuple  # ((ring slot, update_hist coefficient), ...)
     noise: object  # update_noise[k] (0: none)
-    cx: object  # output -> buffer: F = cx X + cf out
+    cx: object  # output -> buffer: F = cx X + cf out (with gradients)
     cf: object
+    conv: int  # without gradients, the ring's G = F / scale from the output: 0 copy, 1 out + ratio X, 2 ratio X
+    ratio: object
     last: bool  # the last call of its grid step
     step: int
 
@@ -307,8 +309,6 @@ class Program:
             v = v.to(dev, wd) if grad else v.detach().to(wd)
             return list(v.unbind(0)) if grad else v.tolist()
 
-        in_s, up_s, noise = cast(plan.input_state), cast(plan.update_state), cast(plan.update_noise)
-        in_h, up_h = cast(plan.input_hist), cast(plan.update_hist)
         cx, cf = conversion(plan.path, prediction, plan.prediction, plan.times)
         undefined = ~(torch.isfinite(cx) & torch.isfinite(cf))
         if bool(undefined.any()):
@@ -318,9 +318,22 @@ class Program:
                              f"the {plan.prediction} that {plan.method!r} keeps at call {k} (t = {float(t):.6g}, "
                              f"alpha = {float(plan.path.alpha(t)):.3g}, sigma = {float(plan.path.sigma(t)):.3g}): "
                              "use a model predicting x0, v or velocity there, or a grid that starts later")
-        cx, cf = cast(cx), cast(cf)
+        # Without gradients the ring holds G_k = F_k / scale_k, written by one op from the output:
+        # G = out (same prediction), out + (cx/cf) X (scale cf), or cx X (cf = 0, scale 1); the
+        # scales are folded into the coefficients that read G. With gradients it holds F itself.
+        if grad or self.identity:
+            scale, ratio = torch.ones_like(cf), cx
+        else:
+            scale = torch.where(cf != 0, cf, torch.ones_like(cf))
+            ratio = torch.where(cf != 0, cx / scale, cx)
+        lag = torch.arange(K)[:, None] - torch.arange(W)[None, :]  # (K, W): the call F_{k-j} came from
+        at_lag = torch.where(lag >= 0, scale[lag.clamp(min=0)], torch.zeros_like(plan.update_hist))
+        in_s, up_s, noise = cast(plan.input_state), cast(plan.update_state), cast(plan.update_noise)
+        in_h, up_h = cast(plan.input_hist * at_lag), cast(plan.update_hist * at_lag)
         bx, bf = conversion(plan.path, plan.prediction, "x0", plan.times)  # buffer -> x0, for `denoised`
-        self._to_x0 = list(zip(cast(bx), cast(bf)))
+        self._to_x0 = list(zip(cast(bx), cast(bf * scale)))
+        conv = [0 if self.identity else 1 if c != 0 else 2 for c in cf.tolist()]
+        cx, cf, ratio = cast(cx), cast(cf), cast(ratio)
         ins_v, inh_v = plan.input_state.tolist(), plan.input_hist.tolist()
         ups_v, uph_v, noise_v = plan.update_state.tolist(), plan.update_hist.tolist(), plan.update_noise.tolist()
         self.step_of = tuple(plan.step.tolist())
@@ -335,7 +348,7 @@ class Program:
             plain = ins_v[k] == 1 and not any(inh_v[k][1:])
             update = ups_v[k] != 1 or any(uph_v[k]) or noise_v[k] != 0
             rows.append(_Row(plain, in_s[k], in_terms, update, up_s[k], up_terms, noise[k] if noise_v[k] != 0 else 0,
-                             cx[k], cf[k], self.last_of_step[k], self.step_of[k]))
+                             cx[k], cf[k], conv[k], ratio[k], self.last_of_step[k], self.step_of[k]))
         self._rows = tuple(rows)
         self.plain_input = tuple(r.plain for r in rows)
         times = plan.times.to(dev) if grad else plan.times.detach().to(dev)
@@ -343,7 +356,7 @@ class Program:
         gt = plan.grid.t if grad else plan.grid.t.detach()
         self._grid_t = tuple(gt.unbind(0))
         self._needs_xin = not grad and not all(self.plain_input)
-        self._x0_buffer, self.stochastic = plan.prediction == "x0", plan.stochastic
+        self.stochastic = plan.stochastic
 
     def __repr__(self):
         return (f"Program({self.plan!r}, prediction={self.prediction!r}, shape={tuple(self.shape)}, "
@@ -399,20 +412,21 @@ class Program:
             if grad:
                 F = out.to(wd)
                 ring[slot] = F = F if identity else F * row.cf + X * row.cx
-            else:
+            else:  # G = F / scale in the working dtype, one op (see __init__)
                 F = ring[slot]
-                if identity:
+                if row.conv == 0:
                     F.copy_(out)
-                else:  # F = cf out + cx X, in the working dtype
+                elif row.conv == 1:
                     if out.dtype is wd:
-                        torch.mul(out, row.cf, out=F)
+                        torch.add(out, X, alpha=row.ratio, out=F)
                     else:
-                        F.copy_(out).mul_(row.cf)
-                    F.add_(X, alpha=row.cx)
+                        F.copy_(out).add_(X, alpha=row.ratio)
+                else:
+                    torch.mul(X, row.ratio, out=F)
             del out  # the ring holds it now: the next model call does not need it alive
             if step_ends and row.last:  # before the state (which X may be) is overwritten
                 a, b = self._to_x0[k]
-                denoised = F.clone() if self._x0_buffer else X * a + F * b
+                denoised = F.clone() if a == 0 and b == 1 else X * a + F * b
             if row.update:
                 if grad:
                     s = _combination(row.a_up, s, row.up_terms, ring)
@@ -499,6 +513,9 @@ def _combination_(out: Tensor, a: float, s: Tensor, terms, ring) -> Tensor:
     if out is s:
         if a != 1:
             s.mul_(a)
+    elif a == 1 and terms:  # out = s + c_0 ring[j_0] in one op
+        (j, c), terms = terms[0], terms[1:]
+        torch.add(s, ring[j], alpha=c, out=out)
     else:
         torch.mul(s, a, out=out)
     for j, c in terms:

@@ -54,3 +54,19 @@ def test_analysis_plans_follow_path_equality_not_repr():
     grid = G.from_times(scaled, [900.0, 700.0, 500.0, 300.0, 100.0])
     assert np.array_equal(radius[scaled], guidance_stability(fresh, grid, [1.0, 0.05], [1.2, 0.5], 3.0).radius)
     assert not np.allclose(radius[lin], radius[scaled], rtol=1e-3)
+
+
+def test_a_call_at_sigma_zero_keeps_the_conversion_exact():
+    """An eps model's output has no weight in x0 = (x - sigma eps) / alpha at sigma = 0: the executor
+    then stores x0 = x / alpha itself (no division by the zero weight)."""
+    path = PATHS["edm"]
+    plan = ods.methods.get("dpmpp-2m").compile(path, G.karras(path, 5, sigma_min=0.05, sigma_max=3.0, to_zero=False))
+    times = plan.times.clone()
+    times[-1] = 0.0  # the last call at sigma = 0
+    plan = dataclasses.replace(plan, times=times)
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = ods.execute(plan, ods.Model(lambda x, t: 0.7 * x, path, "eps"), x)
+    cx, cf = (v.numpy() for v in conversion(path, "eps", "x0", plan.times))
+    assert cf[-1] == 0
+    ref, _ = structure(plan).run(0, plan.calls, x.numpy(), {}, lambda k, X: cx[k] * X + cf[k] * (0.7 * X))
+    assert np.abs(out.numpy() - ref).max() <= 1e-13 * max(1.0, float(np.abs(ref).max()))
