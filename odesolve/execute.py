@@ -4,7 +4,10 @@
 A :class:`Program` is a plan prepared for one model prediction, state shape, dtype and device:
 the coefficients cast once to the working dtype (at least float32) and read as Python numbers, the
 nonzero history terms of every row, the conversion of the model's prediction into the plan's
-buffer folded into two numbers per call. :func:`prepare` returns it from a small bounded cache
+buffer (``F = cx X + cf out``) folded into them: the ring of outputs holds ``F / cf = out + (cx/cf) X``,
+one op per call, and every coefficient that reads it is multiplied by ``cf``. A conversion that is
+undefined at a call (an eps model at alpha = 0 for a plan that keeps x0) is refused here, naming
+the call. :func:`prepare` returns programs from a small bounded cache
 keyed on the plan's content, and :func:`sample` keys it on what ``Method.compile`` keys its plans
 on, so a repeated ``sample`` on the same grid and method compiles and prepares nothing.
 
@@ -35,15 +38,17 @@ receives the model's raw output. Every driver drives it one call at a time::
   drawn.
 
 Drivers: :meth:`Program.run` (what :func:`execute`, :func:`sample` and :class:`Sampler` use: model
-calls, in-place-modification guard, callback, trajectory, progress); a diffusers scheduler's
-``step(model_output, ...)`` is ``run.send(model_output)`` returning a copy of ``X``; a per-sample
-adaptive driver will send outputs the same way.
+calls, callback, trajectory, progress, and a guard against models that modify their input in place:
+the input's version counter read before and after each call, two attribute reads where handing the
+model a copy would cost a pass over the state); a diffusers scheduler's ``step(model_output, ...)``
+is ``run.send(model_output)`` returning a copy of ``X``; a per-sample adaptive driver will send
+outputs the same way.
 
-Cost per call (no gradients): the in-place chain ``s.mul_(a).add_(F_j, alpha=c_j)`` over the
-nonzero terms of the state update (and of the input of a multi-stage call), one copy (or
-conversion) of the output into the ring, and one reduction for the finiteness check. (A BLAS ``mv``
-over the ring measured about 2x slower on CPU: it reads zero rows and allocates.) With gradients
-(a grid or an ``x`` that requires them) the same rows run out of place with tensor coefficients.
+Cost per call (no gradients): the in-place chain ``s.mul_(a).add_(G_j, alpha=c_j)`` over the
+nonzero terms of the state update (and of the input of a multi-stage call), one op that writes the
+output into the ring, and one reduction for the finiteness check. (A BLAS ``mv`` over the ring
+measured about 2x slower on CPU: it reads zero rows and allocates.) With gradients (a grid or an
+``x`` that requires them) the same rows run out of place with tensor coefficients.
 """
 
 from __future__ import annotations
@@ -98,7 +103,7 @@ def standard_normal(generator: torch.Generator | None, n: int, device: torch.dev
 # -- the public entry points ---------------------------------------------------------------------
 
 
-def sample(model: Model, x: Shaped[Tensor, batch *shape], grid: Grid, method="dpmpp-2m", *,
+def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="dpmpp-2m", *,
            return_trajectory: bool = False, callback: Callable[[dict], None] | None = None, progress: bool = False,
            generator: torch.Generator | None = None, **options):
     """Integrate from ``x`` (the state at ``grid.t[0]``, in the path's coordinates) along ``grid``.
@@ -124,7 +129,7 @@ def sample(model: Model, x: Shaped[Tensor, batch *shape], grid: Grid, method="dp
                        progress=progress)
 
 
-def execute(plan: Plan, model: Model, x: Shaped[Tensor, batch *shape], *, return_trajectory: bool = False,
+def execute(plan: Plan, model: Model, x: Shaped[Tensor, "batch *shape"], *, return_trajectory: bool = False,
             callback: Callable[[dict], None] | None = None, progress: bool = False,
             generator: torch.Generator | None = None):
     """Run ``plan`` with ``model`` from ``x``. See :func:`sample`."""
@@ -208,10 +213,11 @@ def plan_fingerprint(plan: Plan) -> tuple:
     """A key equal for two plans exactly when everything a :class:`Program` reads from them is
     equal: method name, path, prediction, sizes, and the bytes of every coefficient, time and
     step index and of the grid."""
-    data = b"".join(t.detach().cpu().numpy().tobytes() for t in (
-        plan.times, plan.step, plan.input_state, plan.input_hist, plan.update_state, plan.update_hist,
-        plan.update_noise, plan.grid.t))
-    return (plan.method, plan.prediction, plan.path, plan.calls, plan.window, plan.grid.steps, data)
+    tensors = (plan.times, plan.step, plan.input_state, plan.input_hist, plan.update_state, plan.update_hist,
+               plan.update_noise, plan.grid.t)
+    data = b"".join(t.detach().cpu().numpy().tobytes() for t in tensors)
+    return (plan.method, plan.prediction, plan.path, plan.calls, plan.window, plan.grid.steps,
+            tuple(t.dtype for t in tensors), data)
 
 
 def prepare(plan: Plan, prediction: str, shape, dtype: torch.dtype = torch.float32, device="cpu", *,
@@ -556,8 +562,9 @@ class Sampler:
                 raise TypeError(f"options {sorted(options)} cannot be applied to a compiled plan")
             self.plan = method
         else:
-            _compile_key(_as_method(method), grid, options)  # refuses unhashable options by name
-            self.plan = _as_method(method).compile(grid.path, grid, **options)
+            m = _as_method(method)
+            _compile_key(m, grid, options)  # refuses unhashable options by name
+            self.plan = m.compile(grid.path, grid, **options)
         if self.plan.stochastic:
             raise ValueError(f"method: {self.plan.method!r} injects noise; Sampler runs deterministic plans only")
         self.shape, self.dtype, self.device, self.capture = torch.Size(shape), dtype, device, capture
