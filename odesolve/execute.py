@@ -120,7 +120,7 @@ def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="
     if isinstance(method, Plan):
         if options:
             raise TypeError(f"options {sorted(options)} cannot be applied to a compiled plan")
-        if method.grid is not grid and not torch.equal(method.grid.t, grid.t):
+        if method.grid is not grid and (method.path != grid.path or not torch.equal(method.grid.t, grid.t)):
             raise ValueError("method: the plan was compiled for another grid")
         program = prepare(method, model.prediction, x.shape, x.dtype, x.device, differentiable=_needs_grad(method, x))
     else:

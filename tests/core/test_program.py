@@ -243,3 +243,15 @@ def test_an_eps_model_at_alpha_zero_is_refused_before_sampling():
         ods.sample(eps_model, x, grid, method="dpmpp-2m")
     v_model = GAUSS.model(path, "v")  # defined there: samples
     assert bool(torch.isfinite(ods.sample(v_model, x, grid, method="dpmpp-2m")).all())
+
+
+def test_a_plan_is_run_only_on_its_own_grid():
+    grid, x, model = _setup()
+    plan = ods.methods.get("dpmpp-2m").compile(EDM, grid)
+    lin, cos = P.VP.linear(), P.VP.cosine()
+    vp_grid = G.uniform_time(lin, 5, 0.9, 0.1)
+    with pytest.raises(ValueError, match="another grid"):  # the same times on another path
+        ods.sample(GAUSS.model(cos), x, G.Grid(cos, vp_grid.t), method=ods.methods.get("ddim").compile(lin, vp_grid))
+    with pytest.raises(ValueError, match="another grid"):
+        ods.sample(model, x, G.karras(EDM, 7, sigma_min=0.02, sigma_max=5.0, to_zero=False), method=plan)
+    assert torch.equal(ods.sample(model, x, G.Grid(EDM, grid.t.clone()), method=plan), ods.execute(plan, model, x))
