@@ -47,7 +47,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _measure_lib(lib: str, families, shape, with_proto: bool) -> list[dict]:
+def _measure_lib(lib: str, families, shape) -> list[dict]:
     import gc
 
     import torch
@@ -57,12 +57,7 @@ def _measure_lib(lib: str, families, shape, with_proto: bool) -> list[dict]:
 
     rows = []
     for fam in families:
-        extra = {}
-        if lib.startswith("odesolve-proto"):
-            from .fast_executor import execute_fast
-
-            extra = {lib: (lambda plan, model, x: execute_fast(plan, model, x))}
-        runners, plan = _runners(fam, shape, torch.device("cpu"), torch.float32, extra, fresh=True, libs=(lib,))
+        runners, plan = _runners(fam, shape, torch.device("cpu"), torch.float32, fresh=True, libs=(lib,))
         if lib not in runners:
             continue
         fn, counter = runners[lib][0]()
@@ -87,7 +82,7 @@ def _measure_lib(lib: str, families, shape, with_proto: bool) -> list[dict]:
     return rows
 
 
-def run_memory(libs=("odesolve", "odesolve-proto", "k-diffusion", "diffusers"), families=None, shape=SHAPE,
+def run_memory(libs=("odesolve", "k-diffusion", "diffusers"), families=None, shape=SHAPE,
                log=print, timeout=900) -> dict:
     from .overhead import FAMILIES
 
@@ -120,5 +115,5 @@ def run_memory(libs=("odesolve", "odesolve-proto", "k-diffusion", "diffusers"), 
 
 if __name__ == "__main__":
     lib, fams, shp = sys.argv[1], sys.argv[2].split(","), tuple(int(v) for v in sys.argv[3].split(","))
-    out = _measure_lib(lib, fams, shp, True)
+    out = _measure_lib(lib, fams, shp)
     print(json.dumps({"rows": out}))

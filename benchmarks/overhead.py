@@ -10,11 +10,13 @@ the interquartile range.
 
 Two timings per run:
 
-- ``loop``: the sampling loop only: odesolve's ``execute`` on a compiled plan, k-diffusion's
+- ``loop``: one sampling call on a grid built beforehand: odesolve's ``sample(model, x, grid,
+  method)`` (``odesolve``; its plan and prepared program come from the caches a repeated call
+  hits) and a :class:`~odesolve.Sampler` prepared once (``odesolve(Sampler)``), k-diffusion's
   ``sample_*`` on precomputed sigmas, diffusers' ``scale_model_input``/``step`` loop on a scheduler
   whose ``set_timesteps`` already ran (a fresh deep copy per run, made outside the timing);
-- ``with_setup``: also odesolve's ``compile``, diffusers' construction and ``set_timesteps``,
-  k-diffusion's ``get_sigmas_karras``.
+- ``with_setup``: also the grid (odesolve's ``grids.karras``), diffusers' construction and
+  ``set_timesteps``, k-diffusion's ``get_sigmas_karras``.
 
 The floor: an update ``x <- a x + sum_j b_j F_j`` must read the tensors it combines and write one;
 a stage input likewise. From the plan, ``passes`` = tensors read + written per model call, averaged
@@ -138,7 +140,7 @@ class _Const:
         return self.out.clone() if self.fresh else self.out
 
 
-def _runners(family: str, shape, device, dtype, extra_odesolve=None, fresh: bool = False, libs=None):
+def _runners(family: str, shape, device, dtype, fresh: bool = False, libs=None):
     """{library: (prepare_loop, prepare_with_setup)}; each prepare returns (fn, counter)."""
     spec = FAMILIES[family]
     path = EDM()
@@ -153,27 +155,28 @@ def _runners(family: str, shape, device, dtype, extra_odesolve=None, fresh: bool
     method = ods.methods.get(name)
     plan = method.compile(path, grid, **opts)
 
-    def ods_loop(executor=ods.execute):
-        c = _Const(out, fresh)
-        model = ods.Model(c, path, "x0")
-        return (lambda: executor(plan, model, x)), c
-
-    def ods_setup():
+    def ods_loop():
         c = _Const(out, fresh)
         model = ods.Model(c, path, "x0")
         return (lambda: ods.sample(model, x, grid, method, **opts)), c
 
-    out_["odesolve"] = (ods_loop, ods_setup)
-    if hasattr(ods, "Sampler"):  # prepared once for the shape and reused (the library's own "loop only")
-        def sampler_loop():
-            c = _Const(out, fresh)
-            smp = ods.Sampler(ods.Model(c, path, "x0"), grid, method, shape=shape, dtype=dtype, device=device,
-                              **opts)
-            return (lambda: smp(x)), c
+    def ods_setup():
+        c = _Const(out, fresh)
+        model = ods.Model(c, path, "x0")
 
-        out_["odesolve(Sampler)"] = (sampler_loop, None)
-    for label, executor in (extra_odesolve or {}).items():
-        out_[label] = ((lambda ex=executor: ods_loop(ex)), None)
+        def run():
+            g = grids.karras(path, steps=STEPS, sigma_min=0.002, sigma_max=80.0, rho=7.0)
+            return ods.sample(model, x, g, method, **opts)
+        return run, c
+
+    out_["odesolve"] = (ods_loop, ods_setup)
+
+    def sampler_loop():  # prepared once for the shape and reused
+        c = _Const(out, fresh)
+        smp = ods.Sampler(ods.Model(c, path, "x0"), grid, method, shape=shape, dtype=dtype, device=device, **opts)
+        return (lambda: smp(x)), c
+
+    out_["odesolve(Sampler)"] = (sampler_loop, None)
 
     want = (lambda lib: libs is None or lib in libs)
     k = peers.k_sampling() if want("k-diffusion") and "k-diffusion" in spec else None
@@ -241,12 +244,8 @@ def _runners(family: str, shape, device, dtype, extra_odesolve=None, fresh: bool
 
 
 def run_overhead(shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=torch.float32, reps=None,
-                 extra_odesolve=None, with_setup=True, ablation_families=("dpmpp-2m",), log=print) -> dict:
-    """Interleaved timings; returns a JSON-able dict (see the module docstring).
-
-    ``extra_odesolve``: {label: executor} prototype executors timed like odesolve (same plans); labels
-    starting with "ablation" run only for ``ablation_families``.
-    """
+                 with_setup=True, log=print) -> dict:
+    """Interleaved timings; returns a JSON-able dict (see the module docstring)."""
     device = torch.device(device)
     rows, floors = [], {}
     for shape in shapes:
@@ -257,9 +256,7 @@ def run_overhead(shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=to
         fl = measure_floor(shape, device, dtype)
         floors[str(shape)] = fl
         for fam in families:
-            extra = {k: v for k, v in (extra_odesolve or {}).items()
-                     if not k.startswith("ablation") or fam in ablation_families}
-            runners, plan = _runners(fam, shape, device, dtype, extra)
+            runners, plan = _runners(fam, shape, device, dtype)
             passes = plan_passes(plan)
             libs = list(runners)
             setup_too = with_setup and numel <= (1 << 20)  # setup costs matter where steps are cheap

@@ -79,7 +79,7 @@ def headline(results: dict) -> dict:
     if ov:
         tgt = []
         for r in ov["rows"]:
-            if r["mode"] == "loop" and r["lib"] in ("odesolve", "odesolve-proto") and "ratio_vs_fastest_peer" in r:
+            if r["mode"] == "loop" and r["lib"] == "odesolve" and "ratio_vs_fastest_peer" in r:
                 tgt.append({"lib": r["lib"], "shape": r["shape"], "family": r["family"],
                             "ratio_vs_fastest_peer": r["ratio_vs_fastest_peer"], "vs_floor": r["vs_floor"]})
         out["overhead_target"] = tgt

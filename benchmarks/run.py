@@ -57,23 +57,6 @@ def _restore(o):
     return o
 
 
-def proto_executors():
-    from .fast_executor import FastProgram, execute_fast
-
-    def variant(update, check, copy_outputs=True):
-        def ex(plan, model, x):
-            prog = FastProgram(plan, model, x.shape, x.device, x.dtype, None, copy_outputs, update, check)
-            return execute_fast(plan, model, x, program=prog)
-        return ex
-
-    return {
-        "odesolve-proto": lambda plan, model, x: execute_fast(plan, model, x),
-        "ablation: gemv ring + isfinite each call (= current)": variant("mv", "each"),
-        "ablation: gemv ring, end check": variant("mv", "end"),
-        "ablation: chain, no output copy": variant("chain", "end", copy_outputs=False),
-    }
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -83,7 +66,6 @@ def main(argv=None):
                     help="torch CPU threads (default 1: on a shared 2-core machine a parallel region waits for a "
                          "descheduled thread, which quantises timings to the OS time slice)")
     ap.add_argument("--device", default="cpu", help="device of the overhead part (cpu, cuda)")
-    ap.add_argument("--no-proto", action="store_true", help="do not time the prototype executor")
     ap.add_argument("--report-only", action="store_true", help="rewrite results.md and the plot from results.json")
     args = ap.parse_args(argv)
     if args.report_only:
@@ -124,12 +106,11 @@ def main(argv=None):
         from .overhead import SHAPES, run_overhead
 
         t0 = time.perf_counter()
-        extra = None if args.no_proto else proto_executors()
         if args.smoke:
             results["overhead"] = run_overhead(shapes=[(1, 2), (4, 3, 8, 8)], families=("dpmpp-2m", "euler"),
-                                               device=args.device, reps=3, extra_odesolve=extra)
+                                               device=args.device, reps=3)
         else:
-            results["overhead"] = run_overhead(shapes=SHAPES, device=args.device, extra_odesolve=extra)
+            results["overhead"] = run_overhead(shapes=SHAPES, device=args.device)
         results["overhead"]["seconds"] = time.perf_counter() - t0
         results["overhead"]["threads"] = args.threads
     if "memory" in parts:
@@ -138,7 +119,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         if sys.platform.startswith("linux"):
             if args.smoke:
-                results["memory"] = run_memory(libs=("odesolve", "odesolve-proto"), families=("dpmpp-2m",),
+                results["memory"] = run_memory(libs=("odesolve",), families=("dpmpp-2m",),
                                                shape=(16, 4, 64, 64))
             else:
                 results["memory"] = run_memory()

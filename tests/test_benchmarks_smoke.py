@@ -95,31 +95,21 @@ def test_identical_methods_agree_across_libraries(smoke):
         assert r["twin_rel_rms"] <= TOL[r["lib"]], (r["key"], r["twin"], r["setup"], r["nfe_budget"], r["twin_rel_rms"])
 
 
-def test_prototype_executor_matches_the_library():
-    """The prototype executor timed in the overhead part computes what odesolve.execute computes."""
+def test_the_odesolve_contenders_agree():
+    """The overhead part times ods.sample (loop and with the grid built) and a prepared Sampler: one
+    executor, so the same sample bit for bit, with the plan's number of model calls."""
     import torch
 
-    import odesolve as ods
-    from benchmarks.fast_executor import FastProgram, execute_fast
-    from odesolve import grids
-    from odesolve.paths import EDM
+    from benchmarks.overhead import _runners
 
-    path = EDM()
-    grid = grids.karras(path, 8)
-    g = torch.Generator().manual_seed(0)
-    A = torch.randn(3, 3, generator=g)
-    x = 80 * torch.randn(16, 3, generator=g)
-    for method, opts in (("dpmpp-2m", {}), ("heun", {}), ("unipc-bh2-3", {"lower_order_final": True}),
-                         ("dpmpp-3s", {})):
-        plan = ods.methods.get(method).compile(path, grid, **opts)
-        for pred in ("x0", "eps"):
-            model = ods.Model(lambda x, t: torch.tanh(x @ A) * (1 + 0.1 * t[:, None].float().log1p()), path, pred)
-            ref = ods.execute(plan, model, x)
-            for kw in ({}, {"chunk": 5}, {"copy_outputs": False}):
-                y = execute_fast(plan, model, x, **kw)
-                assert float((y - ref).abs().max() / ref.abs().max()) < 1e-4, (method, pred, kw)
-            prog = FastProgram(plan, model, x.shape, "cpu", torch.float32, update="mv", check="each")
-            assert float((execute_fast(plan, model, x, program=prog) - ref).abs().max() / ref.abs().max()) < 1e-4
-    bad = ods.Model(lambda x, t: x * float("nan") if float(t[0]) < 1 else x * 0, path, "x0")
-    with pytest.raises(ods.NonFiniteError, match="call"):
-        execute_fast(ods.methods.get("dpmpp-2m").compile(path, grid), bad, torch.randn(4, 3))
+    for family in ("dpmpp-2m", "unipc-bh2-3"):
+        runners, plan = _runners(family, (4, 3), torch.device("cpu"), torch.float32, libs=("odesolve",))
+        outs = {}
+        for lib in ("odesolve", "odesolve(Sampler)"):
+            fn, counter = runners[lib][0]()
+            outs[lib] = fn()
+            assert counter.n == plan.calls, (family, lib, counter.n)
+        fn, counter = runners["odesolve"][1]()
+        outs["with_setup"] = fn()
+        ref = outs["odesolve"]
+        assert all(torch.equal(v, ref) for v in outs.values()), family

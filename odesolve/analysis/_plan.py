@@ -1,6 +1,9 @@
 """Plan-level helpers shared by the analysis: the interpolation variable of a method, the
 structure of a plan (which calls belong to which grid step, which earlier outputs a step reads),
-and a small interpreter of plan rows that the linear analyses (stability, truncation error) use.
+and the reference interpreter of plan rows over plain numbers (numpy arrays, complex and sympy
+values) that the linear analyses (stability, truncation error) use. It is the only interpreter
+besides the executor's (:meth:`odesolve.execute.Program.steps`), and the tests check that the two
+agree.
 
 The interpreter follows the semantics in the docstring of :mod:`odesolve.plan` exactly:
 
@@ -35,7 +38,6 @@ __all__ = [
     "Variable",
     "as_method",
     "check_plan",
-    "compile_cached",
     "grid_from_lambdas",
     "interpolation_variable",
     "structure",
@@ -162,23 +164,6 @@ class PlanStructure:
 
 def structure(plan: Plan) -> PlanStructure:
     return PlanStructure(check_plan(plan))
-
-
-_CACHE: dict = {}
-
-
-def compile_cached(method, grid: Grid, **options) -> Plan:
-    """``method.compile(grid.path, grid)``, memoized on (method, grid times, options): the analysis
-    compiles the same (method, grid) pairs for several test models."""
-    m = as_method(method)
-    key = (id(m), m.name, repr(grid.path), tuple(grid.t.tolist()), tuple(sorted(options.items())))
-    plan = _CACHE.get(key)
-    if plan is None:
-        if len(_CACHE) > 2048:
-            _CACHE.clear()
-        plan = m.compile(grid.path, grid, **options)
-        _CACHE[key] = plan
-    return plan
 
 
 def grid_from_lambdas(path: Path, lambdas) -> Grid:

@@ -27,7 +27,7 @@ from ..execute import execute
 from ..grids import Grid
 from . import families as _families
 from ._fit import fit_slope
-from ._plan import as_method, compile_cached
+from ._plan import as_method
 from .problems import as_ivp
 
 __all__ = ["ConvergenceResult", "assert_order", "convergence", "nominal_steps"]
@@ -121,7 +121,7 @@ def convergence(method: object, problem: object = "gmm2d", grids: object = "karr
         grid = fam(N)
         if not isinstance(grid, Grid):
             raise TypeError(f"the grid family returned {type(grid).__name__}, not an odesolve Grid")
-        plan = compile_cached(m, grid, **(options or {}))
+        plan = m.compile(grid.path, grid, **(options or {}))
         out = execute(plan, P.model(plan.prediction), P.x)
         errs.append(P.error(out))
         nfes.append(plan.calls)

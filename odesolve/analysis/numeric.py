@@ -72,7 +72,7 @@ from ..models import Model
 from ..plan import Plan
 from . import families as _families
 from ._fit import fit_slope
-from ._plan import as_method, compile_cached, interpolation_variable, structure, variable_of_lambda
+from ._plan import as_method, interpolation_variable, structure, variable_of_lambda
 
 __all__ = ["DegreeFit", "OrderResult", "StepExactness", "numeric_order", "polynomial_errors", "step_exactness"]
 
@@ -482,7 +482,7 @@ def numeric_order(method: object, grids: object = "auto", steps: Sequence[int] |
     else:
         m = as_method(method)
         name = m.name
-        make_plan = lambda g: compile_cached(m, g, **(options or {}))
+        make_plan = lambda g: m.compile(g.path, g, **(options or {}))
     grid_kw.setdefault("sigma_start", 1.0)
     grid_kw.setdefault("sigma_end", 0.25)
     fam = _families.family(grids, m, **grid_kw)

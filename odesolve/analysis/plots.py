@@ -115,7 +115,7 @@ def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_sho
 
     from ..execute import execute
     from . import families as _families
-    from ._plan import as_method, compile_cached
+    from ._plan import as_method
     from .problems import as_ivp
 
     P = as_ivp(problem)
@@ -125,7 +125,7 @@ def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_sho
     if grid is None:
         grid = _families.Family("karras", path=P.path, sigma_start=P.sigma_start, sigma_end=max(P.sigma_end, 1e-3))(
             steps)
-    plan = compile_cached(m, grid)
+    plan = m.compile(grid.path, grid)
     x = P.x[:n_show]
     _, traj = execute(plan, P.model(plan.prediction), x, return_trajectory=True)
     fine = torch.exp(torch.linspace(float(torch.log(grid.sigmas[0])), float(torch.log(grid.sigmas[-1])), points,

@@ -33,7 +33,7 @@ import torch
 from .. import grids as _grids
 from .. import methods as _methods
 from ..execute import execute
-from ._plan import as_method, compile_cached
+from ._plan import as_method
 from .convergence import ConvergenceResult, convergence, nominal_steps
 from .numeric import numeric_order
 from .problems import describe, get
@@ -109,7 +109,7 @@ def _practical_errors(m, problem, nfe, n, seed):
             errs[k], used[k] = math.nan, 0
             continue
         g = _grids.karras(problem.path, steps, sigma_min=0.002, sigma_max=80.0)
-        plan = compile_cached(m, g)
+        plan = m.compile(g.path, g)
         out = execute(plan, problem.model(plan.prediction), problem.x)
         errs[k], used[k] = problem.error(out), plan.calls
     return errs, used

@@ -40,7 +40,7 @@ import torch
 from .. import paths as _paths
 from ..grids import Grid, from_sigmas
 from ..plan import Plan
-from ._plan import as_method, compile_cached, structure
+from ._plan import as_method, structure
 
 Test = Literal["lambda", "rho"]
 
@@ -211,9 +211,11 @@ class _Interior:
         m = as_method(method)
         self.method, self.h = m, float(h)
         self.test = _check_test(test or ("lambda" if m.prediction == "x0" else "rho"))
-        probe = compile_cached(m, uniform_grid(self.h, 8, self.test), **(options or {}))
+        probe_grid = uniform_grid(self.h, 8, self.test)
+        probe = m.compile(probe_grid.path, probe_grid, **(options or {}))
         N = max(8, 3 * probe.window + 4)
-        self.plan = compile_cached(m, uniform_grid(self.h, N, self.test), **(options or {}))
+        grid = uniform_grid(self.h, N, self.test)
+        self.plan = m.compile(grid.path, grid, **(options or {}))
         self.n = N - 2
         st = structure(self.plan)
         if len(st.live(self.n)) != len(st.live(self.n + 1)):
@@ -447,7 +449,7 @@ def guidance_stability(method, grid: Grid, cond, uncond, scale: float, *, option
     last_singular = not finite[-1]
     if not finite[:-1].all():
         raise ValueError("grid must start at alpha > 0 (finite lambda) for a guidance stability analysis")
-    plan = compile_cached(m, grid, **(options or {}))
+    plan = m.compile(grid.path, grid, **(options or {}))
     lam_f = lam[finite]
     mu_ends = guidance_mu(lam_f, cond, uncond, scale)  # (finite grid points, dirs)
     dirs = mu_ends.shape[1]

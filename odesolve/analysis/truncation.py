@@ -35,7 +35,7 @@ import torch
 from ..execute import execute
 from ..grids import Grid
 from . import families as _families
-from ._plan import as_method, compile_cached, structure
+from ._plan import as_method, structure
 from .problems import InitialValueProblem, as_ivp
 
 __all__ = ["LocalErrors", "local_errors"]
@@ -87,7 +87,7 @@ def local_errors(method, problem="gmm2d", grid: Grid | None = None, steps: int =
             steps)
     if grid.path != P.path:
         raise ValueError(f"grid.path {grid.path!r} differs from the problem's path {P.path!r}")
-    plan = compile_cached(m, grid, **(options or {}))
+    plan = m.compile(grid.path, grid, **(options or {}))
     st = structure(plan)
     model = P.model(plan.prediction)
     N = grid.steps

@@ -180,9 +180,18 @@ def no_runtime_typechecks():
 
 @pytest.mark.slow
 def test_sampler_compiled_with_torch_compile_matches_eager(no_runtime_typechecks):
-    """torch.compile of the whole loop (CPU here: a C++ compiler builds it, so keep it short)."""
-    grid = G.karras(EDM, 2 if __import__("os").environ.get("ODESOLVE_FULL") != "1" else 10, sigma_max=5.0)
+    """torch.compile of the whole loop of a multistep plan with history (CPU here: a C++ compiler
+    builds it). The captured loop runs the same program, without per-call checks: a non-finite
+    result is re-run eagerly to name the call."""
+    grid = G.karras(EDM, 6 if __import__("os").environ.get("ODESOLVE_FULL") != "1" else 10, sigma_max=5.0)
     model = ods.Model(lambda x, t: torch.tanh(x) / (1 + t[:, None]), EDM, "x0")
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
-    sampler = ods.Sampler(model, grid, "dpmpp-2m", shape=x.shape, capture="compile")
-    assert torch.allclose(sampler(x), ods.sample(model, x, grid, method="dpmpp-2m"), rtol=1e-6, atol=1e-6)
+    sampler = ods.Sampler(model, grid, "dpmpp-3m", shape=x.shape, capture="compile")
+    assert sampler.plan.window == 3 and sampler.plan.calls == grid.steps
+    eager = ods.sample(model, x, grid, method="dpmpp-3m")
+    assert torch.allclose(sampler(x), eager, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(sampler(2 * x), ods.sample(model, 2 * x, grid, method="dpmpp-3m"), rtol=1e-6, atol=1e-6)
+    bad = ods.Sampler(ods.Model(lambda x, t: x / (t[:, None] - float(grid.t[3])), EDM, "x0"), grid, "dpmpp-3m",
+                      shape=x.shape, capture="compile")
+    with pytest.raises(ods.NonFiniteError, match="call 3"):
+        bad(x)
