@@ -15,7 +15,7 @@ from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import ExponentialMultistep, Weight
 from .exponential_rk import ExponentialRK
 
-__all__ = ["names", "get", "register", "aliases", "register_alias", "Method", "ExponentialRK",
+__all__ = ["names", "get", "register", "unregister", "aliases", "register_alias", "Method", "ExponentialRK",
            "ExponentialMultistep", "RungeKutta", "FixedAdams", "Weight", "phi", "chi"]
 
 _REGISTRY: dict[str, Method] = {}
@@ -31,6 +31,15 @@ def register(method: Method, *, replace: bool = False) -> Method:
     _ALIASES.pop(method.name, None)
     _REGISTRY[method.name] = method
     return method
+
+
+def unregister(name: str) -> Method:
+    """Remove the method (and its aliases) registered as ``name``; returns its table."""
+    if name not in _REGISTRY:
+        raise ValueError(f"method {name!r} is not registered (aliases are not unregistered alone)")
+    for alias in [a for a, t in _ALIASES.items() if t == name]:
+        del _ALIASES[alias]
+    return _REGISTRY.pop(name)
 
 
 def register_alias(alias: str, target: str) -> None:

@@ -149,8 +149,8 @@ class Method:
             raise ValueError(f"grid was built for {grid.path!r}, not for path {path!r}")
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise TypeError(f"{self.name} does not take the option(s) {unknown}; it accepts "
-                            f"{list(self.options) or 'none'}")
+            raise TypeError(f"{self.name} does not take the options {unknown}; the options it accepts: "
+                            f"{list(self.options) or 'none'} (method.options)")
         key = None
         if not grid.t.requires_grad:
             key = (self, path, grid.t.numpy().tobytes(), tuple(sorted(options.items())))
@@ -231,7 +231,7 @@ def refuse_alpha_zero_start(method: Method, g: Geometry):
                          "method, is undefined; use a data-prediction method (ddim, dpmpp-*, unipc-*)")
 
 
-def fraction_rows(name: str, what: str, rows) -> tuple:
+def fraction_rows(name: str, what: str, rows):
     """Nested tuples of exact rationals (int or Fraction entries); floats are refused."""
     from fractions import Fraction
 

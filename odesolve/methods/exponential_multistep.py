@@ -302,11 +302,22 @@ def _family():
 
 
 def _split(tables):
-    """One output per step (nodes = 1, no corrector) is the DDIM update of the table's prediction:
-    those names are aliases of ddim / dpm-solver-1."""
-    aliased = tuple((m, "ddim" if m.prediction == "x0" else "dpm-solver-1") for m in tables
-                    if m.nodes == 1 and not m.corrector)
-    return [m for m in tables if not (m.nodes == 1 and not m.corrector)], aliased
+    """Tables whose plans equal an earlier table's on every grid become aliases: one output per step
+    (nodes = 1, no corrector) is the DDIM update of the table's prediction (ddim / dpm-solver-1),
+    and tables with the same prediction, nodes, variable, used weight rows and corrector are equal."""
+    kept, aliased, seen = [], [], {}
+    for m in tables:
+        if m.nodes == 1 and not m.corrector:
+            aliased.append((m, "ddim" if m.prediction == "x0" else "dpm-solver-1"))
+            continue
+        used = tuple(sorted((mm, i, w) for mm, i, w in m.weights if mm <= m.nodes + int(m.corrector)))
+        key = (m.prediction, m.nodes, m.variable, used, m.corrector, m.warmup)
+        if key in seen:
+            aliased.append((m, seen[key]))
+        else:
+            seen[key] = m.name
+            kept.append(m)
+    return kept, tuple(aliased)
 
 
 TABLES, ALIASED = _split(_family())
