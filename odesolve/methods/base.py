@@ -22,7 +22,8 @@ import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from fractions import Fraction
+from typing import ClassVar, Literal, Union
 
 import torch
 from torch import Tensor
@@ -31,9 +32,10 @@ from ..grids import Grid
 from ..paths import Path
 from ..plan import Plan, Rows
 
-__all__ = ["phi", "chi", "Method", "Prediction", "Variable", "Geometry", "table"]
+__all__ = ["phi", "chi", "Method", "Prediction", "Rational", "Variable", "Geometry", "table"]
 
 Prediction = Literal["x0", "eps"]
+Rational = Union[Fraction, int]  # exact table entries; floats are refused
 Variable = Literal["lambda", "rho", "t"]
 _FORMS = {"data": "x0", "noise": "eps"}
 _PLANS: "OrderedDict" = OrderedDict()
@@ -233,8 +235,6 @@ def refuse_alpha_zero_start(method: Method, g: Geometry):
 
 def fraction_rows(name: str, what: str, rows):
     """Nested tuples of exact rationals (int or Fraction entries); floats are refused."""
-    from fractions import Fraction
-
     def conv(v):
         if isinstance(v, (tuple, list)):
             return tuple(conv(u) for u in v)

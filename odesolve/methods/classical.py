@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..plan import Rows
-from .base import Method, Prediction, Variable, fraction_rows, refuse_alpha_zero_start, table
+from .base import Method, Prediction, Rational, Variable, fraction_rows, refuse_alpha_zero_start, table
 from .exponential_rk import ddim_rows
 
 
@@ -28,9 +28,9 @@ class RungeKutta(Method):
     """Explicit RK table (c, a, b) in rho on eps: X_i = alpha_i (xbar_n + drho sum_j a_ij eps_j)."""
 
     prediction: Prediction = "eps"
-    c: tuple[Fr, ...] = (Fr(0),)
-    a: tuple[tuple[Fr, ...], ...] = ()
-    b: tuple[Fr, ...] = (Fr(1),)
+    c: tuple[Rational, ...] = (Fr(0),)
+    a: tuple[tuple[Rational, ...], ...] = ()
+    b: tuple[Rational, ...] = (Fr(1),)
     variable: ClassVar[Variable] = "rho"
 
     def __post_init__(self):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..plan import Rows
-from .base import Method, Variable, chi, fraction_rows, refuse_alpha_zero_start, table
+from .base import Method, Rational, Variable, chi, fraction_rows, refuse_alpha_zero_start, table
 from .exponential_rk import DPMPP_2S, ExponentialRK, ddim_rows
 
 _GL_X, _GL_W = (torch.tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(32))
@@ -47,8 +47,8 @@ class Weight:
     """The exponential weight of one Taylor term as an exact expression:
     ``w = h_coeff * h + sum_l chi_coeffs[l-1] * chi_l(h)`` (chi in ``base``; h the step in lambda)."""
 
-    chi: tuple[Fr, ...] = ()
-    h: Fr = Fr(0)
+    chi: tuple[Rational, ...] = ()
+    h: Rational = Fr(0)
 
     def __post_init__(self):
         object.__setattr__(self, "chi", fraction_rows("Weight", "chi", self.chi))

@@ -19,9 +19,9 @@ from fractions import Fraction as Fr
 import torch
 
 from ..plan import Rows
-from .base import Method, chi, fraction_rows, refuse_alpha_zero_start, table
+from .base import Method, Rational, chi, fraction_rows, refuse_alpha_zero_start, table
 
-Row = tuple[tuple[Fr, ...], ...]  # per earlier stage j: coefficients of chi_1, chi_2, ...
+Row = tuple[tuple[Rational, ...], ...]  # per earlier stage j: coefficients of chi_1, chi_2, ...
 
 
 @table
@@ -30,7 +30,7 @@ class ExponentialRK(Method):
     row exact for a constant output): in each row the chi_1 coefficients sum to 1 and those of
     chi_l, l >= 2, to 0."""
 
-    c: tuple[Fr, ...] = (Fr(0),)
+    c: tuple[Rational, ...] = (Fr(0),)
     a: tuple[Row, ...] = ()  # a[i-1] is the row of stage i >= 1
     b: Row = ((Fr(1),),)
 
