@@ -79,7 +79,7 @@ class Plan:
     def table(self, digits: int = 6) -> str:
         """The coefficients as a readable table, one line per model call."""
         W = self.window
-        f = lambda v: f"{float(v):+.{digits}g}"  # noqa: E731
+        f = lambda v: f"{float(v):+.{digits}g}"
         head = f"{self.method} on {self.grid!r}: {self.calls} calls, history {W}, buffer holds {self.prediction}"
         lines = [head, f"{'k':>3} {'step':>4} {'t':>12} | input: s, F[k-1..k-{W - 1}] | update: s, F[k..k-{W - 1}]"]
         for k in range(self.calls):

@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's odesolve, not an installed one
-import odesolve as ods  # noqa: E402
-from odesolve import grids as G, paths as P  # noqa: E402
+import odesolve as ods
+from odesolve import grids as G
+from odesolve import paths as P
 
 
 def per_step_us(method, path, grid, repeat: int) -> float:

@@ -15,8 +15,22 @@ from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import ExponentialMultistep, Weight
 from .exponential_rk import ExponentialRK
 
-__all__ = ["names", "get", "register", "unregister", "aliases", "register_alias", "Method", "ExponentialRK",
-           "ExponentialMultistep", "RungeKutta", "FixedAdams", "Weight", "phi", "chi"]
+__all__ = [
+    "ExponentialMultistep",
+    "ExponentialRK",
+    "FixedAdams",
+    "Method",
+    "RungeKutta",
+    "Weight",
+    "aliases",
+    "chi",
+    "get",
+    "names",
+    "phi",
+    "register",
+    "register_alias",
+    "unregister",
+]
 
 _REGISTRY: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
@@ -61,7 +75,7 @@ def aliases() -> dict[str, str]:
     return dict(_ALIASES)
 
 
-def get(name: "str | Method") -> Method:
+def get(name: str | Method) -> Method:
     """The table registered as ``name`` (or aliased to it); an unknown name is refused with the
     closest known names."""
     if isinstance(name, Method):

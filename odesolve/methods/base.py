@@ -23,7 +23,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -32,13 +32,13 @@ from ..grids import Grid
 from ..paths import Path
 from ..plan import Plan, Rows
 
-__all__ = ["phi", "chi", "Method", "Prediction", "Rational", "Variable", "Geometry", "table"]
+__all__ = ["Geometry", "Method", "Prediction", "Rational", "Variable", "chi", "phi", "table"]
 
 Prediction = Literal["x0", "eps"]
-Rational = Union[Fraction, int]  # exact table entries; floats are refused
+Rational = Fraction | int  # exact table entries; floats are refused
 Variable = Literal["lambda", "rho", "t"]
 _FORMS = {"data": "x0", "noise": "eps"}
-_PLANS: "OrderedDict" = OrderedDict()
+_PLANS: OrderedDict = OrderedDict()
 _PLAN_CACHE_SIZE = 64
 
 
@@ -160,15 +160,15 @@ class Method:
                 _PLANS.move_to_end(key)
                 return _copy(_PLANS[key])
         g = Geometry(path, grid)
-        plan = self._rows(g, **options).plan(self.name, path, grid, self.prediction,
-                                             meta=dict(order=self.order, prediction=self.prediction, options=options))
+        meta = {"order": self.order, "prediction": self.prediction, "options": options}
+        plan = self._rows(g, **options).plan(self.name, path, grid, self.prediction, meta=meta)
         if key is not None:
             _PLANS[key] = _copy(plan)
             if len(_PLANS) > _PLAN_CACHE_SIZE:
                 _PLANS.popitem(last=False)
         return plan
 
-    def _rows(self, g: "Geometry", **options) -> Rows:
+    def _rows(self, g: Geometry, **options) -> Rows:
         raise NotImplementedError
 
     def __str__(self):

@@ -3,18 +3,23 @@
 One step from lambda_n to lambda_{n+1} = lambda_n + h integrates an interpolant P of the last q
 model outputs exactly against the exponential weight of the path:
 
-    data form   x_{n+1} = sigma_{n+1}/sigma_n x_n + alpha_{n+1} int_0^h e^{-(h-tau)} P(lambda_n + tau) dtau
-    noise form  x_{n+1} = alpha_{n+1}/alpha_n x_n + alpha_{n+1} int_{rho_n}^{rho_{n+1}} P d rho
+    x0 prediction   x_{n+1} = sigma_{n+1}/sigma_n x_n + alpha_{n+1} int_0^h e^{-(h-tau)} P(lambda_n + tau) dtau
+    eps prediction  x_{n+1} = alpha_{n+1}/alpha_n x_n + alpha_{n+1} int_{rho_n}^{rho_{n+1}} P d rho
 
 With P interpolating in lambda (variable="lambda") write P(lambda_n + tau) = sum_i Delta_i (tau/h)^i,
 where Delta = V^{-1} F with V_mi = r_m^i at the nodes r_m = (lambda_m - lambda_n)/h. Then the
 integral is sum_i w_i Delta_i with w_i = i! chi_{i+1}(h) (chi in ``base``): exponential Adams
-(Hochbruck & Ostermann 2011). The published solvers change single weights:
+(Hochbruck & Ostermann 2011). The published solvers change single weights; a table lists them as
+rows ``(m, i, Weight)`` of exact coefficients (``w_i = a h + sum_l b_l chi_l(h)``) that compile and the
+symbolic derivation both read:
 
-- ``two_node="midpoint"``: w_1 = chi_1(h)/2 with two nodes (DPM-Solver++(2M), Alg. 2; UniP-2 bh2);
-- ``two_node="bh1"``: w_1 = h/2 with two nodes (UniPC's B(h) = h);
-- ``half_second_difference``: w_2 = chi_3(h), half the Taylor value, as in the 3rd-order multistep
+- ``MIDPOINT``: w_1 = chi_1(h)/2 with two nodes (DPM-Solver++(2M), Alg. 2; UniC with B(h) = e^h - 1);
+- ``BH1``: w_1 = h/2 with two nodes (UniPC's B(h) = h);
+- ``HALF_SECOND_DIFFERENCE``: w_2 = chi_3(h), half the Taylor value, as in the 3rd-order multistep
   update shared by DPM-Solver's code, diffusers and k-diffusion. It makes that update second order.
+
+(The former keywords ``two_node="midpoint" | "bh1"`` and ``half_second_difference=True`` are still
+accepted and become these rows.)
 
 ``corrector`` adds UniC (Zhao et al. 2023): after the call at the predicted x_{n+1} the same
 formula is redone with that output as an extra node at r = 1, at no extra model call.
@@ -26,7 +31,6 @@ at the path's ``breakpoints`` (the integer times of a discrete schedule, where t
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -37,7 +41,7 @@ import torch
 
 from ..plan import Rows
 from .base import Method, Rational, Variable, chi, fraction_rows, refuse_alpha_zero_start, table
-from .exponential_rk import DPMPP_2S, ExponentialRK, ddim_rows
+from .exponential_rk import DPMPP_2S, ExponentialRK
 
 _GL_X, _GL_W = (torch.tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(32))
 
@@ -55,7 +59,7 @@ class Weight:
         object.__setattr__(self, "h", fraction_rows("Weight", "h", self.h))
 
     @staticmethod
-    def taylor(i: int) -> "Weight":
+    def taylor(i: int) -> Weight:
         """The exact weight of the i-th Taylor term, i! chi_{i+1}(h)."""
         return Weight(chi=(Fr(0),) * i + (Fr(math.factorial(i)),))
 
@@ -169,7 +173,7 @@ class ExponentialMultistep(Method):
             own[0] = False
         P = torch.zeros(N, self.nodes, dtype=torch.float64)  # P[n, d]: weight of the call d before step n's
         one = n[own & (q == 1)]
-        state, w = g.ddim(one, self.prediction)
+        _, w = g.ddim(one, self.prediction)
         P = P.index_put((one, torch.zeros_like(one)), w)
         for m in range(2, self.nodes + 1):
             sel = n[own & (q == m)]
@@ -235,7 +239,7 @@ class ExponentialMultistep(Method):
             owner = torch.repeat_interleave(torch.arange(M), count + 1)
             start = torch.cumsum(count + 1, 0) - (count + 1)
             i = torch.arange(owner.numel()) - start[owner]  # piece i of its step, from the noisy end
-            inner = lambda idx: g.path.noise_level(kinks[idx.clamp(0, kinks.numel() - 1)])  # noqa: E731
+            inner = lambda idx: g.path.noise_level(kinks[idx.clamp(0, kinks.numel() - 1)])
             a = torch.where(i == 0, rho0[owner], inner(hi[owner] - i))
             b = torch.where(i == count[owner], rho1[owner], inner(hi[owner] - 1 - i))
         a, b = a[:, None], b[:, None]
@@ -273,8 +277,10 @@ def _family():
                                    "step, so that the warm-up keeps order 3 (one extra model call)"),
         ExponentialMultistep("dpm-solver-2m", order=2, prediction="eps", nodes=2, weights=MIDPOINT,
                              paper="Lu et al. 2022, multistep noise form (diffusers algorithm_type='dpmsolver')"),
-        ExponentialMultistep("dpm-solver-3m", order=2, prediction="eps", nodes=3, weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
-                             paper="Lu et al. 2022, multistep noise form, 3rd-order update as published (second order)"),
+        ExponentialMultistep("dpm-solver-3m", order=2, prediction="eps", nodes=3,
+                             weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
+                             paper="Lu et al. 2022, multistep noise form, 3rd-order update as published "
+                                   "(second order)"),
     ]
     for bh in ("bh1", "bh2"):
         two = BH1 if bh == "bh1" else MIDPOINT

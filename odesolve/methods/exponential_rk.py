@@ -1,11 +1,11 @@
 """Singlestep exponential Runge-Kutta tables (DDIM, DPM-Solver-2/3, DPM-Solver++(2S)).
 
-In data form (x0 in the buffer) a stage at lambda_i = lambda_n + c_i h takes
+With x0 prediction (x0 in the buffer) a stage at lambda_i = lambda_n + c_i h takes
 
     X_i = sigma_i/sigma_n x_n + alpha_i sum_j a_ij(c_i h) F_j,   a_ij(z) = sum_l A_ijl chi_l(z),
     chi_l(z) = z phi_l(-z),
 
-and the step ends with the same formula at c = 1 and weights b_j. The noise form (eps in the
+and the step ends with the same formula at c = 1 and weights b_j. Eps prediction (eps in the
 buffer) uses alpha_i/alpha_n, -sigma_i and chi_l(z) = z phi_l(+z). These are the exponential RK
 methods of Hochbruck & Ostermann (2005) in lambda-time; a table is c, A and b with rational
 entries. Steps of infinite length (to sigma = 0 or from alpha = 0) take the DDIM limit, since
@@ -138,9 +138,9 @@ DPMPP_2S = ExponentialRK("dpmpp-2s", order=2, prediction="x0", c=(Fr(0), h2), a=
 # DPM-Solver-3 (Lu et al. 2022, Alg. 5) with r1 = 1/3, r2 = 2/3:
 #   u2 uses (r2/r1) chi_2(r2 h) (eps(u1) - eps_s); x_t uses (1/r2) chi_2(h) (eps(u2) - eps_s).
 _R1, _R2 = Fr(1, 3), Fr(2, 3)
-_DPM3 = dict(c=(Fr(0), _R1, _R2),
-             a=(((Fr(1),),), ((Fr(1), -_R2 / _R1), (Fr(0), _R2 / _R1))),
-             b=((Fr(1), -1 / _R2), (Fr(0),), (Fr(0), 1 / _R2)))
+_DPM3 = {"c": (Fr(0), _R1, _R2),
+             "a": (((Fr(1),),), ((Fr(1), -_R2 / _R1), (Fr(0), _R2 / _R1))),
+             "b": ((Fr(1), -1 / _R2), (Fr(0),), (Fr(0), 1 / _R2))}
 DPM_SOLVER_3 = ExponentialRK("dpm-solver-3", order=3, prediction="eps", **_DPM3,
                              paper="Lu et al., DPM-Solver, NeurIPS 2022, Alg. 5 (r1 = 1/3, r2 = 2/3)")
 DPMPP_3S = ExponentialRK("dpmpp-3s", order=3, prediction="x0", **_DPM3,

@@ -13,16 +13,16 @@ from fractions import Fraction as Fr
 
 import pytest
 import torch
+from exact import GAUSS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.analysis import SymbolicLimitError, convergence, derive, numeric_order, problems
 from odesolve.methods.base import Method, refuse_alpha_zero_start, table
 from odesolve.plan import Rows
-
-from exact import GAUSS
 
 FULL = os.environ.get("ODESOLVE_FULL", "0") == "1"
 EDM = P.EDM()
@@ -272,7 +272,7 @@ def test_lower_order_final_lowers_the_last_two_steps():
     grid = G.karras(EDM, 8, sigma_min=0.02, sigma_max=5.0, to_zero=False)
     plain = ods.methods.get("dpmpp-3m").compile(EDM, grid)
     low = ods.methods.get("dpmpp-3m").compile(EDM, grid, lower_order_final=True)
-    nonzero = lambda p, k: int((p.update_hist[k] != 0).sum())  # noqa: E731
+    nonzero = lambda p, k: int((p.update_hist[k] != 0).sum())
     assert [nonzero(plain, k) for k in range(8)] == [1, 2, 3, 3, 3, 3, 3, 3]
     assert [nonzero(low, k) for k in range(8)] == [1, 2, 3, 3, 3, 3, 2, 1]
     ddim = ods.methods.get("ddim").compile(EDM, grid)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.methods import ExponentialMultistep, ExponentialRK, FixedAdams, RungeKutta, Weight
 from odesolve.methods.exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT
 
@@ -74,7 +75,8 @@ def test_former_keywords_map_onto_the_declared_fields():
     """``form`` = prediction, ``two_node`` / ``half_second_difference`` = weight rows (same table)."""
     assert ExponentialRK("x", order=1, form="noise") == ExponentialRK("x", order=1, prediction="eps")
     old = ExponentialMultistep("x", order=2, form="data", nodes=3, two_node="midpoint", half_second_difference=True)
-    assert old == ExponentialMultistep("x", order=2, prediction="x0", nodes=3, weights=MIDPOINT + HALF_SECOND_DIFFERENCE)
+    new = ExponentialMultistep("x", order=2, prediction="x0", nodes=3, weights=MIDPOINT + HALF_SECOND_DIFFERENCE)
+    assert old == new
     assert old.form == "data" and ods.methods.get("dpm-solver-2m").form == "noise"
 
 

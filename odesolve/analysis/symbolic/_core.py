@@ -34,7 +34,7 @@ def _limit() -> float:
     return limit
 
 
-def budget_for(budget, what: str) -> "_Budget":
+def budget_for(budget, what: str) -> _Budget:
     return budget if budget is not None else _Budget(None, what)
 
 

@@ -72,7 +72,7 @@ class ERKDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        lines = [(f"{t.name}: exponential RK, {len(t.c)} stages, c = {[str(c) for c in t.c]}, {t.prediction} prediction "
+        lines = [(f"{t.name}: exponential RK, {len(t.c)} stages, c = {[str(c) for c in t.c]}, {t.prediction} "
                  f"(zeta = {self.zeta})"),
                  f"  classical order {self.classical_order}, stiff order {self.stiff_order} (declared {t.order})"]
         if not all(self.row_sum):

@@ -10,7 +10,7 @@ import sympy as sp
 
 from ._core import SERIES_TERMS
 
-__all__ = ["phi", "phi_numpy", "Series"]
+__all__ = ["Series", "phi", "phi_numpy"]
 
 
 class phi(sp.Function):
