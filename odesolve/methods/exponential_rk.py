@@ -59,6 +59,12 @@ class ExponentialRK(Method):
     def calls_per_step(self) -> int:
         return len(self.c)
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """A one-stage table is first order on every step, so ``lower_order_final`` leaves its plan
+        unchanged: it accepts the option, as the one-output multistep names aliased to it did."""
+        return ("lower_order_final",) if len(self.c) == 1 else ()
+
     def derivation(self, max_order=None, budget=None):
         """Hochbruck-Ostermann stiff order conditions (:mod:`odesolve.analysis.symbolic.erk`)."""
         from ..analysis.symbolic.erk import stiff_order_conditions
@@ -78,7 +84,7 @@ class ExponentialRK(Method):
             out.append(w)
         return out
 
-    def _rows(self, g, **options) -> Rows:
+    def _rows(self, g, lower_order_final: bool = False) -> Rows:
         refuse_alpha_zero_start(self, g)
         n = torch.arange(g.steps)
         s = len(self.c)

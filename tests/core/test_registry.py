@@ -232,6 +232,9 @@ def test_each_alias_compiles_bit_identical_to_its_target(alias):
         if alias.prediction == "eps" and path is _ZSNR:
             continue  # both refuse the alpha = 0 start (test_zero_terminal_snr_start)
         assert _same_plan(alias.compile(path, grid), ods.methods.get(target).compile(path, grid)), (alias.name, grid)
+        for option in alias.options:  # an alias accepts what its table accepted, with the same plan
+            assert _same_plan(alias.compile(path, grid, **{option: True}),
+                              ods.methods.get(target).compile(path, grid, **{option: True}))
 
 
 def test_names_lists_distinct_methods():
@@ -263,7 +266,12 @@ def test_register_refuses_duplicates_and_non_tables():
 
 def test_options_are_declared_and_unknown_ones_refused():
     assert ods.methods.get("dpmpp-3m").options == ("lower_order_final",)
-    assert ods.methods.get("heun").options == ()
+    assert ods.methods.get("heun").options == () and ods.methods.get("dpmpp-2s").options == ()
+    # one output per step is already first order: the option is accepted and changes nothing
+    grid = G.karras(EDM, 6)
+    ddim = ods.methods.get("ddim")
+    assert ddim.options == ("lower_order_final",)
+    assert torch.equal(ddim.compile(EDM, grid, lower_order_final=True).update_hist, ddim.compile(EDM, grid).update_hist)
     with pytest.raises(TypeError, match=r"\['lower_order_final'\].*none"):
         ods.methods.get("heun").compile(EDM, G.karras(EDM, 4), lower_order_final=True)
 
