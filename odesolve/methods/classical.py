@@ -183,12 +183,13 @@ class FixedAdams(Method):
         a1 = torch.exp(g.log_alpha[multi + 1])
         rows.update_state(call[multi], torch.exp(g.log_alpha[multi + 1] - g.log_alpha[multi]))
         q = torch.clamp(multi + 1, max=self.steps_back)  # outputs available
+        beta = self.beta
         for j in range(self.steps_back):
             for qq in range(j + 1, self.steps_back + 1):
                 sel = q == qq
                 if bool(sel.any()):
                     m = multi[sel]
-                    rows.update(call[m], call[m - j], a1[sel] * (r1 - r0)[sel] * float(self.beta[qq - 1][j]))
+                    rows.update(call[m], call[m - j], a1[sel] * (r1 - r0)[sel] * float(beta[qq - 1][j]))
         return rows
 
 

@@ -167,7 +167,7 @@ class ExponentialMultistep(Method):
             q = torch.where(n == N - 1, q.clamp(max=1), torch.where(n == N - 2, q.clamp(max=2), q))
         # a step to sigma = 0 is singular in lambda only: interpolation in t or rho stays regular there
         singular = g.singular & ((~g.sigma_zero_end) | (self.variable == "lambda"))
-        q = torch.where(singular, 0, q).clamp(min=1 if N else 0)  # q = 1: the DDIM update
+        q = torch.where(singular, 1, q).clamp(min=1)  # q = 1: the DDIM update
         own = torch.ones(N, dtype=torch.bool)
         if warm:
             own[0] = False
