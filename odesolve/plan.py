@@ -24,7 +24,7 @@ from torch import Tensor
 from .grids import Grid
 from .paths import Path
 
-__all__ = ["Plan", "LinComb", "PlanBuilder"]
+__all__ = ["Plan", "Rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +79,7 @@ class Plan:
     def table(self, digits: int = 6) -> str:
         """The coefficients as a readable table, one line per model call."""
         W = self.window
-        f = lambda v: f"{float(v):+.{digits}g}"  # noqa: E731
+        f = lambda v: f"{float(v):+.{digits}g}"
         head = f"{self.method} on {self.grid!r}: {self.calls} calls, history {W}, buffer holds {self.prediction}"
         lines = [head, f"{'k':>3} {'step':>4} {'t':>12} | input: s, F[k-1..k-{W - 1}] | update: s, F[k..k-{W - 1}]"]
         for k in range(self.calls):
@@ -93,72 +93,77 @@ class Plan:
         return f"Plan({self.method!r}, calls={self.calls}, window={self.window}, prediction={self.prediction!r})"
 
 
-class LinComb(dict):
-    """A linear combination of the state ``"s"`` and model outputs ``F_k`` (keys: call index k)."""
-
-    def __add__(self, other: "LinComb") -> "LinComb":
-        out = LinComb(self)
-        for key, v in other.items():
-            out[key] = out[key] + v if key in out else v
-        return out
-
-    def __sub__(self, other: "LinComb") -> "LinComb":
-        return self + other * -1.0
-
-    def __mul__(self, c) -> "LinComb":
-        return LinComb({key: v * c for key, v in self.items()})
-
-    __rmul__ = __mul__
-
-
 def _f64(v) -> Tensor:
     return v if isinstance(v, Tensor) else torch.tensor(float(v), dtype=torch.float64)
 
 
-class PlanBuilder:
-    """Collects calls and state updates written as :class:`LinComb` and builds a :class:`Plan`."""
+class Rows:
+    """The rows of a plan with K calls, given sparsely and batch-wise (tensors over many calls at once),
+    so that a method compiles all its steps with a few tensor operations:
 
-    def __init__(self, method: str, grid: Grid, prediction: str):
-        self.method, self.grid, self.prediction = method, grid, prediction
-        self.times, self.steps, self.inputs, self.updates, self.noise = [], [], [], [], []
+    - ``call(k, step, t)``: calls k are made at times t in grid steps ``step``;
+    - ``input_state(k, c)`` / ``update_state(k, c)``: the factor of the state (default 1);
+    - ``input(k, j, c)`` / ``update(k, j, c)``: add c F_j to the input / update row of call k
+      (entries of one (k, j) add up).
 
-    def call(self, t: Tensor, step: int, input: LinComb | None = None) -> int:
-        """Add a model call at time ``t`` on ``input`` (default: the state); returns its index."""
-        self.times.append(_f64(t))
-        self.steps.append(step)
-        self.inputs.append(LinComb({"s": _f64(1.0)}) if input is None else input)
-        self.updates.append(None)
-        self.noise.append(_f64(0.0))
-        return len(self.times) - 1
+    :meth:`plan` builds the dense :class:`Plan` (window = the largest k - j + 1); every coefficient
+    stays differentiable.
+    """
 
-    def update(self, new_state: LinComb, noise=0.0):
-        """Set the state after the last call to ``new_state`` (plus ``noise`` times a N(0, I) draw)."""
-        if self.updates[-1] is not None:
-            raise RuntimeError("one state update per call")
-        self.updates[-1] = new_state
-        self.noise[-1] = _f64(noise)
+    def __init__(self, K: int):
+        self.K = int(K)
+        self._times, self._step, self._in_s, self._up_s, self._in, self._up = [], [], [], [], [], []
 
-    def build(self, path: Path, **meta) -> Plan:
-        K = len(self.times)
-        identity = LinComb({"s": _f64(1.0)})
-        updates = [identity if u is None else u for u in self.updates]
-        W = 1
-        for k in range(K):
-            for key in list(self.inputs[k]) + list(updates[k]):
-                if key != "s":
-                    if not (0 <= key <= k) or (key == k and key in self.inputs[k]):
-                        raise ValueError(f"call {k} refers to the output of call {key}, which is not yet known")
-                    W = max(W, k - key + 1)
-        zero = _f64(0.0)
+    @staticmethod
+    def _idx(k) -> Tensor:
+        return torch.as_tensor(k, dtype=torch.int64).reshape(-1)
 
-        def rows(combs):
-            state = torch.stack([_f64(c.get("s", zero)) for c in combs])
-            hist = torch.stack([torch.stack([_f64(c.get(k - j, zero)) for j in range(W)]) for k, c in enumerate(combs)])
-            return state, hist
+    def call(self, k, step, t):
+        k = self._idx(k)
+        self._times.append((k, torch.as_tensor(t, dtype=torch.float64).expand(k.shape)))
+        self._step.append((k, torch.as_tensor(step, dtype=torch.int64).expand(k.shape)))
 
-        in_s, in_h = rows(self.inputs)
-        up_s, up_h = rows(updates)
-        return Plan(method=self.method, path=path, grid=self.grid, prediction=self.prediction,
-                    times=torch.stack(self.times), step=torch.tensor(self.steps, dtype=torch.int64),
-                    input_state=in_s, input_hist=in_h, update_state=up_s, update_hist=up_h,
-                    update_noise=torch.stack(self.noise), meta=meta)
+    def input_state(self, k, c):
+        k = self._idx(k)
+        self._in_s.append((k, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+
+    def update_state(self, k, c):
+        k = self._idx(k)
+        self._up_s.append((k, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+
+    def input(self, k, j, c):
+        k, j = self._idx(k), self._idx(j)
+        if k.numel() and bool((j >= k).any() | (j < 0).any()):
+            raise ValueError("an input row refers to the output of a call that is not yet known")
+        self._in.append((k, j, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+
+    def update(self, k, j, c):
+        k, j = self._idx(k), self._idx(j)
+        if k.numel() and bool((j > k).any() | (j < 0).any()):
+            raise ValueError("an update row refers to the output of a call that is not yet known")
+        self._up.append((k, j, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+
+    def _vector(self, pairs, fill, dtype=torch.float64) -> Tensor:
+        out = torch.full((self.K,), fill, dtype=dtype)
+        for k, v in pairs:
+            if k.numel():
+                out = out.index_put((k,), v.to(dtype))
+        return out
+
+    def _dense(self, triples, W) -> Tensor:
+        out = torch.zeros(self.K, W, dtype=torch.float64)
+        for k, j, c in triples:
+            if k.numel():
+                out = out.index_put((k, k - j), c, accumulate=True)
+        return out
+
+    def plan(self, method: str, path: Path, grid: Grid, prediction: str, meta: dict | None = None) -> Plan:
+        called = self._vector([(k, torch.ones_like(k, dtype=torch.float64)) for k, _ in self._times], 0.0)
+        if not bool((called == 1).all()):
+            raise ValueError(f"{method}: calls {torch.nonzero(called != 1).flatten()[:4].tolist()} have no time")
+        W = max([1] + [int((k - j).max()) + 1 for k, j, _ in self._in + self._up if k.numel()])
+        return Plan(method=method, path=path, grid=grid, prediction=prediction,
+                    times=self._vector(self._times, 0.0), step=self._vector(self._step, 0, torch.int64),
+                    input_state=self._vector(self._in_s, 1.0), input_hist=self._dense(self._in, W),
+                    update_state=self._vector(self._up_s, 1.0), update_hist=self._dense(self._up, W),
+                    update_noise=torch.zeros(self.K, dtype=torch.float64), meta=meta or {})

@@ -55,19 +55,13 @@ def as_method(method):
 
 
 def interpolation_variable(method) -> Variable:
-    """The variable in which ``method`` integrates polynomials exactly: ``"lambda"`` for exponential
-    methods (Taylor / Lagrange in the half log-SNR), ``"rho"`` (= sigma/alpha) for the classical
-    tables in k-diffusion's variables and for ``lms-*``, ``"t"`` for DEIS's tAB. A :class:`Plan`
-    falls back on its buffer: x0 -> lambda, eps -> rho."""
+    """The variable in which ``method`` integrates polynomials exactly, as the table declares it
+    (``method.variable``): ``"lambda"`` for exponential methods, ``"rho"`` (= sigma/alpha) for classical
+    tables in k-diffusion's variables and ``lms-*``, ``"t"`` for DEIS's tAB. A :class:`Plan` falls back
+    on its buffer: x0 -> lambda, eps -> rho."""
     if isinstance(method, Plan):
         return "lambda" if method.prediction == "x0" else "rho"
-    m = as_method(method)
-    var = getattr(m, "variable", None)
-    if var in ("lambda", "rho", "t"):
-        return var
-    if isinstance(m, (_methods.RungeKutta, _methods.FixedAdams)):
-        return "rho"
-    return "lambda"
+    return as_method(method).variable
 
 
 def check_plan(plan) -> Plan:

@@ -70,6 +70,12 @@ class LinearMultistep:
         """``C_{p+1} / sigma(1)``: the local error is ``C h^(p+1) y^(p+1)``."""
         return self.conditions(self.order + 1)[self.order + 1] / sum(self.beta)
 
+    def derivation(self, max_order: int | None = None, budget=None):
+        """The conditions C_q (:func:`odesolve.analysis.symbolic.lmm.lmm_conditions`)."""
+        from .symbolic.lmm import lmm_conditions
+
+        return lmm_conditions(self, max_order)
+
     def rho(self, zeta):
         return np.polyval([float(a) for a in self.alpha[::-1]], zeta)
 

@@ -1,11 +1,29 @@
-"""What every method table shares: the phi-functions, the step geometry, the base class."""
+"""What every method table shares: the phi-functions, the step geometry, the base class.
+
+A table is data: every consumer (executor, analysis, adapters, benchmarks) reads what it needs from
+the declared attributes of :class:`Method` and never from its class or name:
+
+- ``order: int``                        the global order on the grids of ``grid_requirement``;
+- ``prediction: "x0" | "eps"``          what the plan's buffer holds (data or noise prediction);
+- ``variable: "lambda" | "rho" | "t"``  the variable in which the method integrates polynomials exactly;
+- ``options: tuple[str, ...]``          the keyword options ``compile`` accepts;
+- ``calls_per_step: int``, ``history: int``   model calls per step and earlier outputs one step reads;
+- ``grid_requirement: "any" | "smooth"``      grids on which ``order`` holds;
+- ``derivation(max_order, budget)``     the symbolic derivation of the family (in the family's file).
+
+Compile is vectorised over all steps: a family computes the coefficients of every step as tensors
+and fills :class:`odesolve.plan.Rows` with them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import ClassVar, Literal
 
 import torch
@@ -13,12 +31,16 @@ from torch import Tensor
 
 from ..grids import Grid
 from ..paths import Path
-from ..plan import LinComb, Plan, PlanBuilder
+from ..plan import Plan, Rows
 
-__all__ = ["phi", "chi", "Method", "Form"]
+__all__ = ["Geometry", "Method", "Prediction", "Rational", "Variable", "chi", "phi", "table"]
 
-Form = Literal["data", "noise"]
-_PLANS: "OrderedDict" = OrderedDict()
+Prediction = Literal["x0", "eps"]
+Rational = Fraction | int  # exact table entries; floats are refused
+Variable = Literal["lambda", "rho", "t"]
+_FORMS = {"data": "x0", "noise": "eps"}
+_PLANS: OrderedDict = OrderedDict()
+_PLAN_CACHE_SIZE = 64
 
 
 def phi(k: int, z: Tensor) -> Tensor:
@@ -42,34 +64,67 @@ def phi(k: int, z: Tensor) -> Tensor:
     return torch.where(small, series, rec)
 
 
-def chi(l: int, h: Tensor, form: Form) -> Tensor:
+def chi(l: int, h: Tensor, prediction: Prediction) -> Tensor:
     """The exponential weight of the l-th Taylor term over a step of length h in lambda:
 
-    data form  ``h phi_l(-h) = int_0^h e^{-(h-tau)} tau^{l-1}/(l-1)! dtau / h^{l-1}``,
-    noise form ``h phi_l(+h)``.  The data form tends to 1/(l-1)! as h -> inf (a step to sigma = 0).
+    x0 prediction  ``h phi_l(-h) = int_0^h e^{-(h-tau)} tau^{l-1}/(l-1)! dtau / h^{l-1}``,
+    eps prediction ``h phi_l(+h)``.  The x0 weight tends to 1/(l-1)! as h -> inf (a step to sigma = 0).
     """
+    prediction = _FORMS.get(prediction, prediction)
     h = torch.as_tensor(h, dtype=torch.float64)
     finite = torch.isfinite(h)
     hf = torch.where(finite, h, torch.ones_like(h))  # no inf inside: keeps gradients finite
-    if form == "data":
+    if prediction == "x0":
         return torch.where(finite, hf * phi(l, -hf), torch.full_like(h, 1.0 / math.factorial(l - 1)))
     return torch.where(finite, hf * phi(l, hf), torch.full_like(h, math.inf))
 
 
-@dataclass(frozen=True)
+def table(cls):
+    """``dataclass(frozen=True)`` for method tables; the constructor also takes the former keyword
+    ``form="data" | "noise"`` (= ``prediction="x0" | "eps"``) while callers move to ``prediction``."""
+    cls = dataclass(frozen=True)(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, form: str | None = None, **kwargs):
+        if form is not None:
+            if form not in _FORMS:
+                raise ValueError(f"form must be 'data' or 'noise' (better: prediction='x0' or 'eps'), got {form!r}")
+            if kwargs.setdefault("prediction", _FORMS[form]) != _FORMS[form]:
+                raise ValueError(f"form={form!r} contradicts prediction={kwargs['prediction']!r}")
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@table
 class Method:
-    """Base of the method tables. A table declares ``order`` and documents its source; the
-    compile step turns it into a :class:`~odesolve.plan.Plan` for a path and a grid."""
+    """Base of the method tables (see the module docstring for what a table declares). Subclasses
+    give ``_rows(g, **options)`` (the vectorised compile) and ``derivation``."""
 
     name: str
     order: int
-    form: Form
+    prediction: Prediction = "x0"
     paper: str = ""
-    grid_requirement: ClassVar[str] = "any"  # "any", or the variable in which steps must be uniform
+    variable: ClassVar[Variable] = "lambda"
+    options: ClassVar[tuple[str, ...]] = ()
+    grid_requirement: ClassVar[str] = "any"  # "any", or "smooth": steps whose ratios are 1 + O(h)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 1:
+            raise ValueError(f"{self.name}: order must be a positive integer, got {self.order!r}")
+        if self.prediction not in ("x0", "eps"):
+            raise ValueError(f"{self.name}: prediction must be 'x0' or 'eps', got {self.prediction!r}")
+        if self.variable not in ("lambda", "rho", "t"):
+            raise ValueError(f"{self.name}: variable must be 'lambda', 'rho' or 't', got {self.variable!r}")
 
     @property
-    def prediction(self) -> str:
-        return "x0" if self.form == "data" else "eps"
+    def form(self) -> str:
+        """Former name of ``prediction``: ``"data"`` (x0) or ``"noise"`` (eps)."""
+        return "data" if self.prediction == "x0" else "noise"
 
     @property
     def calls_per_step(self) -> int:
@@ -80,32 +135,53 @@ class Method:
         """Number of earlier model outputs one step uses."""
         return 0
 
+    def derivation(self, max_order: int | None = None, budget=None):
+        """The symbolic analysis of this table (see :func:`odesolve.analysis.derive`)."""
+        from ..analysis.symbolic import SymbolicLimitError
+
+        raise SymbolicLimitError(f"{type(self).__name__} tables have no symbolic derivation; use numeric_order")
+
     def compile(self, path: Path, grid: Grid, **options) -> Plan:
         """The plan of this table on ``grid`` (float64, differentiable in the grid's times).
 
-        Plans of grids that need no gradient are cached (the last 64), so sampling repeatedly on
-        one grid compiles once."""
+        Plans of grids that need no gradient are cached (the last 64, keyed on the table, the path,
+        the times and the options), so sampling repeatedly on one grid compiles once."""
         if not isinstance(grid, Grid):
             raise TypeError(f"grid must be an odesolve.grids.Grid, got {type(grid).__name__}")
         if grid.path != path:
             raise ValueError(f"grid was built for {grid.path!r}, not for path {path!r}")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise TypeError(f"{self.name} does not take the options {unknown}; the options it accepts: "
+                            f"{list(self.options) or 'none'} (method.options)")
         key = None
         if not grid.t.requires_grad:
-            key = (self, path, grid.t.numpy().tobytes(),
-                   tuple(sorted(options.items())))
+            key = (self, path, grid.t.numpy().tobytes(), tuple(sorted(options.items())))
             if key in _PLANS:
                 _PLANS.move_to_end(key)
                 return _copy(_PLANS[key])
-        b = PlanBuilder(self.name, grid, self.prediction)
-        self._build(b, Geometry(path, grid), **options)
-        plan = b.build(path, order=self.order, form=self.form, options=options)
+        g = Geometry(path, grid)
+        meta = {"order": self.order, "prediction": self.prediction, "options": options}
+        plan = self._rows(g, **options).plan(self.name, path, grid, self.prediction, meta=meta)
         if key is not None:
             _PLANS[key] = _copy(plan)
-            if len(_PLANS) > 64:
+            if len(_PLANS) > _PLAN_CACHE_SIZE:
                 _PLANS.popitem(last=False)
         return plan
 
-    def _build(self, b: PlanBuilder, g: "Geometry", **options):
+    @property
+    def _build(self):
+        """Transitional, for callers that read the accepted options off the former ``_build``
+        signature (odesolve.adapters.diffusers): a stub whose keyword parameters are ``options``."""
+
+        def _build(**options):
+            raise NotImplementedError("compile through Method.compile; the accepted options are Method.options")
+
+        _build.__signature__ = inspect.Signature(
+            [inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY, default=None) for o in self.options])
+        return _build
+
+    def _rows(self, g: Geometry, **options) -> Rows:
         raise NotImplementedError
 
     def __str__(self):
@@ -119,53 +195,64 @@ def _copy(plan: Plan) -> Plan:
 
 
 class Geometry:
-    """Per-step quantities of a grid on a path, float64: alpha, sigma, lambda, rho = sigma/alpha."""
+    """Per-step quantities of a grid on a path, float64 tensors over all steps at once:
+    t, log alpha, log sigma, lambda (length N + 1), the steps h in lambda (length N)."""
 
     def __init__(self, path: Path, grid: Grid):
         self.path, self.grid = path, grid
-        t = grid.t
-        self.t = t
-        self.log_alpha, self.log_sigma = path.log_alpha(t), path.log_sigma(t)
+        self.t = grid.t
+        self.log_alpha, self.log_sigma = path.log_alpha(self.t), path.log_sigma(self.t)
         self.lam = self.log_alpha - self.log_sigma
         self.h = self.lam[1:] - self.lam[:-1]
         self.steps = grid.steps
-        self._chi = {}
+        finite = torch.isfinite(self.lam)
+        self.singular = ~(finite[:-1] & finite[1:])  # (N,) steps of infinite length in lambda
+        self.sigma_zero_end = torch.isposinf(self.lam[1:])  # (N,) steps that end at sigma = 0
+        self.alpha_zero_start = bool(torch.isneginf(self.lam[0]))
 
-    def chi(self, l: int, n: int, form: Form, c: float = 1.0) -> Tensor:
-        """chi_l(c h_n) (see :func:`chi`), computed for all steps at once and cached."""
-        key = (l, form, c)
-        if key not in self._chi:
-            self._chi[key] = chi(l, c * self.h, form)
-        return self._chi[key][n]
+    def rho(self, i=slice(None)) -> Tensor:
+        """sigma/alpha at grid points ``i``."""
+        return torch.exp(self.log_sigma[i] - self.log_alpha[i])
 
-    def ratio(self, i: int, j: int, form: Form) -> Tensor:
-        """sigma_j/sigma_i (data form) or alpha_j/alpha_i (noise form): the exact linear part."""
-        la = self.log_sigma if form == "data" else self.log_alpha
-        return torch.exp(la[j] - la[i])
+    def ratio(self, n: Tensor, prediction: Prediction) -> Tensor:
+        """sigma_{n+1}/sigma_n (x0) or alpha_{n+1}/alpha_n (eps) of steps n: the exact linear part."""
+        la = self.log_sigma if prediction == "x0" else self.log_alpha
+        return torch.exp(la[n + 1] - la[n])
 
-    def scale(self, j: int, form: Form) -> Tensor:
-        """alpha_j (data form) or -sigma_j (noise form): the factor in front of the integral."""
-        return torch.exp(self.log_alpha[j]) if form == "data" else -torch.exp(self.log_sigma[j])
+    def scale(self, j: Tensor, prediction: Prediction) -> Tensor:
+        """alpha_j (x0) or -sigma_j (eps): the factor in front of the integral."""
+        return torch.exp(self.log_alpha[j]) if prediction == "x0" else -torch.exp(self.log_sigma[j])
 
     def at_lambda(self, lam: Tensor):
-        """(t, ratio helpers) at an intermediate lambda: returns t, log alpha, log sigma."""
+        """(t, log alpha, log sigma) at intermediate lambdas."""
         t = self.path.t_of_lambda(lam)
         return t, self.path.log_alpha(t), self.path.log_sigma(t)
 
-    def ddim(self, n: int, F: int, form: Form) -> LinComb:
-        """The first-order (DDIM) update of step n from output F at its start, exact at both ends:
-        data form  x_{n+1} = sigma_{n+1}/sigma_n x_n + alpha_{n+1} (1 - e^{-h}) x0,
-        noise form x_{n+1} = alpha_{n+1}/alpha_n x_n + (sigma_{n+1} - alpha_{n+1} sigma_n/alpha_n) eps."""
-        if form == "data":
-            h = self.lam[n + 1] - self.lam[n]
-            return LinComb({"s": self.ratio(n, n + 1, form), F: torch.exp(self.log_alpha[n + 1]) * -torch.expm1(-h)})
+    def ddim(self, n: Tensor, prediction: Prediction) -> tuple[Tensor, Tensor]:
+        """(state factor, output weight) of the first-order (DDIM) update of steps n from the output
+        at their start, exact at both singular ends:
+        x0  x_{n+1} = sigma_{n+1}/sigma_n x_n + alpha_{n+1} (1 - e^{-h}) x0,
+        eps x_{n+1} = alpha_{n+1}/alpha_n x_n + (sigma_{n+1} - alpha_{n+1} sigma_n/alpha_n) eps."""
+        if prediction == "x0":
+            return self.ratio(n, "x0"), torch.exp(self.log_alpha[n + 1]) * -torch.expm1(-self.h[n])
         a1, s1 = torch.exp(self.log_alpha[n + 1]), torch.exp(self.log_sigma[n + 1])
-        rho0 = torch.exp(self.log_sigma[n] - self.log_alpha[n])
-        return LinComb({"s": self.ratio(n, n + 1, form), F: s1 - a1 * rho0})
+        return self.ratio(n, "eps"), s1 - a1 * self.rho(n)
 
-    def sigma_zero(self, i: int) -> bool:
-        return bool(torch.isposinf(self.lam[i]))
 
-    def singular(self, n: int) -> bool:
-        """Step n has infinite length in lambda: it starts at alpha = 0 or ends at sigma = 0."""
-        return not bool(torch.isfinite(self.lam[n]) & torch.isfinite(self.lam[n + 1]))
+def refuse_alpha_zero_start(method: Method, g: Geometry):
+    """eps-prediction methods are undefined at alpha = 0 (x = sigma eps carries no information on x0)."""
+    if method.prediction == "eps" and g.alpha_zero_start:
+        raise ValueError(f"grid starts at alpha = 0 (zero terminal SNR), where {method.name!r}, a noise-prediction "
+                         "method, is undefined; use a data-prediction method (ddim, dpmpp-*, unipc-*)")
+
+
+def fraction_rows(name: str, what: str, rows):
+    """Nested tuples of exact rationals (int or Fraction entries); floats are refused."""
+    def conv(v):
+        if isinstance(v, (tuple, list)):
+            return tuple(conv(u) for u in v)
+        if isinstance(v, bool) or not isinstance(v, (int, Fraction)):
+            raise TypeError(f"{name}: {what} must hold exact rationals (int or fractions.Fraction), got {v!r}")
+        return Fraction(v)
+
+    return conv(rows)

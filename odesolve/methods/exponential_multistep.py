@@ -3,18 +3,23 @@
 One step from lambda_n to lambda_{n+1} = lambda_n + h integrates an interpolant P of the last q
 model outputs exactly against the exponential weight of the path:
 
-    data form   x_{n+1} = sigma_{n+1}/sigma_n x_n + alpha_{n+1} int_0^h e^{-(h-tau)} P(lambda_n + tau) dtau
-    noise form  x_{n+1} = alpha_{n+1}/alpha_n x_n + alpha_{n+1} int_{rho_n}^{rho_{n+1}} P d rho
+    x0 prediction   x_{n+1} = sigma_{n+1}/sigma_n x_n + alpha_{n+1} int_0^h e^{-(h-tau)} P(lambda_n + tau) dtau
+    eps prediction  x_{n+1} = alpha_{n+1}/alpha_n x_n + alpha_{n+1} int_{rho_n}^{rho_{n+1}} P d rho
 
 With P interpolating in lambda (variable="lambda") write P(lambda_n + tau) = sum_i Delta_i (tau/h)^i,
 where Delta = V^{-1} F with V_mi = r_m^i at the nodes r_m = (lambda_m - lambda_n)/h. Then the
 integral is sum_i w_i Delta_i with w_i = i! chi_{i+1}(h) (chi in ``base``): exponential Adams
-(Hochbruck & Ostermann 2011). The published solvers change single weights:
+(Hochbruck & Ostermann 2011). The published solvers change single weights; a table lists them as
+rows ``(m, i, Weight)`` of exact coefficients (``w_i = a h + sum_l b_l chi_l(h)``) that compile and the
+symbolic derivation both read:
 
-- ``two_node="midpoint"``: w_1 = chi_1(h)/2 with two nodes (DPM-Solver++(2M), Alg. 2; UniP-2 bh2);
-- ``two_node="bh1"``: w_1 = h/2 with two nodes (UniPC's B(h) = h);
-- ``half_second_difference``: w_2 = chi_3(h), half the Taylor value, as in the 3rd-order multistep
+- ``MIDPOINT``: w_1 = chi_1(h)/2 with two nodes (DPM-Solver++(2M), Alg. 2; UniC with B(h) = e^h - 1);
+- ``BH1``: w_1 = h/2 with two nodes (UniPC's B(h) = h);
+- ``HALF_SECOND_DIFFERENCE``: w_2 = chi_3(h), half the Taylor value, as in the 3rd-order multistep
   update shared by DPM-Solver's code, diffusers and k-diffusion. It makes that update second order.
+
+(The former keywords ``two_node="midpoint" | "bh1"`` and ``half_second_difference=True`` are still
+accepted and become these rows.)
 
 ``corrector`` adds UniC (Zhao et al. 2023): after the call at the predicted x_{n+1} the same
 formula is redone with that output as an extra node at r = 1, at no extra model call.
@@ -26,162 +31,299 @@ at the path's ``breakpoints`` (the integer times of a discrete schedule, where t
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from fractions import Fraction as Fr
 
 import numpy as np
 import torch
 
-from ..plan import LinComb
-from .base import Method
-from .exponential_rk import DPMPP_2S, ExponentialRK, _refuse_noise_start
+from ..plan import Rows
+from .base import Method, Rational, Variable, chi, fraction_rows, refuse_alpha_zero_start, table
+from .exponential_rk import DPMPP_2S, ExponentialRK
 
 _GL_X, _GL_W = (torch.tensor(v, dtype=torch.float64) for v in np.polynomial.legendre.leggauss(32))
 
 
 @dataclass(frozen=True)
-class ExponentialMultistep(Method):
-    """Exponential linear multistep method; see the module docstring."""
+class Weight:
+    """The exponential weight of one Taylor term as an exact expression:
+    ``w = h_coeff * h + sum_l chi_coeffs[l-1] * chi_l(h)`` (chi in ``base``; h the step in lambda)."""
 
-    nodes: int = 2  # q, the number of outputs interpolated (the order of the interpolant + 1)
-    variable: Literal["lambda", "t", "rho"] = "lambda"
-    two_node: Literal["exact", "midpoint", "bh1"] = "exact"
-    half_second_difference: bool = False
-    corrector: bool = False
-    warmup: ExponentialRK | None = None  # a singlestep table for the first step (its stages become nodes)
+    chi: tuple[Rational, ...] = ()
+    h: Rational = Fr(0)
 
     def __post_init__(self):
-        if self.variable != "lambda" and (self.form != "noise" or self.corrector or self.two_node != "exact"):
-            raise ValueError(f"{self.name}: interpolation in {self.variable} is defined for the noise form only")
-        if self.warmup is not None and self.warmup.form != self.form:
-            raise ValueError(f"{self.name}: the warm-up table must have the same form")
+        object.__setattr__(self, "chi", fraction_rows("Weight", "chi", self.chi))
+        object.__setattr__(self, "h", fraction_rows("Weight", "h", self.h))
+
+    @staticmethod
+    def taylor(i: int) -> Weight:
+        """The exact weight of the i-th Taylor term, i! chi_{i+1}(h)."""
+        return Weight(chi=(Fr(0),) * i + (Fr(math.factorial(i)),))
+
+
+# The published variants, as (number of nodes, Taylor term, weight) rows replacing the exact weight
+MIDPOINT = ((2, 1, Weight(chi=(Fr(1, 2),))),)  # w_1 = chi_1(h)/2: DPM-Solver++(2M) Alg. 2, UniC B(h) = e^h - 1
+BH1 = ((2, 1, Weight(h=Fr(1, 2))),)  # w_1 = h/2: UniPC's B(h) = h
+HALF_SECOND_DIFFERENCE = ((3, 2, Weight(chi=(Fr(0), Fr(0), Fr(1)))),)  # w_2 = chi_3(h): the published 3M
+
+
+def _legacy(init):
+    """The former flags ``two_node`` and ``half_second_difference`` -> rows of ``weights``."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, two_node: str | None = None, half_second_difference: bool = False, **kwargs):
+        rows = tuple(kwargs.pop("weights", ()))
+        if two_node not in (None, "exact", "midpoint", "bh1"):
+            raise ValueError(f"two_node must be 'exact', 'midpoint' or 'bh1', got {two_node!r}")
+        rows += {"midpoint": MIDPOINT, "bh1": BH1}.get(two_node, ())
+        rows += HALF_SECOND_DIFFERENCE if half_second_difference else ()
+        init(self, *args, weights=rows, **kwargs)
+
+    return __init__
+
+
+@table
+class ExponentialMultistep(Method):
+    """Exponential linear multistep method; see the module docstring.
+
+    ``weights``: rows ``(m, i, Weight)`` replacing the exact weight of Taylor term i in the steps that
+    interpolate m outputs (the corrector's formula has one more node); compile and the symbolic
+    derivation both read them through :meth:`weight`."""
+
+    nodes: int = 2  # q, the number of outputs interpolated (the order of the interpolant + 1)
+    variable: Variable = "lambda"
+    weights: tuple[tuple[int, int, Weight], ...] = ()
+    corrector: bool = False
+    warmup: ExponentialRK | None = None  # a singlestep table for the first step (its stages become nodes)
+    options = ("lower_order_final",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1:
+            raise ValueError(f"{self.name}: nodes must be a positive integer, got {self.nodes!r}")
+        if self.variable != "lambda" and (self.prediction != "eps" or self.corrector or self.weights or self.warmup):
+            raise ValueError(f"{self.name}: interpolation in {self.variable} is defined for eps prediction with exact "
+                             "weights, no corrector and no warm-up table")
+        if self.warmup is not None:
+            if not isinstance(self.warmup, ExponentialRK) or self.warmup.prediction != self.prediction:
+                raise ValueError(f"{self.name}: the warm-up must be an ExponentialRK table with the same prediction")
+            if self.corrector:
+                raise ValueError(f"{self.name}: a warm-up table and the UniC corrector cannot be combined")
+        seen = set()
+        for row in self.weights:
+            if not (isinstance(row, tuple) and len(row) == 3 and isinstance(row[2], Weight)):
+                raise TypeError(f"{self.name}: weights must be rows (nodes m, term i, Weight), got {row!r}")
+            m, i, _ = row
+            if not (isinstance(m, int) and isinstance(i, int) and 1 <= i < m):
+                raise ValueError(f"{self.name}: a weight row must replace a term 1 <= i < m of an m-node formula "
+                                 f"(term 0, chi_1, is what makes the step exact for constants), got m={m}, i={i}")
+            if (m, i) in seen:
+                raise ValueError(f"{self.name}: two weight rows for term {i} of the {m}-node formula")
+            seen.add((m, i))
+        if self.order > self.nodes + int(self.corrector):
+            raise ValueError(f"{self.name}: order {self.order} exceeds nodes + corrector = "
+                             f"{self.nodes + int(self.corrector)}")
 
     @property
     def history(self) -> int:
         return self.nodes - 1 + int(self.corrector)
 
-    def _position(self, g, t, lam):
-        if self.variable == "lambda":
-            return lam
-        return t if self.variable == "t" else torch.exp(-lam)
+    def weight(self, m: int, i: int) -> Weight:
+        """The weight of Taylor term i in the m-node formula."""
+        for mm, ii, w in self.weights:
+            if (mm, ii) == (m, i):
+                return w
+        return Weight.taylor(i)
 
-    def weights(self, g, n: int, pos: list) -> list:
-        """Weights (including alpha_{n+1} or -sigma_{n+1}) of the outputs at positions ``pos``
-        for step n; pos[0] is the step start."""
-        q = len(pos)
+    def derivation(self, max_order=None, budget=None):
+        """Closed-form exponential Adams coefficients (:mod:`odesolve.analysis.symbolic.adams`)."""
+        from ..analysis.symbolic.adams import exponential_adams
+
+        return exponential_adams(self, max_order, budget)
+
+    # -- compile, vectorised over the steps ---------------------------------------------------------
+    def _rows(self, g, lower_order_final: bool = False) -> Rows:
+        refuse_alpha_zero_start(self, g)
+        N = g.steps
+        n = torch.arange(N)
+        warm = self.warmup is not None and not bool(g.singular[0])
+        sw = len(self.warmup.c) if warm else 1  # calls in step 0
+        call = n + (sw - 1) * (n >= 1).long()  # the call at the start of step n
+        rows = Rows(N + sw - 1)
+        rows.call(call, n, g.t[:-1])
         if self.variable == "lambda":
-            h = g.lam[n + 1] - g.lam[n]
-            r = torch.stack([(p - g.lam[n]) / h for p in pos])
-            w = [math.factorial(i) * g.chi(i + 1, n, self.form) for i in range(q)]
-            if q == 2 and self.two_node != "exact":
-                w[1] = g.chi(1, n, self.form) / 2 if self.two_node == "midpoint" else h / 2
-            if q == 3 and self.half_second_difference:
-                w[2] = w[2] / 2
-            V = r[:, None] ** torch.arange(q, dtype=torch.float64)[None, :]
-            c = torch.linalg.solve(V.T, torch.stack(w))
-            return list(g.scale(n + 1, self.form) * c)
-        # noise form, Lagrange in u = t or rho, integrated over rho by Gauss-Legendre quadrature
-        rho0, rho1 = torch.exp(g.log_sigma[n] - g.log_alpha[n]), torch.exp(g.log_sigma[n + 1] - g.log_alpha[n + 1])
-        edges = torch.stack([rho0, rho1])
-        kinks = getattr(g.path, "breakpoints", None)
-        if self.variable == "t" and kinks is not None:  # t(rho) is only piecewise smooth: split there
-            inner = kinks[(kinks < g.t[n]) & (kinks > g.t[n + 1])]
-            edges = torch.cat([rho0[None], g.path.noise_level(inner.flip(0)), rho1[None]])
-        a, b = edges[:-1, None], edges[1:, None]
-        rho = (0.5 * (a + b) + 0.5 * (b - a) * _GL_X).flatten()
-        quad = (0.5 * (b - a) * _GL_W).flatten()
-        u = rho if self.variable == "rho" else g.path.t_of_noise_level(rho)
-        nodes = torch.stack(pos)
-        out = []
-        for m in range(q):
-            others = torch.cat([nodes[:m], nodes[m + 1:]])
-            ell = torch.prod((u[:, None] - others[None, :]) / (nodes[m] - others)[None, :], dim=1)
-            out.append(torch.sum(quad * ell) * torch.exp(g.log_alpha[n + 1]))
+            pos = g.lam[:-1]
+        else:
+            pos = g.t[:-1] if self.variable == "t" else g.rho(slice(0, N))
+        if warm:  # the warm-up's stages become interpolation nodes
+            lams = self.warmup.stage_rows(rows, g, n[:1], call[:1])
+            pos = torch.cat([*lams, pos[1:]])
+        skip = int(g.alpha_zero_start)  # the call at lambda = -inf is no node
+        q = torch.clamp(call + 1 - skip, max=self.nodes)
+        if lower_order_final:
+            q = torch.where(n == N - 1, q.clamp(max=1), torch.where(n == N - 2, q.clamp(max=2), q))
+        # a step to sigma = 0 is singular in lambda only: interpolation in t or rho stays regular there
+        singular = g.singular & ((~g.sigma_zero_end) | (self.variable == "lambda"))
+        q = torch.where(singular, 1, q).clamp(min=1)  # q = 1: the DDIM update
+        own = torch.ones(N, dtype=torch.bool)
+        if warm:
+            own[0] = False
+        P = torch.zeros(N, self.nodes, dtype=torch.float64)  # P[n, d]: weight of the call d before step n's
+        one = n[own & (q == 1)]
+        _, w = g.ddim(one, self.prediction)
+        P = P.index_put((one, torch.zeros_like(one)), w)
+        for m in range(2, self.nodes + 1):
+            sel = n[own & (q == m)]
+            if sel.numel():
+                d = torch.arange(m)
+                c = self._coefficients(g, sel, pos[call[sel][:, None] - d[None, :]])
+                P = P.index_put((sel[:, None].expand(-1, m), d[None, :].expand(sel.numel(), -1)), c)
+        ratio = g.ratio(n[own], self.prediction)
+        rows.update_state(call[own], ratio)
+        for d in range(self.nodes):
+            sel = n[own & (q > d)]
+            rows.update(call[sel], call[sel] - d, P[sel, d])
+        if self.corrector:  # UniC: redo step n-1 with the output at its end as an extra node
+            ratio_n = torch.zeros(N, dtype=torch.float64).index_put((n[own],), ratio)
+            for m in range(1, self.nodes + 1):
+                prev = n[:-1][(q[:-1] == m) & ~singular[:-1]]
+                if not prev.numel():
+                    continue
+                new = prev + 1
+                d = torch.arange(m)
+                nodes = torch.cat([pos[call[new]][:, None], pos[call[prev][:, None] - d[None, :]]], 1)
+                c = self._coefficients(g, prev, nodes)
+                r = ratio_n[new]
+                rows.update(call[new], call[new], r * c[:, 0])
+                for dd in range(m):
+                    rows.update(call[new], call[prev] - dd, r * (c[:, dd + 1] - P[prev, dd]))
+        return rows
+
+    def _coefficients(self, g, n: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """(M, m) weights (the factor alpha_{n+1} or -sigma_{n+1} included) of the outputs at the
+        positions ``nodes`` (M, m) for the steps n (M,)."""
+        m = nodes.shape[1]
+        if self.variable == "lambda":
+            h = g.h[n]
+            r = (nodes - g.lam[n][:, None]) / h[:, None]
+            w = torch.stack([self._weight_value(self.weight(m, i), h) for i in range(m)], 1)
+            V = r[:, :, None] ** torch.arange(m, dtype=torch.float64)  # V[., node, power]
+            c = torch.linalg.solve(V.transpose(1, 2), w[:, :, None])[:, :, 0]
+            return g.scale(n + 1, self.prediction)[:, None] * c
+        return self._quadrature(g, n, nodes) * torch.exp(g.log_alpha[n + 1])[:, None]
+
+    def _weight_value(self, w: Weight, h: torch.Tensor) -> torch.Tensor:
+        out = float(w.h) * h
+        for l, cf in enumerate(w.chi, start=1):
+            if cf:
+                out = out + float(cf) * chi(l, h, self.prediction)
         return out
 
-    def _build(self, b, g, lower_order_final: bool = False):
-        _refuse_noise_start(self, g)
-        one = torch.tensor(1.0, dtype=torch.float64)
-        hist: list[tuple[int, torch.Tensor]] = []  # (call, position) of usable outputs
-        last = None  # (nodes, prediction part) of the previous step, for the corrector
-        N = g.steps
-        for n in range(N):
-            start = LinComb({"s": one})
-            if n == 0 and self.warmup is not None and not g.singular(0):
-                stages = self.warmup.step(b, g, 0, start)
-                hist += [(k, self._position(g, b.times[k], lam)) for k, lam in stages]
-                continue
-            k = b.call(g.t[n], n)
-            pos_n = self._position(g, g.t[n], g.lam[n])
-            if self.corrector and last is not None:
-                nodes, pred = last
-                w = self.weights(g, n - 1, [p for _, p in nodes] + [pos_n])
-                corr = LinComb({kk: wi for (kk, _), wi in zip(nodes + [(k, pos_n)], w)})
-                start = start + corr - pred
-            if bool(torch.isfinite(g.lam[n])):
-                hist.append((k, pos_n))
-            q = min(self.nodes, len(hist))
-            if lower_order_final:
-                q = min(q, 1 if n == N - 1 else 2 if n == N - 2 else q)
-            # a step to sigma = 0 is singular in lambda only: interpolation in t or rho stays regular there
-            singular = g.singular(n) and (self.variable == "lambda" or not g.sigma_zero(n + 1))
-            if singular or q <= 1:
-                up = g.ddim(n, k, self.form)
-                pred = LinComb({k: up[k]})
-                last = None if singular else ([(k, pos_n)], pred)
-            else:
-                nodes = hist[-q:][::-1]  # most recent first: the step start
-                w = self.weights(g, n, [p for _, p in nodes])
-                pred = LinComb({kk: wi for (kk, _), wi in zip(nodes, w)})
-                last = (nodes, pred)
-            b.update(start * g.ratio(n, n + 1, self.form) + pred)
+    def _quadrature(self, g, n: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """int_{rho_n}^{rho_{n+1}} l_j(u(rho)) d rho of the Lagrange basis in u = t or rho: 32-point
+        Gauss-Legendre on every piece between the path's breakpoints (where t(rho) has kinks)."""
+        M, m = nodes.shape
+        rho0, rho1 = g.rho(n), g.rho(n + 1)
+        kinks = getattr(g.path, "breakpoints", None) if self.variable == "t" else None
+        if kinks is None:
+            a, b, owner = rho0, rho1, torch.arange(M)
+        else:
+            kinks = kinks.to(torch.float64)
+            t0, t1 = g.t[n].detach(), g.t[n + 1].detach()
+            hi = torch.searchsorted(kinks, t0, right=False)  # kinks[lo:hi] lie strictly inside (t1, t0)
+            lo = torch.searchsorted(kinks, t1, right=True)
+            count = (hi - lo).clamp(min=0)
+            owner = torch.repeat_interleave(torch.arange(M), count + 1)
+            start = torch.cumsum(count + 1, 0) - (count + 1)
+            i = torch.arange(owner.numel()) - start[owner]  # piece i of its step, from the noisy end
+            inner = lambda idx: g.path.noise_level(kinks[idx.clamp(0, kinks.numel() - 1)])
+            a = torch.where(i == 0, rho0[owner], inner(hi[owner] - i))
+            b = torch.where(i == count[owner], rho1[owner], inner(hi[owner] - 1 - i))
+        a, b = a[:, None], b[:, None]
+        rho = 0.5 * (a + b) + 0.5 * (b - a) * _GL_X
+        quad = 0.5 * (b - a) * _GL_W
+        u = rho if self.variable == "rho" else g.path.t_of_noise_level(rho.flatten()).reshape(rho.shape)
+        x = nodes[owner]  # (S, m)
+        out = []
+        for j in range(m):
+            ell = torch.ones_like(u)
+            for o in range(m):
+                if o != j:
+                    ell = ell * (u - x[:, o:o + 1]) / (x[:, j:j + 1] - x[:, o:o + 1])
+            out.append((quad * ell).sum(1))
+        pieces = torch.stack(out, 1)
+        return torch.zeros(M, m, dtype=torch.float64).index_add(0, owner, pieces)
+
+
+ExponentialMultistep.__init__ = _legacy(ExponentialMultistep.__init__)
 
 
 def _family():
     P = "Lu et al., DPM-Solver++, 2022"
     U = "Zhao et al., UniPC, NeurIPS 2023"
     tables = [
-        ExponentialMultistep("dpmpp-2m", order=2, form="data", nodes=2, two_node="midpoint",
+        ExponentialMultistep("dpmpp-2m", order=2, prediction="x0", nodes=2, weights=MIDPOINT,
                              paper=f"{P}, Alg. 2 (k-diffusion sample_dpmpp_2m, diffusers solver_type='midpoint')"),
-        ExponentialMultistep("dpmpp-2m-taylor", order=2, form="data", nodes=2,
+        ExponentialMultistep("dpmpp-2m-taylor", order=2, prediction="x0", nodes=2,
                              paper=f"{P}, Taylor weight h phi_2(-h) (diffusers solver_type='heun')"),
-        ExponentialMultistep("dpmpp-3m", order=2, form="data", nodes=3, two_node="midpoint",
-                             half_second_difference=True,
+        ExponentialMultistep("dpmpp-3m", order=2, prediction="x0", nodes=3, weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
                              paper=f"{P}; the published 3rd-order multistep update: its D2 weight is half the "
                                    "Taylor value, so it is second order"),
-        ExponentialMultistep("dpmpp-3m-corrected", order=3, form="data", nodes=3, warmup=DPMPP_2S,
+        ExponentialMultistep("dpmpp-3m-corrected", order=3, prediction="x0", nodes=3, warmup=DPMPP_2S,
                              paper=f"{P}, 3M with the Taylor-consistent D2 weight and a DPM-Solver++(2S) first "
                                    "step, so that the warm-up keeps order 3 (one extra model call)"),
-        ExponentialMultistep("dpm-solver-2m", order=2, form="noise", nodes=2, two_node="midpoint",
+        ExponentialMultistep("dpm-solver-2m", order=2, prediction="eps", nodes=2, weights=MIDPOINT,
                              paper="Lu et al. 2022, multistep noise form (diffusers algorithm_type='dpmsolver')"),
-        ExponentialMultistep("dpm-solver-3m", order=2, form="noise", nodes=3, two_node="midpoint",
-                             half_second_difference=True,
-                             paper="Lu et al. 2022, multistep noise form, 3rd-order update as published (second order)"),
+        ExponentialMultistep("dpm-solver-3m", order=2, prediction="eps", nodes=3,
+                             weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
+                             paper="Lu et al. 2022, multistep noise form, 3rd-order update as published "
+                                   "(second order)"),
     ]
     for bh in ("bh1", "bh2"):
-        two = "bh1" if bh == "bh1" else "midpoint"
+        two = BH1 if bh == "bh1" else MIDPOINT
         for p in (1, 2, 3):
-            tables.append(ExponentialMultistep(f"unipc-{bh}-{p}", order=min(p + 1, 3), form="data", nodes=p,
-                                               two_node=two, corrector=True,
+            tables.append(ExponentialMultistep(f"unipc-{bh}-{p}", order=min(p + 1, 3), prediction="x0", nodes=p,
+                                               weights=two, corrector=True,
                                                paper=f"{U}: UniP-{p} predictor with the UniC corrector, B(h) {bh}"))
-            tables.append(ExponentialMultistep(f"unip-{bh}-{p}", order=min(p, 2), form="data", nodes=p, two_node=two,
+            tables.append(ExponentialMultistep(f"unip-{bh}-{p}", order=min(p, 2), prediction="x0", nodes=p, weights=two,
                                                paper=f"{U}: UniP-{p} predictor alone, B(h) {bh}"))
     for p in (1, 2, 3):
-        tables.append(ExponentialMultistep(f"deis-{p}", order=min(p, 2), form="noise", nodes=p, variable="t",
+        tables.append(ExponentialMultistep(f"deis-{p}", order=min(p, 2), prediction="eps", nodes=p, variable="t",
                                            paper="Zhang & Chen, DEIS, ICLR 2023: tAB, Lagrange in t, exact "
                                                  "exponential weights"))
-        tables.append(ExponentialMultistep(f"lms-{p}", order=min(p, 2), form="noise", nodes=p, variable="rho",
+        tables.append(ExponentialMultistep(f"lms-{p}", order=min(p, 2), prediction="eps", nodes=p, variable="rho",
                                            paper="variable-step Adams-Bashforth in sigma/alpha on eps (k-diffusion "
                                                  "sample_lms; DEIS rhoAB)"))
     for p in (1, 2, 3):
-        tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=min(p, 2), form="noise", nodes=p,
+        tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=min(p, 2), prediction="eps", nodes=p,
                                            paper="diffusers' DEISMultistepScheduler (algorithm 'deis', log-rho): "
                                                  "Lagrange in lambda = -log rho, exact weights, noise form"))
-    tables.append(ExponentialMultistep("lms-4", order=2, form="noise", nodes=4, variable="rho",
+    tables.append(ExponentialMultistep("lms-4", order=2, prediction="eps", nodes=4, variable="rho",
                                        paper="variable-step Adams-Bashforth in sigma/alpha on eps, 4 nodes "
                                              "(k-diffusion sample_lms default order)"))
     return tables
 
 
-TABLES = _family()
+def _split(tables):
+    """Tables whose plans equal an earlier table's on every grid become aliases: one output per step
+    (nodes = 1, no corrector) is the DDIM update of the table's prediction (ddim / dpm-solver-1),
+    and tables with the same prediction, nodes, variable, used weight rows and corrector are equal."""
+    kept, aliased, seen = [], [], {}
+    for m in tables:
+        if m.nodes == 1 and not m.corrector:
+            aliased.append((m, "ddim" if m.prediction == "x0" else "dpm-solver-1"))
+            continue
+        used = tuple(sorted((mm, i, w) for mm, i, w in m.weights if mm <= m.nodes + int(m.corrector)))
+        key = (m.prediction, m.nodes, m.variable, used, m.corrector, m.warmup)
+        if key in seen:
+            aliased.append((m, seen[key]))
+        else:
+            seen[key] = m.name
+            kept.append(m)
+    return kept, tuple(aliased)
+
+
+TABLES, ALIASED = _split(_family())

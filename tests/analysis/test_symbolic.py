@@ -14,7 +14,7 @@ from odesolve.analysis import SymbolicLimitError, adams_bashforth, adams_moulton
 from odesolve.analysis.families import Family
 from odesolve.analysis.lmm import LinearMultistep
 from odesolve.analysis.symbolic import phi_numpy, rooted_trees
-from odesolve.methods import ExponentialMultistep, ExponentialRK, RungeKutta
+from odesolve.methods import ExponentialMultistep, ExponentialRK, RungeKutta, Weight
 
 EDM = ods.paths.EDM()
 
@@ -30,18 +30,24 @@ def _geometry(m, g, n):
     h = u[n + 1] - u[n]
     r = [(u[n - j] - u[n]) / h for j in range(1, m.nodes)]
     if m.variable == "lambda":
-        scale = float(EDM.alpha(g.t[n + 1])) if m.form == "data" else -float(EDM.sigma(g.t[n + 1]))
+        scale = float(EDM.alpha(g.t[n + 1])) if m.prediction == "x0" else -float(EDM.sigma(g.t[n + 1]))
     else:
         scale = float(EDM.alpha(g.t[n + 1]))
     return h, r, scale
 
 
+# a weight row of one's own: w_1 = chi_1(h)/3 + h/6 (= h/2 + O(h^2): still second order)
+MINE = ExponentialMultistep("mine-2", order=2, prediction="eps", nodes=2,
+                            weights=((2, 1, Weight(chi=(Fr(1, 3),), h=Fr(1, 6))),), paper="a user's variant")
+
+
 @pytest.mark.parametrize("name", ["dpmpp-2m", "dpmpp-2m-taylor", "dpmpp-3m", "dpm-solver-2m", "dpm-solver-3m",
-                                  "unip-bh1-2", "unip-bh1-3", "unip-bh2-2", "unip-bh2-3", "lms-2", "lms-3"])
+                                  "unip-bh1-2", "unip-bh1-3", "unip-bh2-3", "lms-2", "lms-3", MINE])
 @settings(settings.get_profile("analysis"))
 @given(seed=st.integers(0, 2**16 - 1))
 def test_symbolic_predictor_equals_plan(name, seed):
-    """The lambdified closed-form weights equal the plan's update row at every interior step."""
+    """The lambdified closed-form weights equal the plan's update row at every interior step: compile
+    and the derivation read the same weight rows."""
     m = ods.methods.get(name)
     g = _grid(seed)
     plan = m.compile(EDM, g)
@@ -108,12 +114,12 @@ def test_dpm_solver_2_order_conditions():
 def test_user_exponential_rk_is_told_its_order():
     """A user's new table is analysed before it runs, and the numbers agree with the numeric order."""
     h2 = Fr(1, 2)
-    res2s = ExponentialRK("res-2s", order=2, form="data", c=(Fr(0), h2), a=(((Fr(1),),),),
+    res2s = ExponentialRK("res-2s", order=2, prediction="x0", c=(Fr(0), h2), a=(((Fr(1),),),),
                           b=((Fr(1), Fr(-2)), (Fr(0), Fr(2))), paper="RES (Zhang et al. 2023), 2 stages")
     d = derive(res2s)
     assert (d.classical_order, d.stiff_order) == (2, 2)  # psi_2 = 0 identically: stiff order 2
     def third(r1, r2):  # DPM-Solver-3's pattern with the user's own nodes c = (0, r1, r2)
-        return ExponentialRK(f"mine-{r1}-{r2}", order=3, form="data", c=(Fr(0), r1, r2),
+        return ExponentialRK(f"mine-{r1}-{r2}", order=3, prediction="x0", c=(Fr(0), r1, r2),
                              a=(((Fr(1),),), ((Fr(1), -r2 / r1), (Fr(0), r2 / r1))),
                              b=((Fr(1), -1 / r2), (Fr(0),), (Fr(0), 1 / r2)), paper="user table")
 
@@ -127,7 +133,7 @@ def test_user_exponential_rk_is_told_its_order():
     assert next(c for c in d_off.conditions if c.number == "3").valuation == 0
     assert numeric_order(lambda g: off.compile(g.path, g), "random").order == 2
     r1, r2 = Fr(1, 4), Fr(2, 3)
-    broken = ExponentialRK("broken", order=3, form="data", c=(Fr(0), r1, r2),
+    broken = ExponentialRK("broken", order=3, prediction="x0", c=(Fr(0), r1, r2),
                            a=(((Fr(1),),), ((Fr(1), Fr(0)), (Fr(0), Fr(0)))),
                            b=((Fr(1), -1 / r2), (Fr(0),), (Fr(0), 1 / r2)), paper="user table")
     assert derive(broken).classical_order == 2  # the third stage is only first-order accurate
@@ -163,6 +169,12 @@ def test_fixed_adams_orders_by_grid_class():
     assert derive("plms").orders == {"uniform": 3, "smooth": 2, "any": 1}
 
 
+def test_a_weight_row_of_ones_own_is_derived_and_measured():
+    assert derive(MINE).order == 2 == numeric_order(MINE, "random").order
+    other = ExponentialMultistep("mine-1", order=1, prediction="eps", nodes=2, weights=((2, 1, Weight(h=Fr(1))),))
+    assert derive(other).order == 1 == numeric_order(other, "random").order  # w_1 = h: not h/2, first order
+
+
 def test_refusals():
     with pytest.raises(SymbolicLimitError, match="order 4"):
         derive("dpm-solver-3", max_order=5)
@@ -170,7 +182,7 @@ def test_refusals():
         derive("rk4", max_order=9)
     with pytest.raises(SymbolicLimitError, match="path's time t"):
         derive("deis-3")
-    big = ExponentialMultistep("adams-7", order=2, form="data", nodes=7)
+    big = ExponentialMultistep("adams-7", order=2, prediction="x0", nodes=7)
     with pytest.raises(SymbolicLimitError, match="symbolic limit"):
         derive(big)
     with pytest.raises(SymbolicLimitError, match="time budget"):
@@ -183,7 +195,7 @@ def test_refusals():
 
 def test_inconsistent_tables_are_refused():
     with pytest.raises(ValueError, match="sum"):
-        ExponentialRK("bad", order=2, form="data", c=(Fr(0), Fr(1, 2)), a=(((Fr(1, 2),),),),
+        ExponentialRK("bad", order=2, prediction="x0", c=(Fr(0), Fr(1, 2)), a=(((Fr(1, 2),),),),
                       b=((Fr(0),), (Fr(1),)))
     with pytest.raises(ValueError, match="row 1 of a sums"):
         RungeKutta("bad-rk", order=2, c=(Fr(0), Fr(1)), a=((Fr(1, 2),),), b=(Fr(1, 2), Fr(1, 2)))

@@ -7,9 +7,6 @@ taken per coordinate, so no integrator is involved in the reference.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 
 import odesolve as ods
@@ -42,24 +39,4 @@ class DiagonalGaussian:
 GAUSS = DiagonalGaussian([0.5, -1.0, 0.0, 2.0], [1.0, 0.25, 0.04, 0.01])
 
 
-def slopes(errors, nfes):
-    e, n = np.asarray(errors), np.asarray(nfes, dtype=float)
-    return np.log(e[:-1] / e[1:]) / np.log(n[1:] / n[:-1])
-
-
-def measured_order(method, path, make_grid, steps=(32, 64, 128, 256), problem=GAUSS, seed=0):
-    """Slope of the max-norm error against the step count over the last refinement."""
-    g = torch.Generator().manual_seed(seed)
-    g0 = make_grid(steps[0])
-    x = torch.randn(16, problem.mean.numel(), generator=g, dtype=torch.float64) * float(path.sigma(g0.t[0])) \
-        + float(path.alpha(g0.t[0])) * problem.mean
-    model = problem.model(path)
-    errs = []
-    for n in steps:
-        grid = make_grid(n)
-        ref = problem.flow(path, x, grid.t[0], grid.t[-1])
-        errs.append(float((ods.sample(model, x, grid, method=method) - ref).abs().max()))
-    return slopes(errs, steps), errs
-
-
-__all__ = ["DiagonalGaussian", "GAUSS", "measured_order", "slopes", "math"]
+__all__ = ["GAUSS", "DiagonalGaussian"]
