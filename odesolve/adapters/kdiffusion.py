@@ -89,7 +89,7 @@ def sampler(name: str) -> Callable:
                 i = int(info["i"])
                 callback({"x": state["x"], "i": i, "sigma": gsig[i], "sigma_hat": gsig[i],
                           "denoised": first.pop(i, info["denoised"])})
-                state["x"] = info["x"]
+                state["x"] = info["x"].clone()  # the executor's live state: it moves on with the next step
 
         return execute(plan, Model(fn, PATH, "x0"), x, callback=cb, progress=disable is False,
                        generator=generator)
