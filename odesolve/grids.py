@@ -43,6 +43,8 @@ class Grid:
         if t.numel() > MAX_STEPS + 1:
             raise ValueError(f"times must hold at most MAX_STEPS + 1 = {MAX_STEPS + 1} times, got {t.numel()}")
         self.path.check_times(t, "times")
+        if bool(torch.isinf(t).any()):
+            raise ValueError(f"times must be finite (an infinite time is an infinite noise level on {self.path!r})")
         d = t[1:] - t[:-1]
         if bool((d > 0).any()):
             i = int(torch.nonzero(d > 0)[0])
@@ -131,8 +133,8 @@ def _steps(steps):
     return check_int(steps, "steps", 1, MAX_STEPS)
 
 
-def karras(path: Path, steps: int = 10, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-           to_zero: bool = True) -> Grid:
+def karras(path: Path, steps: int = 10, sigma_min: float | None = 0.002, sigma_max: float | None = 80.0,
+           rho: float = 7.0, to_zero: bool = True) -> Grid:
     """Karras et al. (2022), eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 
     With ``to_zero`` (default, as in EDM and k-diffusion) the ``steps - 1`` ramp steps end at

@@ -131,9 +131,9 @@ class Path:
         return da, ds
 
     def check_times(self, t, name: str = "t") -> Tensor:
-        """Refuse times outside ``[t_min, t_max]``, NaN or infinite, naming ``name``."""
+        """Refuse times outside ``[t_min, t_max]`` or NaN, naming ``name``."""
         t = as_time(t, name)
-        bad = ~torch.isfinite(t) | (t < self.t_min - 1e-12) | (t > self.t_max + 1e-12)
+        bad = torch.isnan(t) | (t < self.t_min - 1e-12) | (t > self.t_max + 1e-12)
         if bool(bad.any()):
             raise ValueError(
                 f"{name} must lie in the domain [{self.t_min}, {self.t_max}] of {self!r}; "
@@ -167,7 +167,8 @@ class VPLinear(Path):
         b0 = check_real(self.beta_min, "beta_min", 0.0)
         b1 = check_real(self.beta_max, "beta_max", 0.0, lo_open=True)
         if not b0 < b1:
-            raise ValueError(f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, {self.beta_max}")
+            raise ValueError(f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, "
+                             f"{self.beta_max}")
         object.__setattr__(self, "beta_min", b0)
         object.__setattr__(self, "beta_max", b1)
 
