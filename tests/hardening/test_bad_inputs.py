@@ -234,7 +234,7 @@ CHECKER_NAMES = {"get-int": "name", "get-none": "name", "get-unhashable": "name"
 
 
 def _argument(case_id, message):
-    return CHECKER_NAMES.get(case_id) or re.match(r"\w+", message).group(0)
+    return CHECKER_NAMES.get(case_id) or re.search(r"[A-Za-z_]\w*", message.removeprefix(r"\b")).group(0)
 
 
 @pytest.mark.parametrize("case_id, call, error, message", [pytest.param(*c, id=c[0]) for c in CASES])
