@@ -323,6 +323,26 @@ class VPDiscrete(Path):
     def log_sigma(self, t):
         return _log_sigma_vp(self.log_alpha(t))
 
+    def _alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        # direct forms, so that automatic derivatives stay finite where alpha = 0 (zero terminal SNR):
+        # every branch is computed from finite inputs, so torch.where passes no NaN gradient back
+        w, i = self._segment(t)
+        table = self._log_a.to(w.device)
+        la0 = table[i]
+        last = (i + 1 == self._log_a.numel() - 1) & self.zero_terminal_snr
+        la1 = torch.where(last, la0, table[i + 1])
+        log_a = la0 + w * (la1 - la0)  # finite: on the last segment it is not used
+        direct = torch.exp(la0) * (1 - w)  # alpha linear to 0 on the last segment
+        alpha = torch.where(last, direct, torch.exp(log_a))
+        sigma = torch.where(last, torch.sqrt((1 - direct) * (1 + direct)), torch.exp(_log_sigma_vp(log_a)))
+        return alpha, sigma
+
+    def alpha(self, t):
+        return self._alpha_sigma(t)[0] if self.zero_terminal_snr else super().alpha(t)
+
+    def sigma(self, t):
+        return self._alpha_sigma(t)[1] if self.zero_terminal_snr else super().sigma(t)
+
     def t_of_lambda(self, lam):
         la = _log_alpha_vp_of_lambda(as_time(lam))  # decreasing table self._log_a, increasing in -la
         neg = -self._log_a.to(la.device)

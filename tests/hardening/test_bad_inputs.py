@@ -280,3 +280,11 @@ def test_steps_offset_at_its_largest_keeps_every_step():
 def test_zero_terminal_snr_betas_end_at_one():
     path = P.VP.from_betas([0.1, 0.2, 1.0])
     assert path.zero_terminal_snr and float(path.alpha(torch.tensor(2.0))) == 0.0
+
+
+def test_velocity_converts_to_x0_at_alpha_zero_on_a_discrete_zero_snr_path():
+    """Zero terminal SNR, t = T-1: alpha = 0, so velocity = alpha' x0 (sigma' = 0) and x0 = velocity / alpha'.
+    alpha' is the slope of the last, linear segment: -sqrt(alphas_cumprod[T-2])."""
+    c_x, c_f = conversion(ZSNR, "velocity", "x0", 999.0)
+    slope = -float(ZSNR.alphas_cumprod[-2]) ** 0.5
+    assert float(c_x) == 0.0 and float(c_f) == pytest.approx(1 / slope, rel=1e-12)
