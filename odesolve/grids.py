@@ -207,7 +207,10 @@ def discrete(path: VPDiscrete, steps: int, spacing: Literal["leading", "trailing
     if not isinstance(path, VPDiscrete):
         raise TypeError(f"path must be a VPDiscrete path for discrete spacings, got {path!r}")
     T = int(path.t_max) + 1
-    steps = check_int(steps, "steps", 1, T)  # at most num_train_timesteps
+    steps = check_int(steps, "steps", 1)
+    if steps > T:
+        raise ValueError(f"steps must be at most num_train_timesteps = {T} (one model call per training timestep), "
+                         f"got {steps}")
     steps_offset = check_int(steps_offset, "steps_offset", 0)
     if spacing == "linspace":
         ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
