@@ -47,6 +47,8 @@ def conversion(path: Path, prediction: str, target: str, t) -> tuple[Float[Tenso
     if target not in ("x0", "eps"):
         raise ValueError(f"target must be 'x0' or 'eps', got {target!r}")
     t = as_time(t)
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"t must be times of {path!r}, got NaN")
     cx, cf = _coefficients(path, prediction, target, t)
     bad = ~(torch.isfinite(cx) & torch.isfinite(cf))
     if bool(bad.any()):

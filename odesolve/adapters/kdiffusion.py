@@ -61,6 +61,11 @@ def sampler(name: str) -> Callable:
                generator: torch.Generator | None = None, **options) -> Tensor:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(f"extra_args must be a dict of keyword arguments for the model, got "
+                            f"{type(extra_args).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable as callback(dict) or None, got {type(callback).__name__}")
         if not isinstance(sigmas, Tensor):
             sigmas = torch.as_tensor(sigmas)
         extra = {} if extra_args is None else extra_args

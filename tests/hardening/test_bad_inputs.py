@@ -15,6 +15,7 @@ import torch
 
 import odesolve as ods
 from odesolve import grids as G, paths as P
+from odesolve.adapters import kdiffusion as kd
 from odesolve.models import classifier_free_guidance, clip_data, conversion, dynamic_thresholding
 
 NAN, INF = math.nan, math.inf
@@ -171,6 +172,7 @@ BAD_MODELS = [
     ("x0-to-eps-at-sigma-zero", lambda: conversion(EDM, "x0", "eps", torch.tensor([1.0, 0.0])), ValueError,
      r"prediction 'x0' cannot be converted to 'eps' at t = 0 .*sigma > 0"),
     ("conversion-target", lambda: conversion(EDM, "x0", "v", 1.0), ValueError, r"target must be 'x0' or 'eps'"),
+    ("conversion-t-nan", lambda: conversion(VPL, "eps", "x0", NAN), ValueError, r"t must be times of VPLinear"),
 ]
 
 BAD_METHODS = [
@@ -225,7 +227,31 @@ BAD_SAMPLES = [
      r"prediction 'eps' cannot be converted to 'x0' at t = 999"),
 ]
 
-CASES = BAD_PATHS + BAD_GRIDS + BAD_MODELS + BAD_METHODS + BAD_SAMPLES
+def _denoiser(x, sigma):
+    return 0.5 * x
+
+
+SIGMAS = torch.tensor([10.0, 1.0, 0.0])
+BAD_KDIFFUSION = [
+    ("kd-sigmas-increasing", lambda: kd.sample_euler(_denoiser, X, [1.0, 2.0, 0.0]), ValueError,
+     r"sigmas must be decreasing"),
+    ("kd-sigmas-one", lambda: kd.sample_euler(_denoiser, X, torch.tensor([10.0])), ValueError,
+     r"sigmas must be a 1-D sequence of at least 2"),
+    ("kd-sigmas-nan", lambda: kd.sample_euler(_denoiser, X, torch.tensor([NAN, 1.0, 0.0])), ValueError,
+     r"sigmas must be non-negative"),
+    ("kd-sigmas-inf", lambda: kd.sample_euler(_denoiser, X, torch.tensor([INF, 1.0, 0.0])), ValueError,
+     r"sigmas: an infinite noise level"),
+    ("kd-model-str", lambda: kd.sample_euler("model", X, SIGMAS), TypeError, r"model must be callable"),
+    ("kd-x-list", lambda: kd.sample_euler(_denoiser, X.tolist(), SIGMAS), TypeError, r"x must be a torch.Tensor"),
+    ("kd-extra_args-list", lambda: kd.sample_euler(_denoiser, X, SIGMAS, extra_args=[1]), TypeError,
+     r"extra_args must be a dict"),
+    ("kd-callback-int", lambda: kd.sample_euler(_denoiser, X, SIGMAS, callback=3), TypeError,
+     r"callback must be callable"),
+    ("kd-output-shape", lambda: kd.sample_euler(lambda x, s: x[:1], X, SIGMAS), ValueError,
+     r"the model must return a tensor of the input's shape"),
+]
+
+CASES = BAD_PATHS + BAD_GRIDS + BAD_MODELS + BAD_METHODS + BAD_SAMPLES + BAD_KDIFFUSION
 
 
 # The test suite runs odesolve under a runtime type checker (tests/conftest.py): where an annotation
