@@ -18,6 +18,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -34,6 +35,12 @@ def as_time(t, name: str = "t") -> Tensor:
         return t.to(torch.float64)
     if isinstance(t, (bool, complex, str, bytes)):
         raise TypeError(f"{name} must be a number or a tensor of times, got {t!r}")
+    try:
+        kind = np.asarray(t).dtype.kind
+    except (TypeError, ValueError, RuntimeError):
+        kind = "f"  # for example a list of device tensors: torch decides below
+    if kind in "bcOUSV":
+        raise TypeError(f"{name} must be real numbers, got {type(t).__name__} of dtype kind {kind!r}")
     try:
         return torch.as_tensor(t, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as err:
@@ -433,7 +440,8 @@ class EDM(Path):
 
 @dataclass(frozen=True)
 class VE(Path):
-    """Variance exploding SDE of Song et al. (2021): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t, t in [0, 1]."""
+    """Variance exploding SDE of Song et al. (2021): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t,
+    t in [0, 1]."""
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
@@ -444,7 +452,8 @@ class VE(Path):
         object.__setattr__(self, "sigma_min", check_real(self.sigma_min, "sigma_min", 0.0, lo_open=True))
         object.__setattr__(self, "sigma_max", check_real(self.sigma_max, "sigma_max", 0.0, lo_open=True))
         if not (0 < self.sigma_min < self.sigma_max):
-            raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, {self.sigma_max}")
+            raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, "
+                             f"{self.sigma_max}")
 
     def log_alpha(self, t):
         return torch.zeros_like(as_time(t))

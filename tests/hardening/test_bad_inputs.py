@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -49,6 +50,7 @@ BAD_PATHS = [
     ("betas-one-not-last", lambda: P.VP.from_betas([1.0, 0.5]), ValueError, r"the last may be 1"),
     ("betas-too-short", lambda: P.VP.from_betas([0.1]), ValueError, r"betas must be a 1-D sequence of at least 2"),
     ("betas-str", lambda: P.VP.from_betas("abc"), TypeError, r"betas"),
+    ("betas-bool", lambda: P.VP.from_betas([True, True]), TypeError, r"betas must be real"),
     ("betas-complex", lambda: P.VP.from_betas(torch.tensor([0.1, 0.2], dtype=torch.complex64)), TypeError,
      r"betas must be real"),
     ("T-negative", lambda: P.VP.discrete(num_train_timesteps=-5), ValueError,
@@ -116,6 +118,8 @@ BAD_GRIDS = [
     ("times-infinite", lambda: G.from_times(EDM, [INF, 1.0]), ValueError, r"times must be finite"),
     ("times-str", lambda: G.from_times(EDM, "abc"), TypeError, r"times must be a number"),
     ("times-complex", lambda: G.from_times(EDM, torch.tensor([2.0 + 0j, 1.0])), TypeError, r"times must be real"),
+    ("times-numpy-complex", lambda: G.from_times(EDM, np.array([2.0 + 1j, 1.0])), TypeError, r"times must be real"),
+    ("times-bool-list", lambda: G.from_times(EDM, [True, False]), TypeError, r"times must be real"),
     ("times-too-many", lambda: G.from_times(EDM, torch.linspace(10.0, 0.0, 200_002, dtype=torch.float64)), ValueError,
      r"times must hold at most"),
     ("sigmas-increasing", lambda: G.from_sigmas(EDM, [1.0, 2.0, 0.0]), ValueError, r"sigmas must be decreasing"),
