@@ -114,6 +114,9 @@ class Model:
         return f"Model({getattr(self.fn, '__name__', type(self.fn).__name__)}, path={self.path!r}, prediction={self.prediction!r})"
 
     def _times(self, x: Tensor, t) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim == 0:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x must be a torch.Tensor of shape (batch, ...), got {got}")
         t = as_time(t).to(x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
