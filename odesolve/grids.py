@@ -14,10 +14,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .paths import Path, VPDiscrete, as_time
+from .paths import Path, VPDiscrete, as_time, check_int, check_real
 
 __all__ = ["Grid", "from_times", "from_sigmas", "karras", "uniform_lambda", "uniform_time", "time_quadratic",
-           "discrete"]
+           "discrete", "MAX_STEPS"]
+
+MAX_STEPS = 100_000  # compiling a plan costs about 1 ms per step: beyond this a typo, not a sampler
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,10 +34,17 @@ class Grid:
     t: Tensor
 
     def __post_init__(self):
-        t = as_time(self.t, "times").detach() if not as_time(self.t).requires_grad else as_time(self.t)
+        if not isinstance(self.path, Path):
+            raise TypeError(f"path must be an odesolve.paths.Path, got {type(self.path).__name__}")
+        t = as_time(self.t, "times")
+        t = t if t.requires_grad else t.detach()
         if t.ndim != 1 or t.numel() < 2:
             raise ValueError(f"times must be a 1-D sequence of at least 2 times, got shape {tuple(t.shape)}")
+        if t.numel() > MAX_STEPS + 1:
+            raise ValueError(f"times must hold at most MAX_STEPS + 1 = {MAX_STEPS + 1} times, got {t.numel()}")
         self.path.check_times(t, "times")
+        if bool(torch.isinf(t).any()):
+            raise ValueError(f"times must be finite (an infinite time is an infinite noise level on {self.path!r})")
         d = t[1:] - t[:-1]
         if bool((d > 0).any()):
             i = int(torch.nonzero(d > 0)[0])
@@ -66,8 +75,7 @@ class Grid:
 
     def strength(self, strength: float) -> "Grid":
         """The last ``round(steps * strength)`` steps: img2img / SDEdit start mid-way (diffusers #1866)."""
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must lie in (0, 1], got {strength}")
+        check_real(strength, "strength", 0.0, 1.0, lo_open=True)
         k = max(1, round(self.steps * strength))
         return Grid(self.path, self.t[self.steps - k:])
 
@@ -85,19 +93,36 @@ def from_times(path: Path, times) -> Grid:
 
 
 def from_sigmas(path: Path, sigmas) -> Grid:
-    """A grid from noise levels ``sigma/alpha`` (decreasing; may end at 0 and start at inf)."""
+    """A grid from noise levels ``sigma/alpha`` (decreasing; may end at 0 and start at inf where the
+    path reaches alpha = 0)."""
+    _check_path(path)
     s = as_time(sigmas, "sigmas")
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D sequence of at least 2 noise levels, got shape {tuple(s.shape)}")
     if bool((torch.isnan(s) | (s < 0)).any()):
         raise ValueError(f"sigmas must be non-negative noise levels, got {s.tolist()[:6]}")
-    return Grid(path, path.t_of_noise_level(s))
+    d = s[1:] - s[:-1]
+    if bool((d > 0).any()):
+        i = int(torch.nonzero(d > 0)[0])
+        raise ValueError(f"sigmas must be decreasing (noise end first); sigmas[{i}] = {float(s[i])} < "
+                         f"sigmas[{i + 1}] = {float(s[i + 1])}")
+    t = path.t_of_noise_level(s)
+    if bool(torch.isinf(s).any()) and not bool(torch.isfinite(t[torch.isinf(s)]).all()):
+        raise ValueError(f"sigmas: an infinite noise level needs a path that reaches alpha = 0; {path!r} does not")
+    return Grid(path, t)
+
+
+def _check_path(path):
+    if not isinstance(path, Path):
+        raise TypeError(f"path must be an odesolve.paths.Path, got {type(path).__name__}")
 
 
 def _level_range(path: Path, sigma_min, sigma_max):
     lo, hi = (float(path.noise_level(torch.tensor(v, dtype=torch.float64))) for v in (path.t_min, path.t_max))
-    if sigma_max is None:
-        sigma_max = hi
-    if sigma_min is None:
-        sigma_min = lo
+    sigma_max = hi if sigma_max is None else check_real(sigma_max, "sigma_max", 0.0, lo_open=True)
+    sigma_min = lo if sigma_min is None else check_real(sigma_min, "sigma_min", 0.0)
+    if math.isinf(sigma_max):
+        raise ValueError(f"sigma_max must be finite for this grid; {path!r} reaches sigma = inf, pass sigma_max")
     if not lo - 1e-12 <= sigma_min < sigma_max <= hi * (1 + 1e-12):
         raise ValueError(f"sigma_min, sigma_max must satisfy {lo:.4g} <= sigma_min < sigma_max <= {hi:.4g} on "
                          f"{path!r}; got {sigma_min}, {sigma_max}")
@@ -105,22 +130,22 @@ def _level_range(path: Path, sigma_min, sigma_max):
 
 
 def _steps(steps):
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return steps
+    return check_int(steps, "steps", 1, MAX_STEPS)
 
 
-def karras(path: Path, steps: int = 10, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-           to_zero: bool = True) -> Grid:
+def karras(path: Path, steps: int = 10, sigma_min: float | None = 0.002, sigma_max: float | None = 80.0,
+           rho: float = 7.0, to_zero: bool = True) -> Grid:
     """Karras et al. (2022), eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 
     With ``to_zero`` (default, as in EDM and k-diffusion) the ``steps - 1`` ramp steps end at
     sigma_min and a last step goes to sigma = 0; otherwise all ``steps`` steps end at sigma_min.
     """
-    _steps(steps)
+    _check_path(path)
+    steps = _steps(steps)
     sigma_min, sigma_max = _level_range(path, sigma_min, sigma_max)
-    if rho <= 0:
-        raise ValueError(f"rho must be positive, got {rho}")
+    rho = check_real(rho, "rho", 0.0, lo_open=True)
+    if not isinstance(to_zero, bool):
+        raise TypeError(f"to_zero must be a bool, got {to_zero!r}")
     n = steps if to_zero else steps + 1
     if n < 2:
         raise ValueError("steps must be at least 2 with to_zero=True (one ramp step and the step to 0)")
@@ -133,8 +158,9 @@ def karras(path: Path, steps: int = 10, sigma_min: float = 0.002, sigma_max: flo
 
 
 def _time_range(path, t_start, t_end, need_finite_lambda):
-    t_start = path.t_max if t_start is None else float(t_start)
-    t_end = path.t_min if t_end is None else float(t_end)
+    _check_path(path)
+    t_start = path.t_max if t_start is None else check_real(t_start, "t_start", path.t_min, path.t_max)
+    t_end = path.t_min if t_end is None else check_real(t_end, "t_end", path.t_min, path.t_max)
     if need_finite_lambda:
         lam = path.lambda_(torch.tensor([t_start, t_end], dtype=torch.float64))
         if not bool(torch.isfinite(lam).all()):
@@ -149,7 +175,7 @@ def _time_range(path, t_start, t_end, need_finite_lambda):
 
 def uniform_lambda(path: Path, steps: int, t_start: float | None = None, t_end: float | None = None) -> Grid:
     """Steps of equal length in the half log-SNR lambda (DPM-Solver's "logSNR" spacing)."""
-    _steps(steps)
+    steps = _steps(steps)
     t_start, t_end = _time_range(path, t_start, t_end, True)
     lam = path.lambda_(torch.tensor([t_start, t_end], dtype=torch.float64))
     return Grid(path, path.t_of_lambda(torch.linspace(float(lam[0]), float(lam[1]), steps + 1, dtype=torch.float64)))
@@ -157,14 +183,14 @@ def uniform_lambda(path: Path, steps: int, t_start: float | None = None, t_end: 
 
 def uniform_time(path: Path, steps: int, t_start: float | None = None, t_end: float | None = None) -> Grid:
     """Steps of equal length in the path's own time."""
-    _steps(steps)
+    steps = _steps(steps)
     t_start, t_end = _time_range(path, t_start, t_end, False)
     return Grid(path, torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64))
 
 
 def time_quadratic(path: Path, steps: int, t_start: float | None = None, t_end: float | None = None) -> Grid:
     """Uniform in sqrt(t - t_min), shifted (DPM-Solver's "time_quadratic" spacing): dense near the data end."""
-    _steps(steps)
+    steps = _steps(steps)
     t_start, t_end = _time_range(path, t_start, t_end, False)
     u = torch.linspace(math.sqrt(t_start - path.t_min), math.sqrt(t_end - path.t_min), steps + 1, dtype=torch.float64)
     return Grid(path, u * u + path.t_min)
@@ -175,18 +201,27 @@ def discrete(path: VPDiscrete, steps: int, spacing: Literal["leading", "trailing
     """Integer timesteps of a discrete-time model, spaced as diffusers does (Lin et al. 2024, Table 2).
 
     ``final="zero"`` ends at t = -1 (alpha = 1, sigma = 0: DDIM's ``set_alpha_to_one``),
-    ``final="first"`` at t = 0 (the first training timestep).
+    ``final="first"`` at t = 0 (the first training timestep). ``steps_offset`` shifts the
+    ``leading`` timesteps only (the other spacings ignore it, as diffusers does).
     """
     if not isinstance(path, VPDiscrete):
         raise TypeError(f"path must be a VPDiscrete path for discrete spacings, got {path!r}")
-    _steps(steps)
     T = int(path.t_max) + 1
+    steps = check_int(steps, "steps", 1)
     if steps > T:
-        raise ValueError(f"steps must be at most num_train_timesteps = {T}, got {steps}")
+        raise ValueError(f"steps must be at most num_train_timesteps = {T} (one model call per training timestep), "
+                         f"got {steps}")
+    steps_offset = check_int(steps_offset, "steps_offset", 0)
     if spacing == "linspace":
         ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
     elif spacing == "leading":
-        ts = (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0) + steps_offset
+        ts = (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0)
+        top = T - 1 - int(ts[0])
+        if steps_offset > top:
+            raise ValueError(f"steps_offset must be in [0, {top}] for {steps} leading steps of a {T}-step model "
+                             f"(the first timestep {int(ts[0])} + steps_offset must be at most {T - 1}), "
+                             f"got {steps_offset}")
+        ts = ts + steps_offset
     elif spacing == "trailing":
         ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
     else:
@@ -196,4 +231,4 @@ def discrete(path: VPDiscrete, steps: int, spacing: Literal["leading", "trailing
     end = -1.0 if final == "zero" else 0.0
     if float(ts[-1]) > end:
         ts = torch.cat([ts, torch.tensor([end], dtype=torch.float64)])
-    return Grid(path, ts.clamp(max=path.t_max))
+    return Grid(path, ts)

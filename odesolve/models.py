@@ -26,16 +26,16 @@ import torch
 from jaxtyping import Float, Shaped
 from torch import Tensor
 
-from .paths import Path, as_time
+from .paths import Path, as_time, check_real
 
-__all__ = ["Model", "Prediction", "classifier_free_guidance", "dynamic_thresholding"]
+__all__ = ["Model", "Prediction", "classifier_free_guidance", "dynamic_thresholding", "clip_data"]
 
 Prediction = Literal["eps", "x0", "v", "velocity", "score"]
 PREDICTIONS = get_args(Prediction)
 
 
 def _check_prediction(prediction, name="prediction"):
-    if prediction not in PREDICTIONS:
+    if not isinstance(prediction, str) or prediction not in PREDICTIONS:
         raise ValueError(f"{name} must be one of {PREDICTIONS}, got {prediction!r}")
     return prediction
 
@@ -47,6 +47,26 @@ def conversion(path: Path, prediction: str, target: str, t) -> tuple[Float[Tenso
     if target not in ("x0", "eps"):
         raise ValueError(f"target must be 'x0' or 'eps', got {target!r}")
     t = as_time(t)
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"t must be times of {path!r}, got NaN")
+    cx, cf = _coefficients(path, prediction, target, t)
+    bad = ~(torch.isfinite(cx) & torch.isfinite(cf))
+    if bool(bad.any()):
+        tb = float(t.expand_as(bad)[bad].flatten()[0])
+        a, s = float(path.alpha(tb)), float(path.sigma(tb))
+        if target == "x0":
+            why = (f"at alpha = {a:g} the state is pure noise, so a {prediction!r} output carries no information "
+                   "about x0 (zero terminal SNR, or flow matching at t = 1). Start the grid where alpha > 0 (for "
+                   "example a t_start below the path's t_max), or use a model that predicts 'v', 'velocity' or 'x0'")
+        else:
+            why = (f"at sigma = {s:g} the state carries no noise, so a {prediction!r} output carries no information "
+                   "about eps. End the grid where sigma > 0, or use a data-prediction method (target 'x0')")
+        raise ValueError(f"prediction {prediction!r} cannot be converted to {target!r} at t = {tb:g} of {path!r}: "
+                         f"{why}")
+    return cx, cf
+
+
+def _coefficients(path: Path, prediction: str, target: str, t: Tensor) -> tuple[Tensor, Tensor]:
     a, s = path.alpha(t), path.sigma(t)
     zero, one = torch.zeros_like(a), torch.ones_like(a)
     if prediction in ("x0", "eps"):
@@ -83,6 +103,10 @@ class Model:
             raise TypeError(f"fn must be callable fn(x, t) -> tensor, got {type(fn).__name__}")
         if not isinstance(path, Path):
             raise TypeError(f"path must be an odesolve.paths.Path, got {type(path).__name__}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex)):
+            raise TypeError(f"dtype must be a floating torch.dtype such as torch.float16 or None, got {dtype!r}")
+        if dtype is not None and dtype.is_complex:
+            raise TypeError(f"dtype must be a real floating torch.dtype, got {dtype}")
         self.fn, self.path, self.prediction = fn, path, _check_prediction(prediction)
         self.dtype = dtype
 
@@ -90,6 +114,9 @@ class Model:
         return f"Model({getattr(self.fn, '__name__', type(self.fn).__name__)}, path={self.path!r}, prediction={self.prediction!r})"
 
     def _times(self, x: Tensor, t) -> Tensor:
+        if not isinstance(x, Tensor) or x.ndim == 0:
+            got = f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x must be a torch.Tensor of shape (batch, ...), got {got}")
         t = as_time(t).to(x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -158,7 +185,20 @@ def classifier_free_guidance(fn: Callable, scale: float, cond, uncond) -> Callab
     combination is affine-invariant, so it means the same for every prediction type.
     """
 
+    if not callable(fn):
+        raise TypeError(f"fn must be callable fn(x, t, c) -> tensor, got {type(fn).__name__}")
+    scale = check_real(scale, "scale")
+    if isinstance(cond, Tensor) != isinstance(uncond, Tensor):
+        raise TypeError(f"cond and uncond must both be tensors or both not, got {type(cond).__name__} and "
+                        f"{type(uncond).__name__}")
+    if isinstance(cond, Tensor) and (cond.ndim == 0 or cond.shape != uncond.shape):
+        raise ValueError(f"cond and uncond must have the same shape (batch, ...), got {tuple(cond.shape)} and "
+                         f"{tuple(uncond.shape)}")
+
     def guided(x: Tensor, t: Tensor) -> Tensor:
+        if isinstance(cond, Tensor) and cond.shape[0] != x.shape[0]:
+            raise ValueError(f"cond and uncond must have one row per sample: batch {x.shape[0]}, got "
+                             f"{cond.shape[0]} rows")
         c = torch.cat([uncond, cond]) if isinstance(cond, Tensor) else [uncond, cond]
         out_u, out_c = fn(torch.cat([x, x]), torch.cat([t, t]), c).chunk(2)
         return out_u + scale * (out_c - out_u)
@@ -170,8 +210,10 @@ def dynamic_thresholding(model: Model, ratio: float = 0.995, max_value: float = 
     """Imagen's dynamic thresholding (Saharia et al. 2022), as used by DPM-Solver++: the data
     prediction is clipped per sample to ``[-s, s]`` and divided by ``s``, where ``s`` is the
     ``ratio`` quantile of ``|x0|`` clamped to ``[1, max_value]``. The result predicts ``x0``."""
-    if not 0 < ratio <= 1:
-        raise ValueError(f"ratio must lie in (0, 1], got {ratio}")
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an odesolve.Model, got {type(model).__name__}")
+    ratio = check_real(ratio, "ratio (diffusers: dynamic_thresholding_ratio)", 0.0, 1.0, lo_open=True)
+    max_value = check_real(max_value, "max_value (diffusers: sample_max_value)", 0.0, lo_open=True)
 
     def thresholded(x: Tensor, t: Tensor) -> Tensor:
         x0 = model.x0(x, t)
@@ -181,3 +223,16 @@ def dynamic_thresholding(model: Model, ratio: float = 0.995, max_value: float = 
         return torch.maximum(torch.minimum(x0, s), -s) / s
 
     return Model(thresholded, model.path, "x0")
+
+
+def clip_data(model: Model, clip_sample_range: float = 1.0) -> Model:
+    """The data prediction of ``model`` clipped to ``[-clip_sample_range, clip_sample_range]`` (DDIM's
+    ``clip_sample``). The result predicts ``x0``."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an odesolve.Model, got {type(model).__name__}")
+    r = check_real(clip_sample_range, "clip_sample_range", 0.0, lo_open=True)
+
+    def clipped(x: Tensor, t: Tensor) -> Tensor:
+        return model.x0(x, t).clamp(-r, r)
+
+    return Model(clipped, model.path, "x0")

@@ -14,23 +14,73 @@ The ends are taken analytically: ``sigma = 0`` gives ``lambda = +inf`` and ``alp
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Path", "VP", "VPLinear", "VPCosine", "VPDiscrete", "VE", "EDM", "FlowMatching", "as_time"]
+__all__ = ["Path", "VP", "VPLinear", "VPCosine", "VPDiscrete", "VE", "EDM", "FlowMatching", "as_time", "check_real",
+           "check_int"]
 
 
 def as_time(t, name: str = "t") -> Tensor:
-    """``t`` as a float64 tensor (scalars, sequences and tensors of any float dtype accepted)."""
+    """``t`` as a float64 tensor (scalars, sequences and tensors of any real dtype accepted; complex
+    and bool values are refused rather than silently cast)."""
     if isinstance(t, Tensor):
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be real numbers, got a tensor of {t.dtype}")
         return t.to(torch.float64)
+    if isinstance(t, (bool, complex, str, bytes)):
+        raise TypeError(f"{name} must be a number or a tensor of times, got {t!r}")
+    try:
+        kind = np.asarray(t).dtype.kind
+    except (TypeError, ValueError, RuntimeError):
+        kind = "f"  # for example a list of device tensors: torch decides below
+    if kind in "bcOUSV":
+        raise TypeError(f"{name} must be real numbers, got {type(t).__name__} of dtype kind {kind!r}")
     try:
         return torch.as_tensor(t, dtype=torch.float64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(f"{name} must be a number or a tensor of times, got {type(t).__name__}") from err
+
+
+def check_real(value, name: str, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
+               hi_open: bool = False, allow_inf: bool = False) -> float:
+    """``value`` as a float, refused unless it is a real number (not a bool, a string or a complex;
+    a one-element real tensor is taken), not NaN, finite unless ``allow_inf``, and within ``lo .. hi``
+    (open ends where asked). The error names ``name`` and the expected range."""
+    kind = "a real number (inf allowed)" if allow_inf else "a finite real number"
+    if math.isinf(hi):
+        expected = kind if math.isinf(lo) else f"{kind} {'>' if lo_open else '>='} {lo:g}"
+    else:
+        expected = f"{kind} in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    if isinstance(value, Tensor) and value.numel() == 1 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {value!r} of type {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or (math.isinf(v) and not allow_inf) or not lo <= v <= hi or (lo_open and v == lo) \
+            or (hi_open and v == hi):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return v
+
+
+def check_int(value, name: str, lo: int = 1, hi: int | None = None) -> int:
+    """``value`` as an int, refused unless it is an integer (``int``, a numpy integer or a one-element
+    integer tensor; not a bool, not a float such as 10.7 or 10.0) in ``lo .. hi``, naming ``name``."""
+    rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point() and not value.is_complex() \
+            and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, Tensor)) or not hasattr(value, "__index__") or type(value).__name__ == "bool_":
+        raise TypeError(f"{name} must be an integer {rng}, got {value!r} of type {type(value).__name__}")
+    v = int(value.__index__())
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be an integer {rng}, got {v}")
+    return v
 
 
 def _log_sigma_vp(log_alpha: Tensor) -> Tensor:
@@ -121,8 +171,13 @@ class VPLinear(Path):
     t_max: float = field(default=1.0, init=False)
 
     def __post_init__(self):
-        if not (0 <= self.beta_min < self.beta_max):
-            raise ValueError(f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, {self.beta_max}")
+        b0 = check_real(self.beta_min, "beta_min", 0.0)
+        b1 = check_real(self.beta_max, "beta_max", 0.0, lo_open=True)
+        if not b0 < b1:
+            raise ValueError(f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, "
+                             f"{self.beta_max}")
+        object.__setattr__(self, "beta_min", b0)
+        object.__setattr__(self, "beta_max", b1)
 
     def log_alpha(self, t):
         t = as_time(t)
@@ -151,6 +206,10 @@ class VPCosine(Path):
     s: float = 0.008
     t_min: float = field(default=0.0, init=False)
     t_max: float = field(default=1.0, init=False)
+
+    def __post_init__(self):
+        # s < 0 makes alpha(0) > alpha(0+) (not monotone) and s <= -1 divides by zero
+        object.__setattr__(self, "s", check_real(self.s, "s", 0.0))
 
     def _c0(self):
         return math.cos(0.5 * math.pi * self.s / (1 + self.s))
@@ -198,9 +257,20 @@ class VPDiscrete(Path):
     t_max: float = field(init=False)
 
     def __post_init__(self):
-        betas = as_time(self.betas, "betas").flatten()
-        if betas.numel() < 2 or bool(((betas <= 0) | (betas > 1)).any()):
-            raise ValueError("betas must be a 1-D sequence of at least 2 values in (0, 1]")
+        if isinstance(self.betas, (str, bytes)):
+            raise TypeError(f"betas must be a 1-D sequence of numbers, got {self.betas!r}")
+        if isinstance(self.betas, Tensor) and (self.betas.is_complex() or self.betas.dtype == torch.bool):
+            raise TypeError(f"betas must be real numbers, got a tensor of {self.betas.dtype}")
+        betas = as_time(self.betas, "betas")
+        if betas.ndim != 1 or betas.numel() < 2:
+            raise ValueError(f"betas must be a 1-D sequence of at least 2 values, got shape {tuple(betas.shape)}")
+        # beta = 1 (alpha reaches 0: zero terminal SNR) only as the last value: alpha stays 0 after it
+        bad = torch.isnan(betas) | (betas <= 0) | (betas > 1)
+        bad[:-1] |= betas[:-1] >= 1
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            raise ValueError(f"betas must lie in (0, 1) (the last may be 1: zero terminal SNR); got betas[{i}] = "
+                             f"{float(betas[i])}")
         object.__setattr__(self, "betas", betas)
         log_a = 0.5 * torch.cumsum(torch.log1p(-betas.clamp(max=1.0)), 0)
         log_a = torch.cat([torch.zeros(1, dtype=torch.float64), log_a])  # t = -1 first
@@ -213,7 +283,11 @@ class VPDiscrete(Path):
     def from_schedule(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 0.0001,
                       beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> "VPDiscrete":
         """Betas as diffusers builds them: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``."""
-        T = num_train_timesteps
+        T = check_int(num_train_timesteps, "num_train_timesteps", 2)
+        beta_start = check_real(beta_start, "beta_start", 0.0, 1.0, lo_open=True, hi_open=True)
+        beta_end = check_real(beta_end, "beta_end", 0.0, 1.0, lo_open=True, hi_open=True)
+        if not isinstance(rescale_zero_terminal_snr, bool):
+            raise TypeError(f"rescale_zero_terminal_snr must be a bool, got {rescale_zero_terminal_snr!r}")
         if schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         elif schedule == "scaled_linear":
@@ -255,6 +329,26 @@ class VPDiscrete(Path):
 
     def log_sigma(self, t):
         return _log_sigma_vp(self.log_alpha(t))
+
+    def _alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+        # direct forms, so that automatic derivatives stay finite where alpha = 0 (zero terminal SNR):
+        # every branch is computed from finite inputs, so torch.where passes no NaN gradient back
+        w, i = self._segment(t)
+        table = self._log_a.to(w.device)
+        la0 = table[i]
+        last = (i + 1 == self._log_a.numel() - 1) & self.zero_terminal_snr
+        la1 = torch.where(last, la0, table[i + 1])
+        log_a = la0 + w * (la1 - la0)  # finite: on the last segment it is not used
+        direct = torch.exp(la0) * (1 - w)  # alpha linear to 0 on the last segment
+        alpha = torch.where(last, direct, torch.exp(log_a))
+        sigma = torch.where(last, torch.sqrt((1 - direct) * (1 + direct)), torch.exp(_log_sigma_vp(log_a)))
+        return alpha, sigma
+
+    def alpha(self, t):
+        return self._alpha_sigma(t)[0] if self.zero_terminal_snr else super().alpha(t)
+
+    def sigma(self, t):
+        return self._alpha_sigma(t)[1] if self.zero_terminal_snr else super().sigma(t)
 
     def t_of_lambda(self, lam):
         la = _log_alpha_vp_of_lambda(as_time(lam))  # decreasing table self._log_a, increasing in -la
@@ -319,6 +413,9 @@ class EDM(Path):
     t_max: float = math.inf
     t_min: float = field(default=0.0, init=False)
 
+    def __post_init__(self):
+        object.__setattr__(self, "t_max", check_real(self.t_max, "t_max", 0.0, lo_open=True, allow_inf=True))
+
     def log_alpha(self, t):
         return torch.zeros_like(as_time(t))
 
@@ -343,7 +440,8 @@ class EDM(Path):
 
 @dataclass(frozen=True)
 class VE(Path):
-    """Variance exploding SDE of Song et al. (2021): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t, t in [0, 1]."""
+    """Variance exploding SDE of Song et al. (2021): alpha = 1, sigma(t) = sigma_min (sigma_max/sigma_min)^t,
+    t in [0, 1]."""
 
     sigma_min: float = 0.01
     sigma_max: float = 50.0
@@ -351,8 +449,11 @@ class VE(Path):
     t_max: float = field(default=1.0, init=False)
 
     def __post_init__(self):
+        object.__setattr__(self, "sigma_min", check_real(self.sigma_min, "sigma_min", 0.0, lo_open=True))
+        object.__setattr__(self, "sigma_max", check_real(self.sigma_max, "sigma_max", 0.0, lo_open=True))
         if not (0 < self.sigma_min < self.sigma_max):
-            raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, {self.sigma_max}")
+            raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, "
+                             f"{self.sigma_max}")
 
     def log_alpha(self, t):
         return torch.zeros_like(as_time(t))

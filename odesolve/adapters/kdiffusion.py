@@ -61,6 +61,11 @@ def sampler(name: str) -> Callable:
                generator: torch.Generator | None = None, **options) -> Tensor:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise TypeError(f"extra_args must be a dict of keyword arguments for the model, got "
+                            f"{type(extra_args).__name__}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable as callback(dict) or None, got {type(callback).__name__}")
         if not isinstance(sigmas, Tensor):
             sigmas = torch.as_tensor(sigmas)
         extra = {} if extra_args is None else extra_args
@@ -89,7 +94,7 @@ def sampler(name: str) -> Callable:
                 i = int(info["i"])
                 callback({"x": state["x"], "i": i, "sigma": gsig[i], "sigma_hat": gsig[i],
                           "denoised": first.pop(i, info["denoised"])})
-                state["x"] = info["x"]
+                state["x"] = info["x"].clone()  # the executor's live state: it moves on with the next step
 
         return execute(plan, Model(fn, PATH, "x0"), x, callback=cb, progress=disable is False,
                        generator=generator)
