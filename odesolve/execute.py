@@ -315,7 +315,12 @@ class Program:
             v = v.to(dev, wd) if grad else v.detach().to(wd)
             return list(v.unbind(0)) if grad else v.tolist()
 
-        cx, cf = conversion(plan.path, prediction, plan.prediction, plan.times)
+        try:
+            cx, cf = conversion(plan.path, prediction, plan.prediction, plan.times)
+        except ValueError as e:  # name the first call whose output cannot be converted
+            k = next(k for k in range(K) if not _convertible(plan.path, prediction, plan.prediction, plan.times[k]))
+            raise ValueError(f"prediction: at call {k} of {plan.method!r} (alpha = "
+                             f"{float(plan.path.alpha(plan.times[k].detach())):.3g}): {e}") from None
         undefined = ~(torch.isfinite(cx) & torch.isfinite(cf))
         if bool(undefined.any()):
             k = int(torch.nonzero(undefined)[0])
@@ -606,6 +611,14 @@ class Sampler:
         self._static_in.copy_(x)
         self._graph.replay()
         return self._static_out.clone()
+
+
+def _convertible(path, prediction: str, target: str, t: Tensor) -> bool:
+    try:
+        conversion(path, prediction, target, t[None])
+    except ValueError:
+        return False
+    return True
 
 
 def _raise_nonfinite(plan: Plan, k: int):

@@ -45,7 +45,7 @@ def available() -> list[str]:
 
 
 def _lookup(identifier: str) -> str | None:
-    hits = [n for n in methods.names() if _identifier(n) == identifier]
+    hits = [n for n in (*methods.names(), *methods.aliases()) if _identifier(n) == identifier]
     if len(hits) > 1:
         raise AttributeError(f"{identifier} is ambiguous: methods {hits} map to the same function name")
     return hits[0] if hits else None

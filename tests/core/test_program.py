@@ -239,7 +239,7 @@ def test_an_eps_model_at_alpha_zero_is_refused_before_sampling():
     grid = G.discrete(path, 10, spacing="trailing")
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps_model = GAUSS.model(path, "eps")
-    with pytest.raises(ValueError, match=r"predicting 'eps' cannot be converted into the x0 .* call 0 .*alpha = 0"):
+    with pytest.raises(ValueError, match=r"prediction: at call 0 .*alpha = 0.*'eps' cannot be converted to 'x0'"):
         ods.sample(eps_model, x, grid, method="dpmpp-2m")
     v_model = GAUSS.model(path, "v")  # defined there: samples
     assert bool(torch.isfinite(ods.sample(v_model, x, grid, method="dpmpp-2m")).all())
