@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -168,18 +167,6 @@ class Method:
             if len(_PLANS) > _PLAN_CACHE_SIZE:
                 _PLANS.popitem(last=False)
         return plan
-
-    @property
-    def _build(self):
-        """Transitional, for callers that read the accepted options off the former ``_build``
-        signature (odesolve.adapters.diffusers): a stub whose keyword parameters are ``options``."""
-
-        def _build(**options):
-            raise NotImplementedError("compile through Method.compile; the accepted options are Method.options")
-
-        _build.__signature__ = inspect.Signature(
-            [inspect.Parameter(o, inspect.Parameter.KEYWORD_ONLY, default=None) for o in self.options])
-        return _build
 
     def _rows(self, g: Geometry, **options) -> Rows:
         raise NotImplementedError

@@ -8,7 +8,6 @@ applies the plan's row (plan.py's semantics) and returns the next model input.
 
 from __future__ import annotations
 
-import inspect
 import numbers
 from collections import deque
 
@@ -26,18 +25,6 @@ from .families import family_for, marks
 from .grids import explicit_grid, family_grid
 
 __all__ = ["OdesolveScheduler", "PlanRun"]
-
-
-def _accepts(method, option: str) -> bool:
-    """Whether ``method.compile`` takes the option ``option``."""
-    declared = getattr(method, "options", None)
-    if declared is not None:
-        return option in declared
-    # remove when methods declare options: read the private build signature instead
-    try:
-        return option in inspect.signature(method._build).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins
-        return False
 
 
 class PlanRun:
@@ -239,7 +226,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     # -- grid and plan ------------------------------------------------------------------------
     def _options(self, steps: int) -> dict:
         opts = {}
-        if _accepts(self._method, "lower_order_final"):
+        if "lower_order_final" in self._method.options:
             limit = self.config.lower_order_final_max_steps
             opts["lower_order_final"] = bool(self.config.lower_order_final) and (limit is None or steps < limit)
         return opts
