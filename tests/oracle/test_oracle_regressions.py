@@ -47,6 +47,11 @@ def edm_problem():
     return x, reference_kd(x, SIGMA_MAX, SIGMA_MIN)
 
 
+# Order checks below bound the measured slope on both sides. At these step counts the errors of the
+# pathological grids are pre-asymptotic and run up to one order above the declared one (unipc-bh1-3
+# measures 3.96), so the upper bound is declared + 1; the lower bound is the declared order - 0.2.
+
+
 def _order(method, edm_problem, ns, to_zero=False, duplicate_last=False):
     x, ref = edm_problem
     if to_zero:
@@ -86,7 +91,7 @@ def test_unipc_bh1_to_sigma_zero_declared_order(order, edm_problem):
     name = f"unipc-bh1-{order}"
     slope, errors = _order(name, edm_problem, [16, 32, 64, 128], to_zero=True)
     declared = ods.methods.get(name).order
-    assert slope >= declared - 0.2, f"{name}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    assert declared - 0.2 <= slope < declared + 1, f"{name}: measured order {slope:.2f} (errors {errors}), declared {declared}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def test_karras_zero_length_last_step_is_merged(steps):
 def test_third_order_multistep_zero_length_last_step_declared_order(method, edm_problem):
     slope, errors = _order(method, edm_problem, [16, 32, 64, 128], duplicate_last=True)
     declared = ods.methods.get(method).order
-    assert slope >= declared - 0.2, f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    assert declared - 0.2 <= slope < declared + 1, f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +171,7 @@ def test_data_form_methods_from_alpha_zero_declared_order(method):
         errors.append(rel(out, ref))
     slope = convergence_slope(ns, errors)
     declared = ods.methods.get(method).order
-    assert slope >= declared - 0.2, f"{method} from alpha = 0: measured order {slope:.2f} (errors {errors})"
+    assert declared - 0.2 <= slope < declared + 1, f"{method} from alpha = 0: measured order {slope:.2f} (errors {errors})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +228,7 @@ def test_plms_below_13_calls_runs():
 def test_plms_ipndm_declared_order(method, edm_problem):
     slope, errors = _order(method, edm_problem, [64, 128, 256])
     declared = ods.methods.get(method).order
-    assert slope >= declared - 0.2, f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    assert declared - 0.2 <= slope < declared + 1, f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
 
 
 # ---------------------------------------------------------------------------------------------
