@@ -403,24 +403,21 @@ def test_zero_terminal_snr_with_v_prediction_or_a_later_start_runs():
     assert float(s.timesteps[0]) < 999.0 and torch.isfinite(ours).all()
 
 
-def test_options_are_read_from_the_declared_attribute_when_methods_declare_them():
-    from odesolve.adapters.diffusers.scheduler import _accepts
-
-    class Declared:
-        options = ("lower_order_final",)
-
-    class DeclaresNone:
-        options = ()
-
-        def _build(self, b, g, lower_order_final=False):  # the declaration wins over the signature
-            pass
-
-    assert _accepts(Declared(), "lower_order_final") and not _accepts(DeclaresNone(), "lower_order_final")
-    assert _accepts(ods.methods.get("dpmpp-2m"), "lower_order_final")
-    assert not _accepts(ods.methods.get("heun"), "lower_order_final")
+def test_lower_order_final_reaches_exactly_the_methods_that_declare_it():
+    for method in ("dpmpp-2m", "unipc-bh2-3", "heun"):
+        m = ods.methods.get(method)
+        declared = "lower_order_final" in m.options
+        for steps, final in ((8, True), (16, False)):  # below / above lower_order_final_max_steps=15
+            s = _ready(method, steps)
+            want = m.compile(s.path, s.grid, **({"lower_order_final": final} if declared else {}))
+            assert torch.equal(s.plan.update_hist, want.update_hist) and torch.equal(s.plan.times, want.times)
+    s = _ready("unipc-bh2-3", 8)
+    other = ods.methods.get("unipc-bh2-3").compile(s.path, s.grid, lower_order_final=False)
+    assert not torch.equal(s.plan.update_hist, other.update_hist)  # the option changes the last steps
 
 
-@pytest.mark.parametrize("field, value", [("clip_sample_range", 0.0), ("clip_sample_range", float("nan")),
+@pytest.mark.parametrize("field, value", [("clip_sample_range", 0.0), ("clip_sample_range", -1.0),
+                                          ("clip_sample_range", float("nan")),
                                           ("sample_max_value", -1.0), ("dynamic_thresholding_ratio", 1.5)])
 def test_bad_clipping_options_are_refused(field, value):
     on = {"clip_sample": True} if field == "clip_sample_range" else {"thresholding": True}
