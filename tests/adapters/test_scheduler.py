@@ -431,3 +431,129 @@ def test_add_noise_outside_the_models_timesteps_is_refused():
     with pytest.raises(ValueError, match=r"add_noise: timesteps \[5000"):
         s.add_noise(x, torch.randn_like(x), torch.tensor([5000]))
     assert torch.equal(s.add_noise(x, x, torch.tensor([999])), s.add_noise(x, x, 999))
+
+
+# -- step drives the executor's program: the pipeline's side of the protocol ----------------------
+
+
+def test_timesteps_of_the_schedulers_own_tensor_are_checked_without_reading_them(monkeypatch):
+    """Iterating (or slicing) scheduler.timesteps yields views of its entries: step recognises them by
+    address, so a timestep on a GPU costs no device synchronisation; other timesteps are read."""
+    import odesolve.adapters.diffusers.scheduler as sched
+
+    unet = tiny_unet()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(10))
+    want = loop(_ready(steps=6), unet, x, 6)
+
+    def read(timestep):
+        raise AssertionError(f"timestep {timestep!r} was read")
+
+    monkeypatch.setattr(sched, "_timestep_value", read)
+    s = _ready(steps=6)
+    assert torch.equal(loop(s, unet, x, 6), want)
+    s.set_timesteps(6)
+    with pytest.raises(AssertionError, match="was read"):
+        s.step(torch.zeros_like(x), s.timesteps[0].clone(), x)  # a copy: its value must be read
+
+
+def _heun_steps(s, unet, x, replace_at=None, new=None):
+    """A pipeline's loop that replaces the latents before grid step ``replace_at`` (inpainting)."""
+    with torch.no_grad():
+        for k, t in enumerate(s.timesteps):
+            if replace_at is not None and k == replace_at * s.order:
+                x = new
+            x = s.step(unet(x, t).sample, t, x).prev_sample
+    return x
+
+
+def test_latents_replaced_between_steps_become_the_state():
+    """Heun keeps no history across grid steps, so replacing the latents before step j equals
+    sampling from the replacement on the grid from step j on (img2img from there)."""
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    g = torch.Generator().manual_seed(11)
+    x, new = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    s = OdesolveScheduler.from_config(cfg, method="heun")
+    s.set_timesteps(6)
+    ours = _heun_steps(s, unet, x, replace_at=3, new=new)
+    sub = ods.Grid(s.path, s.grid.t[3:])
+    with torch.no_grad():
+        want = ods.sample(model_from_diffusers(unet, cfg), new, sub, method="heun")
+    assert rel(ours, want) <= 1e-5
+    s.set_timesteps(6)
+    assert rel(_heun_steps(s, unet, x), ours) > 1e-2  # the replacement mattered
+
+
+def test_latents_modified_in_place_become_the_state():
+    unet = tiny_unet()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(12))
+    results = []
+    for in_place in (False, True):
+        s = _ready("dpmpp-2m", steps=5)
+        y = x
+        with torch.no_grad():
+            for k, t in enumerate(s.timesteps):
+                if k == 2:
+                    y = y.mul_(0.5) if in_place else y * 0.5
+                y = s.step(unet(y, t).sample, t, y).prev_sample
+        results.append(y)
+    assert torch.equal(results[0], results[1])
+
+
+class _Noisy:
+    """ddim with noise injected after every call: a stochastic plan for the scheduler."""
+
+    calls_per_step, options = 1, ()
+
+    def compile(self, path, grid, **options):
+        import dataclasses
+
+        plan = ods.methods.get("ddim").compile(path, grid)
+        return dataclasses.replace(plan, method="noisy-ddim", update_noise=torch.full_like(plan.update_noise, 0.05))
+
+
+def test_a_stochastic_plan_draws_from_the_generator_of_the_first_step():
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(13))
+    s = OdesolveScheduler.from_config(cfg, method="ddim")
+    s._method = _Noisy()
+    s.set_timesteps(5)
+    assert s.plan.stochastic
+    g, y = torch.Generator().manual_seed(0), x
+    with torch.no_grad():
+        for t in s.timesteps:
+            y = s.step(unet(y, t).sample, t, y, generator=g).prev_sample
+        want = ods.execute(s.plan, model_from_diffusers(unet, cfg), x, generator=torch.Generator().manual_seed(0))
+    assert rel(y, want) <= 1e-6
+    s.set_timesteps(5)
+    t = s.timesteps
+    y = s.step(torch.zeros_like(x), t[0], x, generator=g).prev_sample
+    with pytest.raises(ValueError, match="generator.*same generator"):
+        s.step(torch.zeros_like(x), t[1], y, generator=torch.Generator())
+    s.set_timesteps(5)
+    with pytest.raises(TypeError, match="generator.*list"):
+        s.step(torch.zeros_like(x), t[0], x, generator=[g, g])
+
+
+def test_a_run_stopped_by_an_error_is_not_continued():
+    s, x = _ready(), torch.randn(1, 3, 8, 8)
+    x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    with pytest.raises(ods.NonFiniteError, match="call 1"):
+        s.step(torch.full_like(x, float("nan")), s.timesteps[1], x)
+    with pytest.raises(ValueError, match="stopped with an error at call 1.*set_timesteps"):
+        s.step(torch.zeros_like(x), s.timesteps[1], x)
+
+
+def test_a_finished_run_refuses_more_steps_and_the_scheduler_can_be_copied():
+    import copy
+
+    s, x = _ready(steps=3), torch.randn(1, 3, 8, 8)
+    for t in s.timesteps:
+        x = s.step(torch.zeros_like(x), t, x).prev_sample
+    assert s.step_index == 3
+    with pytest.raises(ValueError, match="step called 4 times but the plan has 3 model calls"):
+        s.step(torch.zeros_like(x), s.timesteps[2], x)
+    c = copy.deepcopy(s)  # pipelines copy schedulers; a finished run holds no interpreter
+    c.set_timesteps(3)
+    assert c.step_index is None and s.step_index == 3
