@@ -39,8 +39,9 @@ def _timestep_value(timestep) -> float:
             return float(flat[0])
     elif isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
         return float(timestep)
-    raise ValueError(f"timestep must be a number or a tensor of one timestep (an entry of scheduler.timesteps), "
-                     f"got {timestep!r}")
+    raise ValueError(
+        f"timestep must be a number or a tensor of one timestep (an entry of scheduler.timesteps), got {timestep!r}"
+    )
 
 
 def _tolerance(timestep, expected: float) -> float:
@@ -53,8 +54,13 @@ def _entry(timestep, timesteps: Tensor) -> int | None:
     """The index ``k`` when ``timestep`` is the element ``timesteps[k]`` itself (what iterating or
     slicing ``scheduler.timesteps`` yields), read from storage addresses: no value is read, so a
     timestep on a GPU costs no synchronisation. None for any other timestep."""
-    if not (isinstance(timestep, Tensor) and timestep.numel() == 1 and timestep.dtype == timesteps.dtype
-            and timestep.device == timesteps.device and timesteps.ndim == 1):
+    if not (
+        isinstance(timestep, Tensor)
+        and timestep.numel() == 1
+        and timestep.dtype == timesteps.dtype
+        and timestep.device == timesteps.device
+        and timesteps.ndim == 1
+    ):
         return None
     stride = timesteps.stride(0) * timesteps.element_size()
     k, rem = divmod(timestep.data_ptr() - timesteps.data_ptr(), stride) if stride else (0, 1)
@@ -203,8 +209,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             opts["lower_order_final"] = bool(self.config.lower_order_final) and (limit is None or steps < limit)
         return opts
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None, **kwargs):
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list | None = None,
+        sigmas: list | None = None,
+        mu: float | None = None,
+        **kwargs,
+    ):
         """Build the grid (from ``num_inference_steps`` and the config, or from explicit network
         ``timesteps`` / ``sigmas`` -- noise levels sigma/alpha for VP and EDM models, the flow
         time for flow models -- ending at the end point the config names) and compile the plan."""
@@ -264,7 +277,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             "determine it there (at alpha = 0 the noise carries no information about the data). Use a v_prediction "
             "(or sample) network, as zero-terminal-SNR models are trained, or a grid that does not start at "
             "alpha = 0: timestep_spacing='leading', or set_timesteps(timesteps=...) starting below that timestep"
-            + reason)
+            + reason
+        )
 
     def _defined(self, plan: Plan, target: str, k: int) -> bool:
         try:
@@ -303,9 +317,11 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             return
         value, expected = _timestep_value(timestep), self._host_timesteps[k]
         if abs(value - expected) > _tolerance(timestep, expected):
-            raise ValueError(f"step() got timestep {value:g}, but the next model call is at timestep {expected:g} "
-                             f"(scheduler.timesteps[{k}]); call step once per entry of scheduler.timesteps, in order "
-                             "(set_timesteps starts a new run)")
+            raise ValueError(
+                f"step() got timestep {value:g}, but the next model call is at timestep {expected:g} "
+                f"(scheduler.timesteps[{k}]); call step once per entry of scheduler.timesteps, in order "
+                "(set_timesteps starts a new run)"
+            )
 
     def _first_call(self, timestep) -> int:
         """Where a run starts: ``begin_index``, else the entry of ``timesteps`` the first timestep is."""
@@ -320,8 +336,10 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         value = _timestep_value(timestep)
         hits = [k for k, v in enumerate(self._host_timesteps) if abs(v - value) <= _tolerance(timestep, value)]
         if not hits:
-            raise ValueError(f"step() got timestep {value:g}, which is not in scheduler.timesteps "
-                             f"({self._host_timesteps[:4]}...); pass the entries of scheduler.timesteps, in order")
+            raise ValueError(
+                f"step() got timestep {value:g}, which is not in scheduler.timesteps "
+                f"({self._host_timesteps[:4]}...); pass the entries of scheduler.timesteps, in order"
+            )
         return hits[0]
 
     def _start(self, timestep, sample: Tensor, out: Tensor, generator):
@@ -331,11 +349,19 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         if k0 != 0:
             self._enter_midway(k0)
         differentiable = torch.is_grad_enabled() and (sample.requires_grad or out.requires_grad)
-        program = prepare(self.plan, "x0" if self._x0 is not None else self.prediction, sample.shape, sample.dtype,
-                          sample.device, differentiable=differentiable)
+        program = prepare(
+            self.plan,
+            "x0" if self._x0 is not None else self.prediction,
+            sample.shape,
+            sample.dtype,
+            sample.device,
+            differentiable=differentiable,
+        )
         if program.stochastic and generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: {self.plan.method!r} injects noise, drawn from one torch.Generator (or "
-                            f"None, torch's default stream); got {type(generator).__name__}")
+            raise TypeError(
+                f"generator: {self.plan.method!r} injects noise, drawn from one torch.Generator (or "
+                f"None, torch's default stream); got {type(generator).__name__}"
+            )
         self._program, self._offset, self._generator = program, k0, generator
         self._run = program.steps(sample, generator if program.stochastic else None)
         self._k, self._X, self._t, _ = next(self._run)
@@ -356,16 +382,20 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         plan = self.plan
         n = int(plan.step[k0])
         if k0 > 0 and int(plan.step[k0 - 1]) == n:
-            raise ValueError(f"begin_index {k0} falls inside grid step {n} of {plan.method!r}; a sampler can only "
-                             "be entered at the first call of a step")
+            raise ValueError(
+                f"begin_index {k0} falls inside grid step {n} of {plan.method!r}; a sampler can only "
+                "be entered at the first call of a step"
+            )
         grid = Grid(self.path, self.grid.t[n:])
         sub = self._method.compile(self.path, grid, **self._options(self.grid.steps))
         tail = plan.times[k0:]
         if sub.calls != tail.numel() or not torch.allclose(sub.times, tail, rtol=0, atol=1e-9):
-            raise ValueError(f"{plan.method!r} takes {sub.calls} model calls from grid step {n} on when it starts "
-                             f"there (its warm-up differs), but the pipeline has {tail.numel()} timesteps left; "
-                             "it cannot be entered mid-way (img2img): use a method with the same calls at every "
-                             "step (for example dpmpp-2m, unipc-bh2-3, ddim, heun)")
+            raise ValueError(
+                f"{plan.method!r} takes {sub.calls} model calls from grid step {n} on when it starts "
+                f"there (its warm-up differs), but the pipeline has {tail.numel()} timesteps left; "
+                "it cannot be entered mid-way (img2img): use a method with the same calls at every "
+                "step (for example dpmpp-2m, unipc-bh2-3, ddim, heun)"
+            )
         self._use_plan(sub)
 
     def _check_output(self, model_output, sample) -> Tensor:
@@ -376,20 +406,25 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             if not v.is_floating_point():
                 raise TypeError(f"{name} must have a real floating dtype, got {v.dtype}")
         if model_output.device != sample.device:
-            raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}; move one "
-                             "of them")
+            raise ValueError(
+                f"model_output is on {model_output.device} but sample is on {sample.device}; move one of them"
+            )
         out = model_output
         if out.ndim == sample.ndim and out.ndim >= 2 and out.shape[1] == 2 * sample.shape[1]:  # learned variance
             out = out[:, : sample.shape[1]]
         if out.shape != sample.shape:
-            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
-                             f"{tuple(sample.shape)}; they must be equal (or the output have twice the channels, "
-                             "a learned variance)")
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but sample has shape "
+                f"{tuple(sample.shape)}; they must be equal (or the output have twice the channels, "
+                "a learned variance)"
+            )
         program = self._program
         if program is not None and (sample.shape != program.shape or sample.device != program.device):
-            raise ValueError(f"sample has shape {tuple(sample.shape)} on {sample.device} but this sampling run started "
-                             f"with shape {tuple(program.shape)} on {program.device}; call set_timesteps to start a "
-                             "new run")
+            raise ValueError(
+                f"sample has shape {tuple(sample.shape)} on {sample.device} but this sampling run started "
+                f"with shape {tuple(program.shape)} on {program.device}; call set_timesteps to start a "
+                "new run"
+            )
         return out
 
     def _data_prediction(self, out: Tensor, X: Tensor, k: int) -> Tensor:
@@ -410,8 +445,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         """Whether ``sample`` is the tensor the last ``step`` returned, unmodified."""
         return sample is self._returned and (sample.is_inference() or sample._version == self._returned_version)
 
-    def step(self, model_output: Tensor, timestep, sample: Tensor, generator: torch.Generator | None = None,
-             return_dict: bool = True, **kwargs) -> SchedulerOutput | tuple:
+    def step(
+        self,
+        model_output: Tensor,
+        timestep,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> SchedulerOutput | tuple:
         """Send this model call's output into the plan's program; returns the next model input
         (the sample after the last call). ``timestep`` must be the next entry of ``timesteps``.
         ``kwargs`` of other schedulers (``eta``, ``s_churn``...) are ignored."""
@@ -423,14 +465,19 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         elif self._run is None:
             calls = self._program.calls
             if self._k >= calls:
-                raise ValueError(f"step called {calls + 1} times but the plan has {calls} model calls; call "
-                                 "set_timesteps again to start a new sampling run")
-            raise ValueError(f"this sampling run stopped with an error at call {self._k}; call set_timesteps to "
-                             "start a new one")
+                raise ValueError(
+                    f"step called {calls + 1} times but the plan has {calls} model calls; call "
+                    "set_timesteps again to start a new sampling run"
+                )
+            raise ValueError(
+                f"this sampling run stopped with an error at call {self._k}; call set_timesteps to start a new one"
+            )
         else:
             if self._program.stochastic and generator is not self._generator:
-                raise ValueError(f"generator: {self.plan.method!r} injects noise, drawn from the generator passed to "
-                                 "the first step of the run; pass that same generator to every step (or None to all)")
+                raise ValueError(
+                    f"generator: {self.plan.method!r} injects noise, drawn from the generator passed to "
+                    "the first step of the run; pass that same generator to every step (or None to all)"
+                )
             self._call_at(timestep, self._offset + self._k)
         k, X = self._k, self._X
         if k > 0 and self._program.plain_input[k] and not self._handed_back(sample):
@@ -457,8 +504,10 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         try:
             self.path.check_times(t, "timesteps")
         except ValueError as e:
-            raise ValueError(f"add_noise: timesteps {torch.as_tensor(timesteps).reshape(-1).tolist()[:4]} are outside "
-                             f"the model's ({e})") from None
+            raise ValueError(
+                f"add_noise: timesteps {torch.as_tensor(timesteps).reshape(-1).tolist()[:4]} are outside "
+                f"the model's ({e})"
+            ) from None
         a, s = self.path.alpha(t), self.path.sigma(t)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         dev, dt = original_samples.device, original_samples.dtype
