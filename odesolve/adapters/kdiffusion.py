@@ -56,14 +56,22 @@ def sampler(name: str) -> Callable:
     method = methods.get(name)
 
     @torch.no_grad()
-    def sample(model: Callable, x: Tensor, sigmas: Tensor, extra_args: dict | None = None,
-               callback: Callable[[dict], None] | None = None, disable: bool | None = None,
-               generator: torch.Generator | None = None, **options) -> Tensor:
+    def sample(
+        model: Callable,
+        x: Tensor,
+        sigmas: Tensor,
+        extra_args: dict | None = None,
+        callback: Callable[[dict], None] | None = None,
+        disable: bool | None = None,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> Tensor:
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
         if extra_args is not None and not isinstance(extra_args, dict):
-            raise TypeError(f"extra_args must be a dict of keyword arguments for the model, got "
-                            f"{type(extra_args).__name__}")
+            raise TypeError(
+                f"extra_args must be a dict of keyword arguments for the model, got {type(extra_args).__name__}"
+            )
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable as callback(dict) or None, got {type(callback).__name__}")
         if not isinstance(sigmas, Tensor):
@@ -92,17 +100,25 @@ def sampler(name: str) -> Callable:
 
             def cb(info):
                 i = int(info["i"])
-                callback({"x": state["x"], "i": i, "sigma": gsig[i], "sigma_hat": gsig[i],
-                          "denoised": first.pop(i, info["denoised"])})
+                callback(
+                    {
+                        "x": state["x"],
+                        "i": i,
+                        "sigma": gsig[i],
+                        "sigma_hat": gsig[i],
+                        "denoised": first.pop(i, info["denoised"]),
+                    }
+                )
                 state["x"] = info["x"].clone()  # the executor's live state: it moves on with the next step
 
-        return execute(plan, Model(fn, PATH, "x0"), x, callback=cb, progress=disable is False,
-                       generator=generator)
+        return execute(plan, Model(fn, PATH, "x0"), x, callback=cb, progress=disable is False, generator=generator)
 
     sample.__name__ = sample.__qualname__ = _identifier(method.name)
-    sample.__doc__ = (f"k-diffusion style sampler for odesolve's {method.name!r} (declared order {method.order}; "
-                      f"{method.paper or 'see odesolve.methods'}).\n\n"
-                      "sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)")
+    sample.__doc__ = (
+        f"k-diffusion style sampler for odesolve's {method.name!r} (declared order {method.order}; "
+        f"{method.paper or 'see odesolve.methods'}).\n\n"
+        "sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)"
+    )
     return sample
 
 
@@ -118,8 +134,10 @@ def __getattr__(identifier: str):
                 f.__odesolve_method__ = methods.get(name)
                 _CACHE[name] = f
             return _CACHE[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {identifier!r}"
-                         + ("; available: " + ", ".join(available()) if identifier.startswith("sample_") else ""))
+    raise AttributeError(
+        f"module {__name__!r} has no attribute {identifier!r}"
+        + ("; available: " + ", ".join(available()) if identifier.startswith("sample_") else "")
+    )
 
 
 def __dir__():

@@ -3,5 +3,3 @@
 import pytest
 
 pytest.importorskip("diffusers")
-
-

@@ -12,13 +12,17 @@ import odesolve as ods
 from odesolve.adapters import diffusers as ad
 
 
-@pytest.mark.parametrize("kw", [
-    {},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-    {"beta_schedule": "squaredcos_cap_v2"},
-    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True},
-    {"trained_betas": torch.linspace(1e-4, 0.03, 500).tolist(), "num_train_timesteps": 500},
-], ids=["linear", "scaled_linear", "squaredcos_cap_v2", "zero-snr", "trained_betas"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "rescale_betas_zero_snr": True},
+        {"trained_betas": torch.linspace(1e-4, 0.03, 500).tolist(), "num_train_timesteps": 500},
+    ],
+    ids=["linear", "scaled_linear", "squaredcos_cap_v2", "zero-snr", "trained_betas"],
+)
 def test_path_matches_diffusers_alphas_cumprod(kw):
     sched = diffusers.DDIMScheduler(**kw)
     path = ad.path_from_config(sched.config)
@@ -51,18 +55,21 @@ def test_flow_matching_config():
     assert isinstance(ad.path_from_config(cfg2), ods.paths.FlowMatching)
 
 
-@pytest.mark.parametrize("field, value, cls", [
-    ("beta_schedule", "exp", diffusers.DDPMScheduler),
-    ("prediction_type", "mystery", diffusers.DDPMScheduler),
-    ("timestep_type", "continuous", diffusers.EulerDiscreteScheduler),
-    ("interpolation_type", "log_linear", diffusers.EulerDiscreteScheduler),
-    ("use_exponential_sigmas", True, diffusers.DPMSolverMultistepScheduler),
-    ("use_beta_sigmas", True, diffusers.DPMSolverMultistepScheduler),
-    ("euler_at_final", True, diffusers.DPMSolverMultistepScheduler),
-    ("lambda_min_clipped", -5.1, diffusers.DPMSolverMultistepScheduler),
-    ("invert_sigmas", True, diffusers.FlowMatchEulerDiscreteScheduler),
-    ("use_karras_sigmas", True, diffusers.FlowMatchEulerDiscreteScheduler),
-])
+@pytest.mark.parametrize(
+    "field, value, cls",
+    [
+        ("beta_schedule", "exp", diffusers.DDPMScheduler),
+        ("prediction_type", "mystery", diffusers.DDPMScheduler),
+        ("timestep_type", "continuous", diffusers.EulerDiscreteScheduler),
+        ("interpolation_type", "log_linear", diffusers.EulerDiscreteScheduler),
+        ("use_exponential_sigmas", True, diffusers.DPMSolverMultistepScheduler),
+        ("use_beta_sigmas", True, diffusers.DPMSolverMultistepScheduler),
+        ("euler_at_final", True, diffusers.DPMSolverMultistepScheduler),
+        ("lambda_min_clipped", -5.1, diffusers.DPMSolverMultistepScheduler),
+        ("invert_sigmas", True, diffusers.FlowMatchEulerDiscreteScheduler),
+        ("use_karras_sigmas", True, diffusers.FlowMatchEulerDiscreteScheduler),
+    ],
+)
 def test_unsupported_config_is_refused_naming_the_field(field, value, cls):
     cfg = dict(cls().config)
     cfg[field] = value
@@ -100,11 +107,13 @@ def test_conditional_unet_with_network_kwargs_and_guidance():
     model = ad.model_from_diffusers(unet, cfg, encoder_hidden_states=cond)
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        assert torch.equal(model(x, torch.tensor(300.0)),
-                           unet(x, torch.tensor([300.0]), encoder_hidden_states=cond).sample)
+        assert torch.equal(
+            model(x, torch.tensor(300.0)), unet(x, torch.tensor([300.0]), encoder_hidden_states=cond).sample
+        )
         # classifier-free guidance on the raw network, then wrapped
         guided = ods.models.classifier_free_guidance(
-            lambda xx, tt, c: unet(xx, tt.float(), encoder_hidden_states=c).sample, 5.0, cond, uncond)
+            lambda xx, tt, c: unet(xx, tt.float(), encoder_hidden_states=c).sample, 5.0, cond, uncond
+        )
         gm = ods.Model(guided, path=ad.path_from_config(cfg), prediction="eps")
         grid = ad.grid_from_config(cfg, 6)
         out = ods.sample(gm, x, grid, method="dpmpp-2m")
@@ -160,19 +169,30 @@ def test_edm_preconditioned_network():
         assert rel(model(x, sigma), want) <= 1e-6
 
 
-@pytest.mark.parametrize("cls, kw", [
-    (diffusers.DPMSolverMultistepScheduler, {}),
-    (diffusers.DPMSolverMultistepScheduler, {"timestep_spacing": "leading", "steps_offset": 1}),
-    (diffusers.DPMSolverMultistepScheduler, {"timestep_spacing": "trailing", "final_sigmas_type": "sigma_min"}),
-    (diffusers.UniPCMultistepScheduler, {"use_karras_sigmas": True}),
-    (diffusers.DPMSolverMultistepScheduler, {"use_lu_lambdas": True}),
-    (diffusers.DPMSolverMultistepScheduler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
-                                                  "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
-    (diffusers.FlowMatchEulerDiscreteScheduler, {"shift": 3.0}),
-    (diffusers.FlowMatchEulerDiscreteScheduler, {"use_dynamic_shifting": True}),
-    (diffusers.EDMEulerScheduler, {}),
-    (diffusers.EDMDPMSolverMultistepScheduler, {"sigma_schedule": "exponential"}),
-])
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (diffusers.DPMSolverMultistepScheduler, {}),
+        (diffusers.DPMSolverMultistepScheduler, {"timestep_spacing": "leading", "steps_offset": 1}),
+        (diffusers.DPMSolverMultistepScheduler, {"timestep_spacing": "trailing", "final_sigmas_type": "sigma_min"}),
+        (diffusers.UniPCMultistepScheduler, {"use_karras_sigmas": True}),
+        (diffusers.DPMSolverMultistepScheduler, {"use_lu_lambdas": True}),
+        (
+            diffusers.DPMSolverMultistepScheduler,
+            {
+                "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085,
+                "beta_end": 0.012,
+                "rescale_betas_zero_snr": True,
+                "timestep_spacing": "trailing",
+            },
+        ),
+        (diffusers.FlowMatchEulerDiscreteScheduler, {"shift": 3.0}),
+        (diffusers.FlowMatchEulerDiscreteScheduler, {"use_dynamic_shifting": True}),
+        (diffusers.EDMEulerScheduler, {}),
+        (diffusers.EDMDPMSolverMultistepScheduler, {"sigma_schedule": "exponential"}),
+    ],
+)
 def test_grid_matches_the_schedulers_sigmas(cls, kw):
     sched = cls(**kw)
     mu = {"mu": 0.8} if kw.get("use_dynamic_shifting") else {}
@@ -208,13 +228,18 @@ def test_flow_velocity_model_from_t_equal_one():
 # -- the family registry ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("config, family", [
-    ({"_class_name": "FlowMatchHeunDiscreteScheduler"}, "flow"),  # a saved config: its class name decides
-    ({"_class_name": "EDMDPMSolverMultistepScheduler", "sigma_schedule": "exponential"}, "edm"),
-    ({"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear"}, "vp"),
-    ({"num_train_timesteps": 1000}, "vp"),  # no marks: the default family
-    ({"use_flow_sigmas": True}, "flow"), ({"prediction_type": "flow_prediction"}, "flow"), ({"sigma_data": 0.5}, "edm"),
-])
+@pytest.mark.parametrize(
+    "config, family",
+    [
+        ({"_class_name": "FlowMatchHeunDiscreteScheduler"}, "flow"),  # a saved config: its class name decides
+        ({"_class_name": "EDMDPMSolverMultistepScheduler", "sigma_schedule": "exponential"}, "edm"),
+        ({"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear"}, "vp"),
+        ({"num_train_timesteps": 1000}, "vp"),  # no marks: the default family
+        ({"use_flow_sigmas": True}, "flow"),
+        ({"prediction_type": "flow_prediction"}, "flow"),
+        ({"sigma_data": 0.5}, "edm"),
+    ],
+)
 def test_family_from_class_name_or_fields(config, family):
     assert ad.family_of(config) == family
 
@@ -231,11 +256,17 @@ def test_edm_sample_prediction_is_refused():
         ad.path_from_config({"sigma_data": 0.5, "prediction_type": "sample"})
 
 
-@pytest.mark.parametrize("config, field", [
-    ({"sigma_data": -0.5}, "sigma_data"), ({"sigma_data": 0.5, "sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min"),
-    ({"shift": float("nan")}, "shift"), ({"beta_start": "0.1"}, "beta_start"),
-    ({"trained_betas": [[0.1, 0.2], [0.1, 0.2]]}, "trained_betas"), ({"num_train_timesteps": 2.5}, "num_train_timesteps"),
-])
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"sigma_data": -0.5}, "sigma_data"),
+        ({"sigma_data": 0.5, "sigma_min": 5.0, "sigma_max": 1.0}, "sigma_min"),
+        ({"shift": float("nan")}, "shift"),
+        ({"beta_start": "0.1"}, "beta_start"),
+        ({"trained_betas": [[0.1, 0.2], [0.1, 0.2]]}, "trained_betas"),
+        ({"num_train_timesteps": 2.5}, "num_train_timesteps"),
+    ],
+)
 def test_bad_config_values_are_refused_naming_the_field(config, field):
     with pytest.raises(ValueError, match=field):
         ad.grid_from_config(config, 10)

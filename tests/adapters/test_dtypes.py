@@ -77,5 +77,5 @@ def test_scheduler_keeps_a_float32_state_for_a_half_precision_pipeline():
     half = copy.deepcopy(unet).to(torch.float16)
     s = OdesolveScheduler.from_config(cfg, method="unipc-bh2-3")
     out = loop(s, half, x.half(), 10)
-    assert out.dtype == torch.float16 and s._run.s.dtype == torch.float32
+    assert out.dtype == torch.float16 and s._program.working_dtype == torch.float32
     assert rel(out, ref) <= 64 * torch.finfo(torch.float16).eps / 2

@@ -31,18 +31,22 @@ def _pipe(prediction, **kw):
 def _images(pipe, scheduler, steps, seed=0):
     pipe.scheduler = scheduler
     with torch.no_grad():
-        return pipe(batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps,
-                    output_type="pt").images
+        return pipe(
+            batch_size=2, generator=torch.Generator().manual_seed(seed), num_inference_steps=steps, output_type="pt"
+        ).images
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
-@pytest.mark.parametrize("method, make, steps", [
-    ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), 8),
-    ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), 16),  # lower_order_final off
-    ("dpmpp-3m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=3), 10),
-    ("dpmpp-2m-taylor", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_type="heun"), 10),
-    ("ddim", lambda c: diffusers.DDIMScheduler.from_config(c, timestep_spacing="trailing", clip_sample=False), 10),
-])
+@pytest.mark.parametrize(
+    "method, make, steps",
+    [
+        ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), 8),
+        ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c), 16),  # lower_order_final off
+        ("dpmpp-3m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_order=3), 10),
+        ("dpmpp-2m-taylor", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c, solver_type="heun"), 10),
+        ("ddim", lambda c: diffusers.DDIMScheduler.from_config(c, timestep_spacing="trailing", clip_sample=False), 10),
+    ],
+)
 def test_ddpm_pipeline_same_images_as_diffusers(prediction, method, make, steps):
     pipe = _pipe(prediction)
     cfg = pipe.scheduler.config
@@ -53,14 +57,25 @@ def test_ddpm_pipeline_same_images_as_diffusers(prediction, method, make, steps)
     assert float((ours - theirs).abs().max()) <= 1e-4
 
 
-@pytest.mark.parametrize("method, make, cfg_kw", [
-    ("unipc-bh2-3", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_order=3), {}),
-    ("unipc-bh1-2", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_type="bh1",
-                                                                            final_sigmas_type="sigma_min"),
-     {"final_sigmas_type": "sigma_min"}),
-    ("unip-bh2-2", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, disable_corrector=list(range(99))), {}),
-    ("plms", lambda c: diffusers.PNDMScheduler.from_config(c, skip_prk_steps=True), None),
-])
+@pytest.mark.parametrize(
+    "method, make, cfg_kw",
+    [
+        ("unipc-bh2-3", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_order=3), {}),
+        (
+            "unipc-bh1-2",
+            lambda c: diffusers.UniPCMultistepScheduler.from_config(
+                c, solver_type="bh1", final_sigmas_type="sigma_min"
+            ),
+            {"final_sigmas_type": "sigma_min"},
+        ),
+        (
+            "unip-bh2-2",
+            lambda c: diffusers.UniPCMultistepScheduler.from_config(c, disable_corrector=list(range(99))),
+            {},
+        ),
+        ("plms", lambda c: diffusers.PNDMScheduler.from_config(c, skip_prk_steps=True), None),
+    ],
+)
 def test_manual_loop_same_result_as_diffusers(method, make, cfg_kw):
     """UniPC's and PNDM's step() take no generator, so DDPMPipeline cannot run them; a pipeline's loop.
     (PNDM with v-prediction combines raw v outputs across steps: docs/diffusers-differences.md.)"""
@@ -74,8 +89,9 @@ def test_manual_loop_same_result_as_diffusers(method, make, cfg_kw):
         ours_s = OdesolveScheduler.from_config(cfg, method="plms", final_sigmas_type="sigma_min")
         ours = loop(ours_s, unet, x, None, timesteps=ts[:-1].tolist())
     else:
-        ours = loop(OdesolveScheduler.from_config(cfg, method=method, lower_order_final_max_steps=None, **cfg_kw),
-                    unet, x, 10)
+        ours = loop(
+            OdesolveScheduler.from_config(cfg, method=method, lower_order_final_max_steps=None, **cfg_kw), unet, x, 10
+        )
         theirs = loop(make(cfg), unet, x, 10)
     assert rel(ours, theirs) <= 1e-4
 
@@ -97,8 +113,13 @@ def test_scheduler_equals_odesolve_sample(method):
 
 def test_timesteps_one_per_model_call_and_order():
     cfg = diffusers.DDPMScheduler().config
-    for method, calls in (("heun", 2 * 10 - 1), ("dpm-solver-3", 3 * 10 - 2), ("dpmpp-3m-corrected", 11),
-                          ("plms", 11), ("dpmpp-2m", 10)):
+    for method, calls in (
+        ("heun", 2 * 10 - 1),
+        ("dpm-solver-3", 3 * 10 - 2),
+        ("dpmpp-3m-corrected", 11),
+        ("plms", 11),
+        ("dpmpp-2m", 10),
+    ):
         s = OdesolveScheduler.from_config(cfg, method=method)
         s.set_timesteps(10)
         assert len(s.timesteps) == calls, method
@@ -111,16 +132,18 @@ def test_euler_and_heun_match_k_diffusion_style_schedulers():
     OdesolveScheduler runs in the model's own coordinates: the final samples agree. (The betas are
     passed explicitly: HeunDiscreteScheduler's defaults differ from DDPM's, and diffusers does not
     carry default-valued fields from one scheduler class to another.)"""
-    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", beta_schedule="linear", beta_start=1e-4,
-                                  beta_end=0.02).config
+    cfg = diffusers.DDPMScheduler(
+        prediction_type="v_prediction", beta_schedule="linear", beta_start=1e-4, beta_end=0.02
+    ).config
     unet = tiny_unet()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
     for method, cls in (("euler", diffusers.EulerDiscreteScheduler), ("heun", diffusers.HeunDiscreteScheduler)):
         theirs_s = cls.from_config(cfg)
         theirs = loop(theirs_s, unet, x, 10, scale_input=True)
         sig = theirs_s.sigmas[[0] + list(range(1, len(theirs_s.sigmas), 2 if method == "heun" else 1))].double()
-        ours = loop(OdesolveScheduler.from_config(cfg, method=method), unet, x, None, scale_input=True,
-                    sigmas=sig[:-1].tolist())
+        ours = loop(
+            OdesolveScheduler.from_config(cfg, method=method), unet, x, None, scale_input=True, sigmas=sig[:-1].tolist()
+        )
         assert rel(ours, theirs) <= 1e-4, method
 
 
@@ -172,7 +195,7 @@ def _img2img(scheduler, unet, init, noise, steps, strength):
     scheduler.set_timesteps(steps)
     init_t = min(int(steps * strength), steps)
     t_start = max(steps - init_t, 0)
-    timesteps = scheduler.timesteps[t_start * scheduler.order:]
+    timesteps = scheduler.timesteps[t_start * scheduler.order :]
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(t_start * scheduler.order)
     x = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
@@ -182,11 +205,15 @@ def _img2img(scheduler, unet, init, noise, steps, strength):
     return x, t_start
 
 
-@pytest.mark.parametrize("method, theirs", [
-    ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c)),
-    ("unipc-bh2-3", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_order=3)),
-    ("heun", None), ("dpm-solver-3", None),
-])
+@pytest.mark.parametrize(
+    "method, theirs",
+    [
+        ("dpmpp-2m", lambda c: diffusers.DPMSolverMultistepScheduler.from_config(c)),
+        ("unipc-bh2-3", lambda c: diffusers.UniPCMultistepScheduler.from_config(c, solver_order=3)),
+        ("heun", None),
+        ("dpm-solver-3", None),
+    ],
+)
 def test_img2img_strength(method, theirs):
     cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
     unet = tiny_unet()
@@ -260,8 +287,9 @@ def test_edm_scheduler_equals_edm_euler():
 
 
 def _ready(method="dpmpp-2m", steps=10, **kw):
-    s = OdesolveScheduler.from_config(diffusers.DDPMScheduler(prediction_type="v_prediction").config, method=method,
-                                      **kw)
+    s = OdesolveScheduler.from_config(
+        diffusers.DDPMScheduler(prediction_type="v_prediction").config, method=method, **kw
+    )
     s.set_timesteps(steps)
     return s
 
@@ -294,8 +322,9 @@ def test_fractional_timesteps_in_half_precision_are_accepted():
     with torch.no_grad():
         for t in s.timesteps:
             y = s.step(unet(y, t).sample, t.half(), y).prev_sample
-    assert rel(y, loop(OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True), unet, x, 8)) \
-        == 0.0
+    assert (
+        rel(y, loop(OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True), unet, x, 8)) == 0.0
+    )
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 4, 4), (2, 3, 8, 8), (1, 5, 8, 8)])
@@ -332,13 +361,16 @@ def test_sample_shape_changed_mid_run_is_refused():
         s.step(torch.zeros(1, 3, 8, 8), s.timesteps[1], x[:1])
 
 
-@pytest.mark.parametrize("steps, match", [
-    (2000, "num_inference_steps=2000 is more than the model's num_train_timesteps=1000"),
-    (10.7, "num_inference_steps must be an integer"),
-    (True, "num_inference_steps must be an integer"),
-    (0, "num_inference_steps must be an integer >= 1"),
-    ("10", "num_inference_steps must be an integer"),
-])
+@pytest.mark.parametrize(
+    "steps, match",
+    [
+        (2000, "num_inference_steps=2000 is more than the model's num_train_timesteps=1000"),
+        (10.7, "num_inference_steps must be an integer"),
+        (True, "num_inference_steps must be an integer"),
+        (0, "num_inference_steps must be an integer >= 1"),
+        ("10", "num_inference_steps must be an integer"),
+    ],
+)
 def test_bad_step_counts_are_refused(steps, match):
     s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config)
     with pytest.raises(ValueError, match=match):
@@ -381,7 +413,9 @@ def test_eps_network_from_alpha_zero_is_refused_up_front(spacing):
     cfg = diffusers.DDPMScheduler(prediction_type="epsilon", timestep_spacing=spacing, **ZERO_SNR).config
     for method in ("dpmpp-2m", "ddim", "unipc-bh2-3"):
         s = OdesolveScheduler.from_config(cfg, method=method)
-        with pytest.raises(ValueError, match=r"timestep 999, where alpha = 0.*v_prediction.*timestep_spacing='leading'"):
+        with pytest.raises(
+            ValueError, match=r"timestep 999, where alpha = 0.*v_prediction.*timestep_spacing='leading'"
+        ):
             s.set_timesteps(10)
         assert s.plan is None  # nothing half set up
 
@@ -403,25 +437,29 @@ def test_zero_terminal_snr_with_v_prediction_or_a_later_start_runs():
     assert float(s.timesteps[0]) < 999.0 and torch.isfinite(ours).all()
 
 
-def test_options_are_read_from_the_declared_attribute_when_methods_declare_them():
-    from odesolve.adapters.diffusers.scheduler import _accepts
-
-    class Declared:
-        options = ("lower_order_final",)
-
-    class DeclaresNone:
-        options = ()
-
-        def _build(self, b, g, lower_order_final=False):  # the declaration wins over the signature
-            pass
-
-    assert _accepts(Declared(), "lower_order_final") and not _accepts(DeclaresNone(), "lower_order_final")
-    assert _accepts(ods.methods.get("dpmpp-2m"), "lower_order_final")
-    assert not _accepts(ods.methods.get("heun"), "lower_order_final")
+def test_lower_order_final_reaches_exactly_the_methods_that_declare_it():
+    for method in ("dpmpp-2m", "unipc-bh2-3", "heun"):
+        m = ods.methods.get(method)
+        declared = "lower_order_final" in m.options
+        for steps, final in ((8, True), (16, False)):  # below / above lower_order_final_max_steps=15
+            s = _ready(method, steps)
+            want = m.compile(s.path, s.grid, **({"lower_order_final": final} if declared else {}))
+            assert torch.equal(s.plan.update_hist, want.update_hist) and torch.equal(s.plan.times, want.times)
+    s = _ready("unipc-bh2-3", 8)
+    other = ods.methods.get("unipc-bh2-3").compile(s.path, s.grid, lower_order_final=False)
+    assert not torch.equal(s.plan.update_hist, other.update_hist)  # the option changes the last steps
 
 
-@pytest.mark.parametrize("field, value", [("clip_sample_range", 0.0), ("clip_sample_range", float("nan")),
-                                          ("sample_max_value", -1.0), ("dynamic_thresholding_ratio", 1.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("clip_sample_range", 0.0),
+        ("clip_sample_range", -1.0),
+        ("clip_sample_range", float("nan")),
+        ("sample_max_value", -1.0),
+        ("dynamic_thresholding_ratio", 1.5),
+    ],
+)
 def test_bad_clipping_options_are_refused(field, value):
     on = {"clip_sample": True} if field == "clip_sample_range" else {"thresholding": True}
     with pytest.raises(ValueError, match=field):
@@ -434,3 +472,129 @@ def test_add_noise_outside_the_models_timesteps_is_refused():
     with pytest.raises(ValueError, match=r"add_noise: timesteps \[5000"):
         s.add_noise(x, torch.randn_like(x), torch.tensor([5000]))
     assert torch.equal(s.add_noise(x, x, torch.tensor([999])), s.add_noise(x, x, 999))
+
+
+# -- step drives the executor's program: the pipeline's side of the protocol ----------------------
+
+
+def test_timesteps_of_the_schedulers_own_tensor_are_checked_without_reading_them(monkeypatch):
+    """Iterating (or slicing) scheduler.timesteps yields views of its entries: step recognises them by
+    address, so a timestep on a GPU costs no device synchronisation; other timesteps are read."""
+    import odesolve.adapters.diffusers.scheduler as sched
+
+    unet = tiny_unet()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(10))
+    want = loop(_ready(steps=6), unet, x, 6)
+
+    def read(timestep):
+        raise AssertionError(f"timestep {timestep!r} was read")
+
+    monkeypatch.setattr(sched, "_timestep_value", read)
+    s = _ready(steps=6)
+    assert torch.equal(loop(s, unet, x, 6), want)
+    s.set_timesteps(6)
+    with pytest.raises(AssertionError, match="was read"):
+        s.step(torch.zeros_like(x), s.timesteps[0].clone(), x)  # a copy: its value must be read
+
+
+def _heun_steps(s, unet, x, replace_at=None, new=None):
+    """A pipeline's loop that replaces the latents before grid step ``replace_at`` (inpainting)."""
+    with torch.no_grad():
+        for k, t in enumerate(s.timesteps):
+            if replace_at is not None and k == replace_at * s.order:
+                x = new
+            x = s.step(unet(x, t).sample, t, x).prev_sample
+    return x
+
+
+def test_latents_replaced_between_steps_become_the_state():
+    """Heun keeps no history across grid steps, so replacing the latents before step j equals
+    sampling from the replacement on the grid from step j on (img2img from there)."""
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    g = torch.Generator().manual_seed(11)
+    x, new = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    s = OdesolveScheduler.from_config(cfg, method="heun")
+    s.set_timesteps(6)
+    ours = _heun_steps(s, unet, x, replace_at=3, new=new)
+    sub = ods.Grid(s.path, s.grid.t[3:])
+    with torch.no_grad():
+        want = ods.sample(model_from_diffusers(unet, cfg), new, sub, method="heun")
+    assert rel(ours, want) <= 1e-5
+    s.set_timesteps(6)
+    assert rel(_heun_steps(s, unet, x), ours) > 1e-2  # the replacement mattered
+
+
+def test_latents_modified_in_place_become_the_state():
+    unet = tiny_unet()
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(12))
+    results = []
+    for in_place in (False, True):
+        s = _ready("dpmpp-2m", steps=5)
+        y = x
+        with torch.no_grad():
+            for k, t in enumerate(s.timesteps):
+                if k == 2:
+                    y = y.mul_(0.5) if in_place else y * 0.5
+                y = s.step(unet(y, t).sample, t, y).prev_sample
+        results.append(y)
+    assert torch.equal(results[0], results[1])
+
+
+class _Noisy:
+    """ddim with noise injected after every call: a stochastic plan for the scheduler."""
+
+    calls_per_step, options = 1, ()
+
+    def compile(self, path, grid, **options):
+        import dataclasses
+
+        plan = ods.methods.get("ddim").compile(path, grid)
+        return dataclasses.replace(plan, method="noisy-ddim", update_noise=torch.full_like(plan.update_noise, 0.05))
+
+
+def test_a_stochastic_plan_draws_from_the_generator_of_the_first_step():
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(13))
+    s = OdesolveScheduler.from_config(cfg, method="ddim")
+    s._method = _Noisy()
+    s.set_timesteps(5)
+    assert s.plan.stochastic
+    g, y = torch.Generator().manual_seed(0), x
+    with torch.no_grad():
+        for t in s.timesteps:
+            y = s.step(unet(y, t).sample, t, y, generator=g).prev_sample
+        want = ods.execute(s.plan, model_from_diffusers(unet, cfg), x, generator=torch.Generator().manual_seed(0))
+    assert rel(y, want) <= 1e-6
+    s.set_timesteps(5)
+    t = s.timesteps
+    y = s.step(torch.zeros_like(x), t[0], x, generator=g).prev_sample
+    with pytest.raises(ValueError, match="generator.*same generator"):
+        s.step(torch.zeros_like(x), t[1], y, generator=torch.Generator())
+    s.set_timesteps(5)
+    with pytest.raises(TypeError, match="generator.*list"):
+        s.step(torch.zeros_like(x), t[0], x, generator=[g, g])
+
+
+def test_a_run_stopped_by_an_error_is_not_continued():
+    s, x = _ready(), torch.randn(1, 3, 8, 8)
+    x = s.step(torch.zeros_like(x), s.timesteps[0], x).prev_sample
+    with pytest.raises(ods.NonFiniteError, match="call 1"):
+        s.step(torch.full_like(x, float("nan")), s.timesteps[1], x)
+    with pytest.raises(ValueError, match="stopped with an error at call 1.*set_timesteps"):
+        s.step(torch.zeros_like(x), s.timesteps[1], x)
+
+
+def test_a_finished_run_refuses_more_steps_and_the_scheduler_can_be_copied():
+    import copy
+
+    s, x = _ready(steps=3), torch.randn(1, 3, 8, 8)
+    for t in s.timesteps:
+        x = s.step(torch.zeros_like(x), t, x).prev_sample
+    assert s.step_index == 3
+    with pytest.raises(ValueError, match="step called 4 times but the plan has 3 model calls"):
+        s.step(torch.zeros_like(x), s.timesteps[2], x)
+    c = copy.deepcopy(s)  # pipelines copy schedulers; a finished run holds no interpreter
+    c.set_timesteps(3)
+    assert c.step_index is None and s.step_index == 3

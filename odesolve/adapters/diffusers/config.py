@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 __all__ = ["check_common", "count", "num_train_timesteps", "positive", "read_config", "refuse"]
 
+
 def read_config(config, keep=()) -> dict:
     """The config as a dict without its default-valued fields (see the module docstring).
 
@@ -38,8 +39,11 @@ def refuse(cfg: dict, field: str, allowed: tuple | Callable, why: str = "") -> N
     ok = value in allowed if isinstance(allowed, tuple) else allowed(value)
     if not ok:
         expected = f" (expected one of {allowed})" if isinstance(allowed, tuple) else ""
-        raise ValueError(f"config field {field}={value!r} is not supported by odesolve's diffusers adapter"
-                         + expected + (f": {why}" if why else ""))
+        raise ValueError(
+            f"config field {field}={value!r} is not supported by odesolve's diffusers adapter"
+            + expected
+            + (f": {why}" if why else "")
+        )
 
 
 def check_common(cfg: dict) -> None:
@@ -52,8 +56,11 @@ def check_common(cfg: dict) -> None:
     refuse(cfg, "stochastic_sampling", (None, False))
     refuse(cfg, "euler_at_final", (None, False), "use lower_order_final or a final step to sigma = 0")
     refuse(cfg, "lambda_min_clipped", lambda v: v is None or v == -math.inf)
-    refuse(cfg, "variance_type", (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log",
-                                  "learned", "learned_range"))
+    refuse(
+        cfg,
+        "variance_type",
+        (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"),
+    )
     num_train_timesteps(cfg)
 
 

@@ -159,8 +159,10 @@ class EDMFamily(Family):
         positive(self.cfg, "sigma_data", 0.5)
         positive(self.cfg, "rho", 7.0)
         if not self.sigma_min < self.sigma_max:
-            raise ValueError(f"config fields sigma_min={self.sigma_min} and sigma_max={self.sigma_max} must satisfy "
-                             "sigma_min < sigma_max")
+            raise ValueError(
+                f"config fields sigma_min={self.sigma_min} and sigma_max={self.sigma_max} must satisfy "
+                "sigma_min < sigma_max"
+            )
 
     @property
     def sigma_min(self) -> float:
@@ -213,8 +215,11 @@ class FlowFamily(Family):
 
     @classmethod
     def describes(cls, cfg):
-        return bool(cfg.get("use_flow_sigmas")) or cfg.get("prediction_type") == "flow_prediction" \
+        return (
+            bool(cfg.get("use_flow_sigmas"))
+            or cfg.get("prediction_type") == "flow_prediction"
             or cfg.get("shift") is not None
+        )
 
     def check(self):
         refuse(self.cfg, "prediction_type", (None, *self.predictions), "flow-matching networks predict the velocity")
@@ -238,9 +243,15 @@ class FlowFamily(Family):
         if cfg.get("use_flow_sigmas"):
             s = flow_sigmas_multistep(self.T, steps, positive(cfg, "flow_shift", 1.0))
         else:
-            s = flow_times(self.T, steps, shift=positive(cfg, "shift", 1.0),
-                           dynamic=bool(cfg.get("use_dynamic_shifting")), mu=mu, time_shift_type=cfg.get("time_shift_type") or "exponential",
-                           shift_terminal=cfg.get("shift_terminal"))
+            s = flow_times(
+                self.T,
+                steps,
+                shift=positive(cfg, "shift", 1.0),
+                dynamic=bool(cfg.get("use_dynamic_shifting")),
+                mu=mu,
+                time_shift_type=cfg.get("time_shift_type") or "exponential",
+                shift_terminal=cfg.get("shift_terminal"),
+            )
         t = np.concatenate([s, [0.0 if final == "zero" else s[-1]]])
         return _grids.from_times(path, torch.as_tensor(np.clip(t, 0.0, 1.0), dtype=torch.float64))
 
@@ -281,9 +292,13 @@ class VPFamily(Family):
             if betas.ndim != 1:
                 raise ValueError(f"config field trained_betas must be 1-D, got shape {tuple(betas.shape)}")
             return VPDiscrete(rescale_betas_zero_snr(betas) if zero_snr else betas)
-        return VPDiscrete.from_schedule(cfg.get("beta_schedule") or "linear", self.T,
-                                        positive(cfg, "beta_start", 0.0001), positive(cfg, "beta_end", 0.02),
-                                        rescale_zero_terminal_snr=zero_snr)
+        return VPDiscrete.from_schedule(
+            cfg.get("beta_schedule") or "linear",
+            self.T,
+            positive(cfg, "beta_start", 0.0001),
+            positive(cfg, "beta_end", 0.02),
+            rescale_zero_terminal_snr=zero_snr,
+        )
 
     def grid(self, steps, path, mu, final):
         cfg = self.cfg
@@ -295,8 +310,10 @@ class VPFamily(Family):
             if cfg.get("use_karras_sigmas") and cfg.get("sigma_max") is not None:
                 hi = positive(cfg, "sigma_max", hi)
             if not math.isfinite(hi):
-                raise ValueError("use_karras_sigmas / use_lu_lambdas need a finite largest noise level, but with "
-                                 "rescale_betas_zero_snr it is infinite: pass sigma_max, or use timestep_spacing")
+                raise ValueError(
+                    "use_karras_sigmas / use_lu_lambdas need a finite largest noise level, but with "
+                    "rescale_betas_zero_snr it is infinite: pass sigma_max, or use timestep_spacing"
+                )
             if cfg.get("use_karras_sigmas"):
                 s = karras_sigmas(lo, hi, steps)
             else:

@@ -23,7 +23,9 @@ def network_output(out, like: Tensor) -> Tensor:
     elif isinstance(out, (tuple, list)) and out:
         out = out[0]
     if not isinstance(out, Tensor):
-        raise TypeError(f"the network must return a tensor, an object with .sample or a tuple, got {type(out).__name__}")
+        raise TypeError(
+            f"the network must return a tensor, an object with .sample or a tuple, got {type(out).__name__}"
+        )
     if out.ndim == like.ndim and like.ndim >= 2 and out.shape[1] == 2 * like.shape[1]:  # learned variance
         out = out[:, : like.shape[1]]
     return out
@@ -41,15 +43,19 @@ def _network_input(network, x: Tensor, dtype: torch.dtype | None) -> Tensor:
     if p is None:
         return x
     if p.device != x.device:
-        raise ValueError(f"the network {type(network).__name__} is on {p.device} but x is on {x.device}; "
-                         f"move one of them (network.to({str(x.device)!r}) or x.to({str(p.device)!r}))")
+        raise ValueError(
+            f"the network {type(network).__name__} is on {p.device} but x is on {x.device}; "
+            f"move one of them (network.to({str(x.device)!r}) or x.to({str(p.device)!r}))"
+        )
     if p.is_floating_point() and x.dtype != p.dtype:
         if dtype is None:
             return x.to(p.dtype)  # e.g. a float16 network fed the float32 state
         if not torch.is_autocast_enabled():
-            raise ValueError(f"the network {type(network).__name__} has {p.dtype} parameters but model_from_diffusers "
-                             f"was asked to feed it {dtype}; pass dtype={p.dtype} (or leave dtype=None), or convert "
-                             f"the network with network.to({dtype})")
+            raise ValueError(
+                f"the network {type(network).__name__} has {p.dtype} parameters but model_from_diffusers "
+                f"was asked to feed it {dtype}; pass dtype={p.dtype} (or leave dtype=None), or convert "
+                f"the network with network.to({dtype})"
+            )
     return x
 
 
@@ -60,14 +66,24 @@ def _call(network, x: Tensor, timestep: Tensor, kwargs: dict):
     except RuntimeError as e:
         msg = str(e)
         if any(k in msg for k in ("same dtype", "scalar type", "should be the same", "same device", "two devices")):
-            raise ValueError(f"the network {type(network).__name__} failed on an input of dtype {x.dtype} on "
-                             f"{x.device} ({msg.splitlines()[0]}); pass model_from_diffusers(..., dtype=) the dtype "
-                             "the network computes in, and keep the network and x on one device") from e
+            raise ValueError(
+                f"the network {type(network).__name__} failed on an input of dtype {x.dtype} on "
+                f"{x.device} ({msg.splitlines()[0]}); pass model_from_diffusers(..., dtype=) the dtype "
+                "the network computes in, and keep the network and x on one device"
+            ) from e
         raise
 
 
-def model_from_diffusers(network: Callable, config, *, dtype: torch.dtype | None = None, clip_sample: bool = False,
-                         thresholding: bool = False, path: Path | None = None, **network_kwargs) -> Model:
+def model_from_diffusers(
+    network: Callable,
+    config,
+    *,
+    dtype: torch.dtype | None = None,
+    clip_sample: bool = False,
+    thresholding: bool = False,
+    path: Path | None = None,
+    **network_kwargs,
+) -> Model:
     """An :class:`odesolve.Model` for a diffusers network and the scheduler config it was trained with.
 
     ``network(sample, timestep, **network_kwargs)`` is called with the state (cast to ``dtype``

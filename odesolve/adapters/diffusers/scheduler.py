@@ -1,15 +1,16 @@
-"""OdesolveScheduler: a diffusers scheduler (``SchedulerMixin`` + ``ConfigMixin``) backed by a compiled plan.
+"""OdesolveScheduler: a diffusers scheduler (``SchedulerMixin`` + ``ConfigMixin``) driving odesolve's executor.
 
 A diffusers pipeline calls ``step()`` once per model call, so ``timesteps`` has one entry per row
-of the compiled plan. ``step()`` checks its inputs, turns the network's raw output into the plan's
-prediction (:meth:`OdesolveScheduler._prediction`) and hands it to a :class:`PlanRun`, which
-applies the plan's row (plan.py's semantics) and returns the next model input.
+of the compiled plan. The rows are interpreted by :meth:`odesolve.execute.Program.steps`, the one
+interpreter: the first ``step`` of a run prepares the plan's program for the sample's shape, dtype
+and device (:func:`odesolve.execute.prepare`, cached) and starts it from the sample; every
+``step`` sends the network's output into it and returns a copy of the next model input it
+yields, in the sample's dtype.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections import deque
 
 import numpy as np
 import torch
@@ -18,93 +19,73 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from torch import Tensor
 
 from ... import methods as _methods
+from ...execute import prepare
 from ...grids import Grid
+from ...models import Model, clip_data, dynamic_thresholding
 from ...plan import Plan
-from .config import count, positive
+from .config import count
 from .families import family_for, marks
 from .grids import explicit_grid, family_grid
 
-__all__ = ["OdesolveScheduler", "PlanRun"]
-
-
-class PlanRun:
-    """One sampling run through a compiled plan, one model call at a time.
-
-    With ``s`` the state (x_T at first) and ``F_j`` the earlier predictions, call k does (plan.py)
-
-        X_k = input_state[k] s + sum_j input_hist[k, j] F_{k-j}
-        s  <- update_state[k] s + sum_j update_hist[k, j] F_{k-j} + update_noise[k] xi_k
-
-    :attr:`X` is the next model input; :meth:`advance` takes the prediction ``F_k`` at ``X`` (in
-    the plan's prediction type) and returns ``X_{k+1}``, or the final ``s`` after the last call.
-    State and history are kept at float32 or better, whatever the network's dtype.
-    """
-
-    def __init__(self, plan: Plan, sample: Tensor):
-        self.plan = plan
-        self._in_s, self._up_s = plan.input_state.tolist(), plan.update_state.tolist()
-        self._in_h, self._up_h = plan.input_hist.tolist(), plan.update_hist.tolist()
-        self._noise = plan.update_noise.tolist()
-        self.k = 0
-        self.s = sample.to(torch.promote_types(sample.dtype, torch.float32)).clone()
-        self.X = self.s if self.plain(0) else self.s * self._in_s[0]
-        self._hist: deque[Tensor] = deque(maxlen=plan.window)  # _hist[j] = F_{k-1-j}
-
-    @property
-    def done(self) -> bool:
-        return self.k >= self.plan.calls
-
-    def plain(self, k: int) -> bool:
-        """Whether call ``k``'s input is the state itself (a pipeline may then replace it)."""
-        return self._in_s[k] == 1 and not any(self._in_h[k])
-
-    def adopt(self, sample: Tensor) -> None:
-        """Take ``sample`` as the state before a plain call (the pipeline replaced the latents, e.g. inpainting)."""
-        self.s = self.X = sample.to(self.s.dtype)
-
-    def advance(self, F: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Apply call k's update with the prediction ``F`` (shaped like :attr:`X`); returns the next model input."""
-        k = self.k
-        self._hist.appendleft(F.to(self.s.dtype))
-        s = self.s
-        if self._up_s[k] != 1 or any(self._up_h[k]) or self._noise[k] != 0:
-            acc = s * self._up_s[k]
-            for j, c in enumerate(self._up_h[k][: len(self._hist)]):
-                if c != 0:
-                    acc = acc + self._hist[j] * c
-            if self._noise[k] != 0:
-                xi = torch.randn(acc.shape, generator=generator, device=acc.device, dtype=acc.dtype)
-                acc = acc + xi * self._noise[k]
-            s = acc
-        self.s = s
-        self.k = k = k + 1
-        if k < self.plan.calls and not self.plain(k):
-            nxt = s * self._in_s[k]
-            for j, c in enumerate(self._in_h[k][1:], start=1):
-                if c != 0 and j - 1 < len(self._hist):
-                    nxt = nxt + self._hist[j - 1] * c
-            self.X = nxt
-        else:
-            self.X = s
-        return self.X
+__all__ = ["OdesolveScheduler"]
 
 
 def _timestep_value(timestep) -> float:
-    """A timestep passed to ``step`` as a float (a number, or a tensor whose entries are all equal)."""
+    """A timestep passed to ``step`` as a float (a number, or a tensor whose entries are all equal).
+    Reading a tensor's value synchronises with its device."""
     if isinstance(timestep, Tensor) and timestep.numel() >= 1 and not timestep.is_complex():
         flat = timestep.detach().flatten().to("cpu", torch.float64)
         if bool((flat == flat[0]).all()):
             return float(flat[0])
     elif isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
         return float(timestep)
-    raise ValueError(f"timestep must be a number or a tensor of one timestep (an entry of scheduler.timesteps), "
-                     f"got {timestep!r}")
+    raise ValueError(
+        f"timestep must be a number or a tensor of one timestep (an entry of scheduler.timesteps), got {timestep!r}"
+    )
 
 
 def _tolerance(timestep, expected: float) -> float:
     """How far a timestep may be from the grid's: float32 rounding, or the timestep tensor's own dtype."""
     dt = timestep.dtype if isinstance(timestep, Tensor) and timestep.is_floating_point() else torch.float32
     return max(1e-4, 2 * torch.finfo(dt).eps * abs(expected))
+
+
+def _entry(timestep, timesteps: Tensor) -> int | None:
+    """The index ``k`` when ``timestep`` is the element ``timesteps[k]`` itself (what iterating or
+    slicing ``scheduler.timesteps`` yields), read from storage addresses: no value is read, so a
+    timestep on a GPU costs no synchronisation. None for any other timestep."""
+    if not (
+        isinstance(timestep, Tensor)
+        and timestep.numel() == 1
+        and timestep.dtype == timesteps.dtype
+        and timestep.device == timesteps.device
+        and timesteps.ndim == 1
+    ):
+        return None
+    stride = timesteps.stride(0) * timesteps.element_size()
+    k, rem = divmod(timestep.data_ptr() - timesteps.data_ptr(), stride) if stride else (0, 1)
+    return k if rem == 0 and 0 <= k < timesteps.numel() else None
+
+
+def _clipping(config, model: Model) -> Model | None:
+    """``clip_sample`` / ``thresholding`` of a diffusers config as odesolve's wrappers of ``model``
+    (:func:`~odesolve.models.clip_data`, :func:`~odesolve.models.dynamic_thresholding`, which refuse
+    bad ranges naming the field); None when the config clips nothing."""
+    if config.thresholding:
+        return dynamic_thresholding(model, config.dynamic_thresholding_ratio, config.sample_max_value)
+    if config.clip_sample:
+        return clip_data(model, config.clip_sample_range)
+    return None
+
+
+class _Handed:
+    """The data prediction handed to the current ``step`` as a network ``fn(x, t)``: what the
+    clipping wrappers call."""
+
+    x0: Tensor | None = None
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.x0
 
 
 class OdesolveScheduler(SchedulerMixin, ConfigMixin):
@@ -116,16 +97,18 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     ignored, as diffusers does.
 
     Stepping: ``timesteps`` has one entry per model call of the plan (``order`` calls per grid
-    step for multi-stage methods) and ``step(model_output, t, sample)`` applies one row of the
-    plan and returns the next model input (the final sample after the last call). ``t`` must be
-    the next entry of ``timesteps`` (a ``ValueError`` names it otherwise). The state and the
-    history are kept at float32 or better, whatever the network's dtype. A pipeline may replace
-    ``sample`` between single-call steps (inpainting does): the new sample is adopted.
+    step for multi-stage methods) and ``step(model_output, t, sample)`` sends the output into the
+    plan's :class:`~odesolve.execute.Program` and returns the next model input (the final sample
+    after the last call). ``t`` must be the next entry of ``timesteps`` (a ``ValueError`` names
+    it otherwise). The state and the history are kept at float32 or better, whatever the
+    network's dtype. A pipeline may replace ``sample`` before a call whose input is the state
+    (the first call of every step; inpainting does): the new sample becomes the state.
 
     ``lower_order_final`` is passed to multistep methods when ``num_inference_steps <
     lower_order_final_max_steps`` (15 by default, DPMSolverMultistepScheduler's rule; ``None``
     applies it at any number of steps, as UniPCMultistepScheduler does). ``clip_sample`` and
-    ``thresholding`` clip the data prediction, as DDIMScheduler does.
+    ``thresholding`` clip the data prediction on the model side (:func:`odesolve.models.clip_data`,
+    :func:`odesolve.models.dynamic_thresholding`).
 
     img2img (a grid entered mid-way, diffusers #1866): ``set_begin_index(i)`` or a first ``step``
     at ``timesteps[i]`` recompiles the plan on the grid from that step on, so multistep methods
@@ -135,6 +118,9 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     ``timestep_spacing="trailing"`` or ``"linspace"``) is refused in ``set_timesteps``: there the
     noise prediction does not determine the data prediction; use a v-prediction network or a grid
     that starts below the last training timestep.
+
+    Noise (plans that inject it): a run draws from the ``generator`` passed to its first ``step``
+    (None: torch's default stream); a later ``step`` with another generator is refused.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]  # noqa: RUF012 - diffusers reads it as is
@@ -192,13 +178,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         self._family = family_for(self.config)
         self.path = self._family.path
         self.prediction = self._family.prediction
-        if clip_sample:
-            positive(dict(self.config), "clip_sample_range", 1.0)
-        if thresholding:
-            positive(dict(self.config), "sample_max_value", 1.0)
-            if not 0 < float(dynamic_thresholding_ratio) <= 1:
-                raise ValueError(f"config field dynamic_thresholding_ratio must lie in (0, 1], got "
-                                 f"{dynamic_thresholding_ratio!r}")
+        self._clips = _clipping(self.config, Model(_Handed(), self.path, "x0")) is not None  # refuses bad ranges
         if lower_order_final_max_steps is not None:
             count(lower_order_final_max_steps, "config field lower_order_final_max_steps", minimum=0)
         self.order = self._method.calls_per_step
@@ -207,10 +187,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         self.plan: Plan | None = None
         self.grid: Grid | None = None
         self._begin_index = None
-        self._run: PlanRun | None = None
-        self._offset = 0  # index in timesteps of the run's first call
-        self._returned = None
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
+        self._reset_run()
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -231,8 +209,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             opts["lower_order_final"] = bool(self.config.lower_order_final) and (limit is None or steps < limit)
         return opts
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
-                      timesteps: list | None = None, sigmas: list | None = None, mu: float | None = None, **kwargs):
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list | None = None,
+        sigmas: list | None = None,
+        mu: float | None = None,
+        **kwargs,
+    ):
         """Build the grid (from ``num_inference_steps`` and the config, or from explicit network
         ``timesteps`` / ``sigmas`` -- noise levels sigma/alpha for VP and EDM models, the flow
         time for flow models -- ending at the end point the config names) and compile the plan."""
@@ -247,35 +232,60 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _use_grid(self, grid: Grid, device=None):
         plan = self._method.compile(self.path, grid, **self._options(grid.steps))
-        self._prepare(plan)
-        self.grid, self.plan = grid, plan
+        self._use_plan(plan)
+        self.grid = grid
         self.num_inference_steps = grid.steps
-        self.timesteps = self._family.network_time(plan.times).to(torch.float32).to(device)
+        timesteps = self._family.network_time(plan.times).to(torch.float32)
+        self._host_timesteps = timesteps.tolist()  # compared on the host: no device synchronisation per step
+        self.timesteps = timesteps.to(device)
         self.sigmas = torch.cat([self.path.noise_level(plan.times), grid.sigmas[-1:]]).to(torch.float32)
         a0, s0 = self.path.alpha(grid.t[0]), self.path.sigma(grid.t[0])
         self.init_noise_sigma = float(torch.sqrt(a0 * a0 + s0 * s0))
         self._begin_index = None
-        self._run = None
-        self._offset = 0
+        self._reset_run()
 
-    def _prepare(self, plan: Plan):
-        """The coefficients ``F = c_x X + c_F out`` from the network's raw output to the plan's
-        prediction at each call; refused where they do not exist (an eps-network at alpha = 0)."""
-        cx, cf = self._family.output_coefficients(plan.path, plan.prediction, plan.times)
-        bad = ~(torch.isfinite(cx) & torch.isfinite(cf))
-        if bool(bad.any()):
-            k = int(torch.nonzero(bad)[0])
-            t = float(plan.times[k])
-            raise ValueError(
-                f"{plan.method!r} needs the {plan.prediction} prediction at timestep "
-                f"{float(self._family.network_time(torch.tensor(t))):g}, where alpha = "
-                f"{float(plan.path.alpha(torch.tensor(t, dtype=torch.float64))):g}; the network's "
-                f"prediction_type={self.config.prediction_type!r} does not determine it there (at alpha = 0 the "
-                "noise carries no information about the data). Use a v_prediction (or sample) network, as "
-                "zero-terminal-SNR models are trained, or a grid that does not start at alpha = 0: "
-                "timestep_spacing='leading', or set_timesteps(timesteps=...) starting below that timestep")
-        self._cx, self._cf = cx.tolist(), cf.tolist()
-        self._alpha, self._sigma = plan.path.alpha(plan.times).tolist(), plan.path.sigma(plan.times).tolist()
+    def _use_plan(self, plan: Plan):
+        """Check ``plan`` against the network and take it. The program receives the network's
+        output itself, or (EDM preconditioning, clipping) the data prediction ``x0 = b_x X + b_F
+        out`` the scheduler forms: ``_x0`` holds ``(b_x, b_F)`` per call then, else None."""
+        self._refuse_undefined(plan, plan.prediction)
+        sends_x0 = self._clips or self._family.preconditioning(plan.times[:1]) is not None
+        if sends_x0:
+            bx, bf = self._refuse_undefined(plan, "x0")
+            self._x0 = list(zip(bx.tolist(), bf.tolist()))
+        else:
+            self._x0 = None
+        self.plan = plan
+
+    def _refuse_undefined(self, plan: Plan, target: str):
+        """``(c_x, c_F)`` with ``target = c_x X + c_F out`` at every call of ``plan``; where the
+        network's raw output does not determine ``target`` (an eps-network at alpha = 0), a
+        ``ValueError`` names the timestep and what to use instead."""
+        try:
+            cx, cf = self._family.output_coefficients(plan.path, target, plan.times)
+            if bool((torch.isfinite(cx) & torch.isfinite(cf)).all()):
+                return cx, cf
+            reason = ""
+        except ValueError as e:
+            reason = f" ({e})"
+        k = next(k for k in range(plan.calls) if not self._defined(plan, target, k))
+        t = plan.times[k]
+        need = f"the {target} prediction" if target == plan.prediction else "the data prediction x0 (to clip it)"
+        raise ValueError(
+            f"{plan.method!r} needs {need} at timestep {float(self._family.network_time(t)):g}, where alpha = "
+            f"{float(plan.path.alpha(t)):g}; the network's prediction_type={self.config.prediction_type!r} does not "
+            "determine it there (at alpha = 0 the noise carries no information about the data). Use a v_prediction "
+            "(or sample) network, as zero-terminal-SNR models are trained, or a grid that does not start at "
+            "alpha = 0: timestep_spacing='leading', or set_timesteps(timesteps=...) starting below that timestep"
+            + reason
+        )
+
+    def _defined(self, plan: Plan, target: str, k: int) -> bool:
+        try:
+            cx, cf = self._family.output_coefficients(plan.path, target, plan.times[k : k + 1])
+        except ValueError:
+            return False
+        return bool((torch.isfinite(cx) & torch.isfinite(cf)).all())
 
     # -- diffusers API ------------------------------------------------------------------------
     @property
@@ -285,7 +295,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     @property
     def step_index(self):
         """Index in ``timesteps`` of the next call (None before the first ``step``)."""
-        return None if self._run is None else self._offset + self._run.k
+        return None if self._k is None else self._offset + self._k
 
     def set_begin_index(self, begin_index: int = 0):
         self._begin_index = count(begin_index, "begin_index", minimum=0)
@@ -301,48 +311,92 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         return sample * c_in.to(sample.device, sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
 
     def _call_at(self, timestep, k: int) -> None:
-        """Refuse a ``step`` whose timestep is not ``timesteps[k]``."""
-        value, expected = _timestep_value(timestep), float(self.timesteps[k])
+        """Refuse a ``step`` whose timestep is not ``timesteps[k]`` (read on the host only when it
+        is not that element of ``timesteps`` itself)."""
+        if _entry(timestep, self.timesteps) == k:
+            return
+        value, expected = _timestep_value(timestep), self._host_timesteps[k]
         if abs(value - expected) > _tolerance(timestep, expected):
-            raise ValueError(f"step() got timestep {value:g}, but the next model call is at timestep {expected:g} "
-                             f"(scheduler.timesteps[{k}]); call step once per entry of scheduler.timesteps, in order "
-                             "(set_timesteps starts a new run)")
+            raise ValueError(
+                f"step() got timestep {value:g}, but the next model call is at timestep {expected:g} "
+                f"(scheduler.timesteps[{k}]); call step once per entry of scheduler.timesteps, in order "
+                "(set_timesteps starts a new run)"
+            )
 
-    def _start(self, timestep, sample: Tensor):
+    def _first_call(self, timestep) -> int:
+        """Where a run starts: ``begin_index``, else the entry of ``timesteps`` the first timestep is."""
         k0 = self._begin_index
-        if k0 is None:  # the first timestep says where sampling starts (img2img without set_begin_index)
-            value = _timestep_value(timestep)
-            ts = self.timesteps.detach().to("cpu", torch.float64)
-            hit = torch.nonzero((ts - value).abs() <= _tolerance(timestep, value)).flatten()
-            if not hit.numel():
-                raise ValueError(f"step() got timestep {value:g}, which is not in scheduler.timesteps "
-                                 f"({ts[:4].tolist()}...); pass the entries of scheduler.timesteps, in order")
-            k0 = int(hit[0])
-        elif not 0 <= k0 < len(self.timesteps):
-            raise ValueError(f"begin_index {k0} is outside the {len(self.timesteps)} timesteps of the plan")
+        if k0 is not None:
+            if not 0 <= k0 < len(self._host_timesteps):
+                raise ValueError(f"begin_index {k0} is outside the {len(self._host_timesteps)} timesteps of the plan")
+            return k0
+        k0 = _entry(timestep, self.timesteps)
+        if k0 is not None:
+            return k0
+        value = _timestep_value(timestep)
+        hits = [k for k, v in enumerate(self._host_timesteps) if abs(v - value) <= _tolerance(timestep, value)]
+        if not hits:
+            raise ValueError(
+                f"step() got timestep {value:g}, which is not in scheduler.timesteps "
+                f"({self._host_timesteps[:4]}...); pass the entries of scheduler.timesteps, in order"
+            )
+        return hits[0]
+
+    def _start(self, timestep, sample: Tensor, out: Tensor, generator):
+        """Start a run at the first ``step``: the plan's program for ``sample``, driven from it."""
+        k0 = self._first_call(timestep)
         self._call_at(timestep, k0)
         if k0 != 0:
             self._enter_midway(k0)
-        self._offset = k0
-        self._run = PlanRun(self.plan, sample)
-        self._returned = None
+        differentiable = torch.is_grad_enabled() and (sample.requires_grad or out.requires_grad)
+        program = prepare(
+            self.plan,
+            "x0" if self._x0 is not None else self.prediction,
+            sample.shape,
+            sample.dtype,
+            sample.device,
+            differentiable=differentiable,
+        )
+        if program.stochastic and generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator: {self.plan.method!r} injects noise, drawn from one torch.Generator (or "
+                f"None, torch's default stream); got {type(generator).__name__}"
+            )
+        self._program, self._offset, self._generator = program, k0, generator
+        self._run = program.steps(sample, generator if program.stochastic else None)
+        self._k, self._X, self._t, _ = next(self._run)
+        if self._x0 is not None:
+            self._handed = _Handed()
+            self._clip = _clipping(self.config, Model(self._handed, self.path, "x0"))
+
+    def _reset_run(self):
+        """Forget the sampling run (closing its interpreter): the next ``step`` starts a new one."""
+        run = getattr(self, "_run", None)
+        if run is not None:
+            run.close()
+        self._run = self._program = self._k = self._X = self._t = None
+        self._generator = self._returned = self._handed = self._clip = None
+        self._offset, self._returned_version = 0, None
 
     def _enter_midway(self, k0: int):
         plan = self.plan
         n = int(plan.step[k0])
         if k0 > 0 and int(plan.step[k0 - 1]) == n:
-            raise ValueError(f"begin_index {k0} falls inside grid step {n} of {plan.method!r}; a sampler can only "
-                             "be entered at the first call of a step")
+            raise ValueError(
+                f"begin_index {k0} falls inside grid step {n} of {plan.method!r}; a sampler can only "
+                "be entered at the first call of a step"
+            )
         grid = Grid(self.path, self.grid.t[n:])
         sub = self._method.compile(self.path, grid, **self._options(self.grid.steps))
         tail = plan.times[k0:]
         if sub.calls != tail.numel() or not torch.allclose(sub.times, tail, rtol=0, atol=1e-9):
-            raise ValueError(f"{plan.method!r} takes {sub.calls} model calls from grid step {n} on when it starts "
-                             f"there (its warm-up differs), but the pipeline has {tail.numel()} timesteps left; "
-                             "it cannot be entered mid-way (img2img): use a method with the same calls at every "
-                             "step (for example dpmpp-2m, unipc-bh2-3, ddim, heun)")
-        self._prepare(sub)
-        self.plan = sub
+            raise ValueError(
+                f"{plan.method!r} takes {sub.calls} model calls from grid step {n} on when it starts "
+                f"there (its warm-up differs), but the pipeline has {tail.numel()} timesteps left; "
+                "it cannot be entered mid-way (img2img): use a method with the same calls at every "
+                "step (for example dpmpp-2m, unipc-bh2-3, ddim, heun)"
+            )
+        self._use_plan(sub)
 
     def _check_output(self, model_output, sample) -> Tensor:
         """The model output as the prediction tensor for ``sample``, or an error naming what is wrong."""
@@ -352,63 +406,93 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             if not v.is_floating_point():
                 raise TypeError(f"{name} must have a real floating dtype, got {v.dtype}")
         if model_output.device != sample.device:
-            raise ValueError(f"model_output is on {model_output.device} but sample is on {sample.device}; move one "
-                             "of them")
+            raise ValueError(
+                f"model_output is on {model_output.device} but sample is on {sample.device}; move one of them"
+            )
         out = model_output
         if out.ndim == sample.ndim and out.ndim >= 2 and out.shape[1] == 2 * sample.shape[1]:  # learned variance
             out = out[:, : sample.shape[1]]
         if out.shape != sample.shape:
-            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has shape "
-                             f"{tuple(sample.shape)}; they must be equal (or the output have twice the channels, "
-                             "a learned variance)")
-        if self._run is not None and sample.shape != self._run.s.shape:
-            raise ValueError(f"sample has shape {tuple(sample.shape)} but this sampling run started with shape "
-                             f"{tuple(self._run.s.shape)}; call set_timesteps to start a new run")
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but sample has shape "
+                f"{tuple(sample.shape)}; they must be equal (or the output have twice the channels, "
+                "a learned variance)"
+            )
+        program = self._program
+        if program is not None and (sample.shape != program.shape or sample.device != program.device):
+            raise ValueError(
+                f"sample has shape {tuple(sample.shape)} on {sample.device} but this sampling run started "
+                f"with shape {tuple(program.shape)} on {program.device}; call set_timesteps to start a "
+                "new run"
+            )
         return out
 
-    def _prediction(self, out: Tensor, X: Tensor, k: int) -> Tensor:
-        """The plan's prediction at call ``k`` from the network's raw output ``out`` at input ``X``:
-        ``c_x X + c_F out``, then clipped or thresholded as the config says."""
-        F = out.to(X.dtype) * self._cf[k] + X * self._cx[k]
-        return self._clip(F, X, k)
+    def _data_prediction(self, out: Tensor, X: Tensor, k: int) -> Tensor:
+        """``x0 = b_x X + b_F out`` at call ``k``, clipped or thresholded as the config says."""
+        bx, bf = self._x0[k]
+        x0 = out.to(X.dtype).mul(bf)
+        if bx:
+            x0.add_(X, alpha=bx)
+        if self._clip is None:
+            return x0
+        self._handed.x0 = x0
+        try:
+            return self._clip(X, self._t)
+        finally:
+            self._handed.x0 = None
 
-    def _clip(self, F: Tensor, X: Tensor, k: int) -> Tensor:
-        cfg = self.config
-        if not (cfg.clip_sample or cfg.thresholding):
-            return F
-        a, s = self._alpha[k], self._sigma[k]
-        x0 = F if self.plan.prediction == "x0" else (X - s * F) / a if a > 0 else None
-        if x0 is None:
-            return F
-        if cfg.thresholding:
-            flat = x0.reshape(x0.shape[0], -1).abs().float()
-            q = torch.quantile(flat, float(cfg.dynamic_thresholding_ratio), dim=1)
-            q = q.clamp(min=1.0, max=float(cfg.sample_max_value)).to(x0.dtype).view((-1,) + (1,) * (x0.ndim - 1))
-            x0 = torch.maximum(torch.minimum(x0, q), -q) / q
-        else:
-            r = float(cfg.clip_sample_range)
-            x0 = x0.clamp(-r, r)
-        return x0 if self.plan.prediction == "x0" else (X - a * x0) / s
+    def _handed_back(self, sample: Tensor) -> bool:
+        """Whether ``sample`` is the tensor the last ``step`` returned, unmodified."""
+        return sample is self._returned and (sample.is_inference() or sample._version == self._returned_version)
 
-    def step(self, model_output: Tensor, timestep, sample: Tensor, generator: torch.Generator | None = None,
-             return_dict: bool = True, **kwargs) -> SchedulerOutput | tuple:
-        """Apply the plan's row for this model call; returns the next model input (the sample
-        after the last call). ``timestep`` must be the next entry of ``timesteps``. ``kwargs`` of
-        other schedulers (``eta``, ``s_churn``...) are ignored."""
+    def step(
+        self,
+        model_output: Tensor,
+        timestep,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> SchedulerOutput | tuple:
+        """Send this model call's output into the plan's program; returns the next model input
+        (the sample after the last call). ``timestep`` must be the next entry of ``timesteps``.
+        ``kwargs`` of other schedulers (``eta``, ``s_churn``...) are ignored."""
         if self.plan is None:
             raise ValueError("set_timesteps must be called before step")
         out = self._check_output(model_output, sample)
-        if self._run is None:
-            self._start(timestep, sample)
-        run = self._run
-        if run.done:
-            raise ValueError(f"step called {run.k + 1} times but the plan has {run.plan.calls} model calls; call "
-                             "set_timesteps again to start a new sampling run")
-        self._call_at(timestep, self._offset + run.k)
-        if run.k > 0 and run.plain(run.k) and sample is not self._returned:
-            run.adopt(sample)  # the pipeline replaced the latents (e.g. inpainting)
-        prev = run.advance(self._prediction(out, run.X, run.k), generator).to(sample.dtype)
-        self._returned = prev
+        if self._k is None:
+            self._start(timestep, sample, out, generator)
+        elif self._run is None:
+            calls = self._program.calls
+            if self._k >= calls:
+                raise ValueError(
+                    f"step called {calls + 1} times but the plan has {calls} model calls; call "
+                    "set_timesteps again to start a new sampling run"
+                )
+            raise ValueError(
+                f"this sampling run stopped with an error at call {self._k}; call set_timesteps to start a new one"
+            )
+        else:
+            if self._program.stochastic and generator is not self._generator:
+                raise ValueError(
+                    f"generator: {self.plan.method!r} injects noise, drawn from the generator passed to "
+                    "the first step of the run; pass that same generator to every step (or None to all)"
+                )
+            self._call_at(timestep, self._offset + self._k)
+        k, X = self._k, self._X
+        if k > 0 and self._program.plain_input[k] and not self._handed_back(sample):
+            X.copy_(sample)  # the pipeline replaced the latents (inpainting): X is the state
+        sent = out if self._x0 is None else self._data_prediction(out, X, k)
+        try:
+            self._k, self._X, self._t, _ = self._run.send(sent)
+        except BaseException:
+            self._run = None  # the interpreter has stopped; the next step says so
+            raise
+        prev = self._X.to(sample.dtype, copy=True)  # X is the run's buffer, valid until the next send
+        if self._k == self._program.calls:
+            self._run.close()
+            self._run = self._X = self._handed = self._clip = None
+        self._returned, self._returned_version = prev, None if prev.is_inference() else prev._version
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
@@ -420,8 +504,10 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         try:
             self.path.check_times(t, "timesteps")
         except ValueError as e:
-            raise ValueError(f"add_noise: timesteps {torch.as_tensor(timesteps).reshape(-1).tolist()[:4]} are outside "
-                             f"the model's ({e})") from None
+            raise ValueError(
+                f"add_noise: timesteps {torch.as_tensor(timesteps).reshape(-1).tolist()[:4]} are outside "
+                f"the model's ({e})"
+            ) from None
         a, s = self.path.alpha(t), self.path.sigma(t)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         dev, dt = original_samples.device, original_samples.dtype

@@ -16,8 +16,9 @@ __all__ = ["flow_sigmas_multistep", "flow_times", "karras_sigmas", "spaced_times
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
     """Karras et al. (2022), eq. 5: ``(sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``."""
     if not 0 < sigma_min < sigma_max < math.inf:
-        raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max < inf, got {sigma_min}, "
-                         f"{sigma_max}")
+        raise ValueError(
+            f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max < inf, got {sigma_min}, {sigma_max}"
+        )
     ramp = np.linspace(0, 1, n)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
@@ -34,8 +35,10 @@ def spaced_timesteps(T: int, steps: int, spacing: str, steps_offset: int = 0) ->
     was trained with, or an offset past the end): diffusers' grids would repeat or clip timesteps.
     """
     if steps > T:
-        raise ValueError(f"num_inference_steps={steps} is more than the model's num_train_timesteps={T}: a discrete "
-                         f"model has only {T} timesteps (use use_karras_sigmas or use_lu_lambdas for finer grids)")
+        raise ValueError(
+            f"num_inference_steps={steps} is more than the model's num_train_timesteps={T}: a discrete "
+            f"model has only {T} timesteps (use use_karras_sigmas or use_lu_lambdas for finer grids)"
+        )
     if spacing == "linspace":
         ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
     elif spacing == "leading":
@@ -44,20 +47,33 @@ def spaced_timesteps(T: int, steps: int, spacing: str, steps_offset: int = 0) ->
         # [:steps]: for some steps (61 of T = 1000) rounding in arange leaves a spurious last point near 0
         ts = np.arange(T, 0, -T / steps)[:steps].round().astype(np.int64) - 1
     else:
-        raise ValueError(f"config field timestep_spacing={spacing!r} is not supported (expected 'linspace', "
-                         "'leading' or 'trailing')")
+        raise ValueError(
+            f"config field timestep_spacing={spacing!r} is not supported (expected 'linspace', 'leading' or 'trailing')"
+        )
     if ts.size != steps or bool((np.diff(ts) >= 0).any()):
-        raise ValueError(f"timestep_spacing={spacing!r} gives repeated timesteps for num_inference_steps={steps} on "
-                         f"a model with num_train_timesteps={T} ({ts[:8].tolist()}...); take fewer steps or another "
-                         "timestep_spacing")
+        raise ValueError(
+            f"timestep_spacing={spacing!r} gives repeated timesteps for num_inference_steps={steps} on "
+            f"a model with num_train_timesteps={T} ({ts[:8].tolist()}...); take fewer steps or another "
+            "timestep_spacing"
+        )
     if int(ts[0]) > T - 1 or int(ts[-1]) < 0:
-        raise ValueError(f"config field steps_offset={steps_offset} puts the timesteps outside [0, {T - 1}] "
-                         f"(from {int(ts[0])} to {int(ts[-1])})")
+        raise ValueError(
+            f"config field steps_offset={steps_offset} puts the timesteps outside [0, {T - 1}] "
+            f"(from {int(ts[0])} to {int(ts[-1])})"
+        )
     return ts.astype(np.float64)
 
 
-def flow_times(T: int, steps: int, *, shift: float = 1.0, dynamic: bool = False, mu: float | None = None,
-               time_shift_type: str = "exponential", shift_terminal: float | None = None) -> np.ndarray:
+def flow_times(
+    T: int,
+    steps: int,
+    *,
+    shift: float = 1.0,
+    dynamic: bool = False,
+    mu: float | None = None,
+    time_shift_type: str = "exponential",
+    shift_terminal: float | None = None,
+) -> np.ndarray:
     """The flow times ``FlowMatchEulerDiscreteScheduler.set_timesteps`` steps through (before the end point):
     linspace(1, t_min, steps) then the shift ``s t / (1 + (s - 1) t)``, or with dynamic shifting
     ``e^mu / (e^mu + 1/t - 1)`` (``time_shift_type="linear"``: ``mu / (mu + 1/t - 1)``); ``shift_terminal``
@@ -71,8 +87,10 @@ def flow_times(T: int, steps: int, *, shift: float = 1.0, dynamic: bool = False,
         elif time_shift_type == "linear":
             s = mu / (mu + (1 / s - 1))
         else:
-            raise ValueError(f"config field time_shift_type={time_shift_type!r} is not supported (expected "
-                             "'exponential' or 'linear')")
+            raise ValueError(
+                f"config field time_shift_type={time_shift_type!r} is not supported (expected "
+                "'exponential' or 'linear')"
+            )
     else:
         t_min = shift * (1.0 / T) / (1 + (shift - 1) * (1.0 / T))
         s = np.linspace(1.0 * T, t_min * T, steps) / T
