@@ -67,7 +67,7 @@ for alg in ("dpmsolver++", "dpmsolver"):
         print(f"  {alg} {st}: diffusers vs paper {rel(xd, paper):.2e}; error vs exact: diffusers {rel(xd, ref):.2e}, "
               f"paper {rel(paper, ref):.2e}")
 
-print("4. DEIS: diffusers (log-rho, = noise-form exponential Adams) vs odesolve deis-N (tAB, Lagrange in t)")
+print("4. DEIS: diffusers (log-rho, = eps-prediction exponential Adams) vs odesolve deis-N (tAB, Lagrange in t)")
 for order in (2, 3):
     for N in (10, 20):
         s = d.DEISMultistepScheduler(solver_order=order)

@@ -1,7 +1,7 @@
 """Test-suite configuration: runtime shape/dtype checking of odesolve's annotations.
 
-jaxtyping's import hook wraps every function of the package with beartype, so an annotation that
-does not hold fails the tests (DESIGN.md: jaxtyping annotations, checked in the test suite).
+jaxtyping's import hook wraps every function of the package with beartype, so a shape or dtype
+annotation (``Float64[Tensor, " steps_plus_one"]``) that does not hold fails the tests.
 """
 
 import os

@@ -3,14 +3,14 @@ boundary loci, real stability intervals, and what classifier-free guidance does 
 
 The test equations (docs/theory.md section 6)
 ---------------------------------------------
-- ``"lambda"`` (data form, the natural test of exponential integrators): ``x0(x, t) = mu x / alpha``.
+- ``"lambda"`` (x0-prediction form, the natural test of exponential integrators): ``x0(x, t) = mu x / alpha``.
   Then ``y = x / sigma`` obeys ``dy/dlambda = mu y``: for a frozen (constant) ``mu`` the exact factor
   over a step is ``e^(mu h)``; a ``mu`` that varies with lambda, as every real model's does, gives
   ``exp(integral of mu dlambda)`` instead, which the frozen analysis only approximates.
   For Gaussian data with variance ``s^2`` along an eigen-direction, ``mu = s^2 e^(2 lambda) /
   (s^2 e^(2 lambda) + 1)`` in (0, 1); guidance makes it ``(1 + w) mu_c - w mu_u``, possibly large and
   negative.
-- ``"rho"`` (noise form, the classical test in k-diffusion's variables): ``eps(x, t) = -mu x / alpha``,
+- ``"rho"`` (eps-prediction form, the classical test in k-diffusion's variables): ``eps(x, t) = -mu x / alpha``,
   so ``xbar = x / alpha`` obeys ``dxbar/ds = mu xbar`` in the direction of integration ``s = -rho``
   (``rho = sigma / alpha`` decreases): over a step ``h = rho_n - rho_{n+1} > 0`` the exact factor is
   ``e^(mu h)`` and ``z = mu h`` is the classical ``h lambda`` of Dahlquist's test (negative mu decays).

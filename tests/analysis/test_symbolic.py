@@ -103,7 +103,7 @@ def test_dpm_solver_2_order_conditions():
         assert not c["2"].identically and c["2"].valuation == 1
         assert c["3"].valuation == 0 and c["4"].valuation == 0
         assert (d.classical_order, d.stiff_order) == (2, 1)
-    # the leading residual of psi_2 is -zeta/12 (zeta = +h in the noise form)
+    # the leading residual of psi_2 is -zeta/12 (zeta = +h in the eps-prediction form)
     d = derive("dpm-solver-2")
     res = next(k.residual for k in d.conditions if k.number == "2")
     h = sp.Symbol("h", positive=True)

@@ -296,7 +296,7 @@ def test_velocity_and_v_convert_to_x0_exactly_at_alpha_zero():
 
 def test_v_model_from_alpha_zero_samples_a_point_mass_exactly():
     """All data at x0 = 2: the exact v-prediction on flow matching is v = alpha eps - sigma x0 with
-    eps = (x - alpha x0)/sigma, and every data-form method lands on x0 = 2 from t = 1."""
+    eps = (x - alpha x0)/sigma, and every x0-prediction method lands on x0 = 2 from t = 1."""
     def v(x, t):
         a, s = FM.alpha(t)[:, None], FM.sigma(t)[:, None]
         return (a * (x - a * 2.0) / s - s * 2.0).to(x.dtype)
