@@ -76,8 +76,14 @@ def chi(l: int, h: Tensor, prediction: Prediction) -> Tensor:
 
 
 def table(cls):
-    """Method tables are frozen dataclasses: immutable, hashable, compared by their entries."""
-    return dataclass(frozen=True)(cls)
+    """Method tables are frozen dataclasses: immutable, hashable, compared by their entries.
+
+    Their ``__post_init__`` checks every field and names it in the error; the flag
+    ``__no_type_check__`` keeps a runtime type checker (jaxtyping's import hook in the test suite)
+    from refusing a field's type before that clearer message."""
+    cls = dataclass(frozen=True)(cls)
+    cls.__no_type_check__ = True
+    return cls
 
 
 @table
