@@ -207,7 +207,8 @@ def k_solvers() -> list[Solver]:
         _k_solver("sample_euler", "euler", one, twin=lambda n: "euler"),
         _k_solver("sample_heun", "heun", two, twin=lambda n: "heun"),
         _k_solver("sample_dpm_2", "dpm_2", two,
-                  note="Euler to the geometric-mean sigma, then a midpoint step in sigma (not an exponential integrator)"),
+                  note="Euler to the geometric-mean sigma, then a midpoint step in sigma "
+                       "(not an exponential integrator)"),
         _k_solver("sample_lms", "lms(order=3)", one, kwargs={"order": 3}, twin=lambda n: "lms-3"),
         _k_solver("sample_lms", "lms", one, kwargs={"order": 4}, note="order 4, the default"),
         _k_solver("sample_dpmpp_2s_ancestral", "dpmpp_2s_ancestral(eta=0)", two, kwargs={"eta": 0.0},

@@ -19,8 +19,17 @@ from torch import Tensor
 
 from .paths import Path, VPDiscrete, as_time, check_int, check_real
 
-__all__ = ["Grid", "from_times", "from_sigmas", "karras", "uniform_lambda", "uniform_time", "time_quadratic",
-           "discrete", "MAX_STEPS"]
+__all__ = [
+    "MAX_STEPS",
+    "Grid",
+    "discrete",
+    "from_sigmas",
+    "from_times",
+    "karras",
+    "time_quadratic",
+    "uniform_lambda",
+    "uniform_time",
+]
 
 MAX_STEPS = 100_000  # compiling a plan costs about 1 ms per step: beyond this a typo, not a sampler
 
@@ -76,7 +85,7 @@ class Grid:
     def alphas(self) -> Float64[Tensor, " points"]:
         return self.path.alpha(self.t)
 
-    def strength(self, strength: float) -> "Grid":
+    def strength(self, strength: float) -> Grid:
         """The last ``round(steps * strength)`` steps: img2img / SDEdit start mid-way (diffusers #1866)."""
         check_real(strength, "strength", 0.0, 1.0, lo_open=True)
         k = max(1, round(self.steps * strength))

@@ -19,16 +19,27 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 from jaxtyping import Float64
 from torch import Tensor
 
-__all__ = ["Path", "VP", "VPLinear", "VPCosine", "VPDiscrete", "VE", "EDM", "FlowMatching", "as_time", "check_real",
-           "check_int"]
+__all__ = [
+    "EDM",
+    "VE",
+    "VP",
+    "FlowMatching",
+    "Path",
+    "VPCosine",
+    "VPDiscrete",
+    "VPLinear",
+    "as_time",
+    "check_int",
+    "check_real",
+]
 
 
 Times = Float64[Tensor, "*t"]  # float64 values at the times given, of their shape
@@ -289,7 +300,7 @@ class VPDiscrete(Path):
     # -- constructors with the diffusers names ---------------------------------------------------
     @classmethod
     def from_schedule(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 0.0001,
-                      beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> "VPDiscrete":
+                      beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> VPDiscrete:
         """Betas as diffusers builds them: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``."""
         T = check_int(num_train_timesteps, "num_train_timesteps", 2)
         beta_start = check_real(beta_start, "beta_start", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -301,7 +312,7 @@ class VPDiscrete(Path):
         elif schedule == "scaled_linear":
             betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
         elif schedule == "squaredcos_cap_v2":
-            f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
             betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
         else:
             raise ValueError(f"schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {schedule!r}")

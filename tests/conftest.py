@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from jaxtyping import install_import_hook
 
 if "odesolve" not in sys.modules:
     with install_import_hook("odesolve", "beartype.beartype"):
-        import odesolve  # noqa: F401
-        import odesolve.methods  # noqa: F401
+        import odesolve
+        import odesolve.methods
         import odesolve.toy  # noqa: F401
 
 os.environ.setdefault("ODESOLVE_FULL", "0")

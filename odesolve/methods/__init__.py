@@ -20,11 +20,11 @@ from .exponential_rk import ExponentialRK
 
 __all__ = [
     "BH1",
+    "HALF_SECOND_DIFFERENCE",
+    "MIDPOINT",
     "ExponentialMultistep",
     "ExponentialRK",
     "FixedAdams",
-    "HALF_SECOND_DIFFERENCE",
-    "MIDPOINT",
     "Method",
     "RungeKutta",
     "Weight",

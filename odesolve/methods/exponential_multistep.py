@@ -254,7 +254,7 @@ def _family():
                              paper=f"{P}, 3M with the Taylor-consistent D2 weight and a DPM-Solver++(2S) first "
                                    "step, so that the warm-up keeps order 3 (one extra model call)"),
         ExponentialMultistep("dpm-solver-2m", order=2, prediction="eps", nodes=2, weights=MIDPOINT,
-                             paper="Lu et al. 2022, multistep eps-prediction form (diffusers algorithm_type='dpmsolver')"),
+                             paper="Lu et al. 2022, multistep, eps prediction (diffusers algorithm_type='dpmsolver')"),
         ExponentialMultistep("dpm-solver-3m", order=2, prediction="eps", nodes=3,
                              weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
                              paper="Lu et al. 2022, multistep eps-prediction form, 3rd-order update as published "

@@ -2,11 +2,11 @@ import dataclasses
 
 import pytest
 import torch
+from exact import GAUSS, DiagonalGaussian
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
-
-from exact import GAUSS, DiagonalGaussian
+from odesolve import grids as G
+from odesolve import paths as P
 
 EDM = P.EDM()
 
@@ -71,7 +71,7 @@ def test_fp16_model_with_fp32_state_stays_within_fp16_noise():
 
 
 def test_nan_from_the_model_names_the_step():
-    grid, x, model = _setup()
+    grid, x, _ = _setup()
     bad = ods.Model(lambda x, t: torch.where(t[:, None] < 1.0, torch.nan, GAUSS.x0(EDM)(x, t)), EDM, "x0")
     with pytest.raises(ods.NonFiniteError, match=r"call \d+ \(grid step \d+, t = 0\.\d+"):
         ods.sample(bad, x, grid, method="ddim")

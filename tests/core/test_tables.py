@@ -10,7 +10,7 @@ import odesolve as ods
 from odesolve import grids as G
 from odesolve import paths as P
 from odesolve.methods import ExponentialMultistep, ExponentialRK, FixedAdams, RungeKutta, Weight
-from odesolve.methods.exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT
+from odesolve.methods.exponential_multistep import BH1, MIDPOINT
 
 EDM = P.EDM()
 h2 = Fr(1, 2)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.adapters import kdiffusion as kd
 from odesolve.models import classifier_free_guidance, clip_data, conversion, dynamic_thresholding
 

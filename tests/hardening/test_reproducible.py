@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.toy import GaussianMixture
 
 DIGITS_ATOL = 5e-5

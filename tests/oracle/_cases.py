@@ -205,7 +205,8 @@ def _dpm_cases():
                                         final_sigmas_type=final),
                                     N, m, options=opts, grid="discrete"))
     cfgs = [("v_prediction", {"prediction_type": "v_prediction"}), ("sample", {"prediction_type": "sample"}),
-            ("trailing", {"timestep_spacing": "trailing"}), ("leading", {"timestep_spacing": "leading", "steps_offset": 1}),
+            ("trailing", {"timestep_spacing": "trailing"}),
+            ("leading", {"timestep_spacing": "leading", "steps_offset": 1}),
             ("karras", {"use_karras_sigmas": True}), ("lu-lambdas", {"use_lu_lambdas": True}),
             ("scaled_linear", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}),
             ("squaredcos", {"beta_schedule": "squaredcos_cap_v2"})]
@@ -247,8 +248,8 @@ def _unipc_cases():
                     out.append(Case(f"UniPCMultistep-{bh}-o{order}-{'corrector' if corr else 'no-corrector'}-N{N}-"
                                     f"{final}{'-lower_order_final' if lof else ''}",
                                     lambda bh=bh, order=order, corr=corr, final=final, lof=lof:
-                                    d.UniPCMultistepScheduler(solver_type=bh, solver_order=order, final_sigmas_type=final,
-                                                              lower_order_final=lof,
+                                    d.UniPCMultistepScheduler(solver_type=bh, solver_order=order,
+                                                              final_sigmas_type=final, lower_order_final=lof,
                                                               disable_corrector=[] if corr else list(range(1000))),
                                     N, name, options={"lower_order_final": lof}, f64=_f64("sigmas"), grid="discrete"))
     out.append(Case("UniPCMultistep-bh2-o3-karras-N12", lambda: d.UniPCMultistepScheduler(
@@ -274,7 +275,8 @@ def _other_cases():
     for tag, kw, N in (("trailing-alpha1", {"timestep_spacing": "trailing", "set_alpha_to_one": True}, 10),
                        ("leading-offset1-alpha0", {"timestep_spacing": "leading", "steps_offset": 1,
                                                        "set_alpha_to_one": False}, 20),
-                       ("trailing-v_prediction", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10),
+                       ("trailing-v_prediction",
+                        {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10),
                        ("leading-sample", {"prediction_type": "sample"}, 25)):
         pred = kw.get("prediction_type", "epsilon")
         out.append(Case(f"DDIM-{tag}-N{N}", lambda kw=kw: d.DDIMScheduler(clip_sample=False, **kw), N, "ddim",
@@ -292,7 +294,8 @@ def _other_cases():
     for order in (1, 2, 3, 4):
         out.append(Case(f"LMSDiscrete-order{order}-N10", d.LMSDiscreteScheduler, 10, f"lms-{order}", coords="kd",
                         step_kwargs={"order": order}, f64=_f64("sigmas")))
-    for tag, kw in (("linspace", {}), ("karras", {"use_karras_sigmas": True}), ("trailing", {"timestep_spacing": "trailing"}),
+    for tag, kw in (("linspace", {}), ("karras", {"use_karras_sigmas": True}),
+                    ("trailing", {"timestep_spacing": "trailing"}),
                     ("v_prediction", {"prediction_type": "v_prediction"})):
         for N in (10, 25):
             pred = kw.get("prediction_type", "epsilon")

@@ -309,12 +309,13 @@ def adams_rho(path, t, x, p, variable="t", lower_order_final=False):
         C = []
         for j in range(q):
             if variable == "t":  # t(rho) is smooth on a continuous path: 100-point Gauss-Legendre
-                f = lambda rho, j=j, nodes=nodes: _lagrange(nodes, j, path.t_of_noise_level(torch.as_tensor(rho)).numpy())
+                f = lambda rho, j=j, nodes=nodes: _lagrange(nodes, j,
+                                                            path.t_of_noise_level(torch.as_tensor(rho)).numpy())
                 C.append(integrate.fixed_quad(f, r0, r1, n=100)[0])
             else:
                 others = [nodes[k] for k in range(q) if k != j]
-                poly = (np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])) / np.prod(
-                    [nodes[j] - o for o in others])
+                basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+                poly = basis / np.prod([nodes[j] - o for o in others])
                 P = poly.integ()
                 C.append(P(r1) - P(r0))
         xbar = x / g.a[n] + sum(c * e_ for c, e_ in zip(C, eps))
@@ -397,7 +398,8 @@ PAPER = {
     "dpmpp-3m": lambda p, t, x: dpmpp_3m(p, t, x),
     "dpm-solver-3m": lambda p, t, x: dpmpp_3m(p, t, x, data=False),
     "dpmpp-3m-corrected": lambda p, t, x: dpmpp_3m(p, t, x, d2_factor=2.0, warmup="2s"),
-    **{f"unipc-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh)) for bh in ("bh1", "bh2") for q in (1, 2, 3)},
+    **{f"unipc-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh))
+       for bh in ("bh1", "bh2") for q in (1, 2, 3)},
     **{f"unip-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh, corrector=False))
        for bh in ("bh1", "bh2") for q in (1, 2, 3)},
     **{f"deis-{q}": (lambda p, t, x, q=q: adams_rho(p, t, x, q, "t")) for q in (1, 2, 3)},
