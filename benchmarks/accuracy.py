@@ -92,7 +92,7 @@ def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_
                     if N is None:
                         continue
                     planned.append((solver, nfe, N))
-            for solver, nfe, N in planned:
+            for solver, _nfe, N in planned:
                 key = (solver.key, N)
                 if key in results:
                     continue
@@ -108,7 +108,7 @@ def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_
                             else:
                                 x, t_end = solver.run(setup, setup.grid(N), x_T, counter)
                     x = x.to(torch.float64)
-                except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
+                except Exception as e:
                     x, t_end, err = None, None, f"{type(e).__name__}: {str(e)[:300]}"
                 results[key] = (x, t_end, counter.n, time.perf_counter() - t1, err)
             run_s = time.perf_counter() - t0

@@ -99,7 +99,7 @@ def k_sampling():
         sampling = mods["sampling"]
         sampling.__benchmark_source__ = d
         return sampling
-    except Exception as err:  # noqa: BLE001 - any import failure means: skip this peer
+    except Exception as err:
         _note(f"k-diffusion at {d} could not be loaded ({type(err).__name__}: {err}); its samplers are skipped")
         return None
     finally:
@@ -114,7 +114,7 @@ def diffusers_module():
         import diffusers  # noqa: F401
 
         return importlib.import_module("diffusers")
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         _note(f"diffusers could not be imported ({type(err).__name__}: {err}); its schedulers are skipped")
         return None
 
@@ -138,7 +138,7 @@ def versions() -> dict:
             from importlib.metadata import version
 
             ver = version("k-diffusion")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         out["k_diffusion"] = ver or k.__benchmark_source__
     else:

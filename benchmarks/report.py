@@ -54,7 +54,8 @@ def headline(results: dict) -> dict:
                     o = b["odesolve"]
                     # all peer methods, and those that end where odesolve ends (sigma = 0, same grid)
                     same = best_by_lib(acc, pr, st, nfe, end=o["t_end"])
-                    entry = {"problem": pr, "setup": st, "nfe": nfe, "odesolve": o["method"], "odesolve_rmse": o["rmse"]}
+                    entry = {"problem": pr, "setup": st, "nfe": nfe, "odesolve": o["method"],
+                             "odesolve_rmse": o["rmse"]}
                     for tag, bb in (("", b), ("_same_end", same)):
                         peers = {k: v for k, v in bb.items() if k != "odesolve"}
                         bp = min(peers.values(), key=lambda r: r["rmse"]) if peers else None
@@ -256,7 +257,7 @@ def plot_accuracy(acc: dict, path: str):
             by = defaultdict(list)
             for r in rows:
                 by[(r["lib"], r["method"])].append(r)
-            for (lib, m), rs in by.items():
+            for (lib, _method), rs in by.items():
                 pts = sorted({(r["nfe"], r["rmse"]) for r in rs})
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors.get(lib, "gray"), alpha=0.18, lw=0.8)
             for lib, c in colors.items():

@@ -28,7 +28,7 @@ def _git_state(root):
         try:
             return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=20,
                                   check=False).stdout.strip()
-        except Exception:  # noqa: BLE001
+        except Exception:
             return ""
 
     return {"commit": git("rev-parse", "--short", "HEAD"),

@@ -103,21 +103,34 @@ def _ods_solver(method, lof: bool) -> Solver:
     registered = method in ods.methods.names()
     return Solver("odesolve", odesolve_key(method, lof), run, calls, twin=lambda n: None, supports=supports,
                   note="" if registered else "not a registered method: a table built in benchmarks/ to identify a peer",
-                  meta={"paper": m.paper, "order": m.order, "form": m.form, "registered": registered})
+                  meta={"paper": m.paper, "order": m.order, "prediction": m.prediction, "registered": registered})
 
 
 # k-diffusion's sample_dpmpp_3m_sde(eta=0): the 3M update with the halved second difference, but its
 # second step uses the Taylor weight h phi_2(-h) (odesolve's dpmpp-3m and diffusers use the midpoint one)
 K_3M = ods.methods.ExponentialMultistep(
-    "dpmpp-3m/taylor-warmup", order=2, form="data", nodes=3, half_second_difference=True,
+    "dpmpp-3m/taylor-warmup", order=2, prediction="x0", nodes=3, weights=ods.methods.HALF_SECOND_DIFFERENCE,
     paper="k-diffusion sample_dpmpp_3m_sde with eta=0 (unregistered; identifies the peer)")
+
+
+def _lower_order_final_matters(m: ods.methods.Method) -> bool:
+    """Whether the option ``lower_order_final`` changes the plan of ``m`` on a 10-step Karras grid to
+    sigma = 0, as the benchmark grids end. (The last step, to sigma = 0, is first order anyway for
+    the methods that interpolate in lambda, so there the option changes only the step before it, of
+    methods with three or more nodes; in t or rho the last step is regular and the option changes it.)"""
+    if "lower_order_final" not in m.options:
+        return False
+    path = ods.paths.EDM()
+    grid = ods.grids.karras(path, 10)
+    a, b = m.compile(path, grid), m.compile(path, grid, lower_order_final=True)
+    fields = ("step", "input_state", "input_hist", "update_state", "update_hist")
+    return not all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields)
 
 
 def odesolve_solvers() -> list[Solver]:
     out = [_ods_solver(name, False) for name in ods.methods.names()]
     for name in ods.methods.names():
-        m = ods.methods.get(name)
-        if isinstance(m, ods.methods.ExponentialMultistep) and m.nodes >= 3:
+        if _lower_order_final_matters(ods.methods.get(name)):
             out.append(_ods_solver(name, True))  # lower_order_final, as diffusers uses below 15 steps
     out.append(_ods_solver(K_3M, False))
     return out
@@ -194,7 +207,8 @@ def k_solvers() -> list[Solver]:
         _k_solver("sample_euler", "euler", one, twin=lambda n: "euler"),
         _k_solver("sample_heun", "heun", two, twin=lambda n: "heun"),
         _k_solver("sample_dpm_2", "dpm_2", two,
-                  note="Euler to the geometric-mean sigma, then a midpoint step in sigma (not an exponential integrator)"),
+                  note="Euler to the geometric-mean sigma, then a midpoint step in sigma "
+                       "(not an exponential integrator)"),
         _k_solver("sample_lms", "lms(order=3)", one, kwargs={"order": 3}, twin=lambda n: "lms-3"),
         _k_solver("sample_lms", "lms", one, kwargs={"order": 4}, note="order 4, the default"),
         _k_solver("sample_dpmpp_2s_ancestral", "dpmpp_2s_ancestral(eta=0)", two, kwargs={"eta": 0.0},
@@ -327,7 +341,7 @@ def _d_solver(cls_name: str, name: str, config: dict, calls, twin=None, native_o
                   meta={"class": cls_name, "config": config})
 
 
-_NOISE_NOTE = ("noise-prediction form: diffusers refuses final_sigmas_type='zero' for it, so it stops at the "
+_NOISE_NOTE = ("eps prediction: diffusers refuses final_sigmas_type='zero' for it, so it stops at the "
                "smallest training noise level (or the last grid point) and is compared with the reference there")
 
 

@@ -3,6 +3,8 @@
 A :class:`Grid` holds a path and its times (float64). Noise levels follow k-diffusion's meaning,
 ``sigma = sigma(t)/alpha(t) = exp(-lambda)``, so the same Karras grid means the same thing on a
 VP and on an EDM path. A grid may end at sigma = 0 and may start at alpha = 0 (zero terminal SNR).
+
+Shapes (jaxtyping): ``" points"`` is the number of grid points, ``steps + 1``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Float64
 from torch import Tensor
 
 from .paths import Path, VPDiscrete, as_time, check_int, check_real
 
-__all__ = ["Grid", "from_times", "from_sigmas", "karras", "uniform_lambda", "uniform_time", "time_quadratic",
-           "discrete", "MAX_STEPS"]
+__all__ = [
+    "MAX_STEPS",
+    "Grid",
+    "discrete",
+    "from_sigmas",
+    "from_times",
+    "karras",
+    "time_quadratic",
+    "uniform_lambda",
+    "uniform_time",
+]
 
 MAX_STEPS = 100_000  # compiling a plan costs about 1 ms per step: beyond this a typo, not a sampler
 
@@ -31,7 +43,7 @@ class Grid:
     """
 
     path: Path
-    t: Tensor
+    t: Float64[Tensor, " points"]
 
     def __post_init__(self):
         if not isinstance(self.path, Path):
@@ -61,19 +73,19 @@ class Grid:
         return self.t.numel() - 1
 
     @property
-    def lambdas(self) -> Tensor:
+    def lambdas(self) -> Float64[Tensor, " points"]:
         return self.path.lambda_(self.t)
 
     @property
-    def sigmas(self) -> Tensor:
+    def sigmas(self) -> Float64[Tensor, " points"]:
         """Noise levels sigma/alpha (k-diffusion's sigmas); 0 at a clean end, inf at alpha = 0."""
         return self.path.noise_level(self.t)
 
     @property
-    def alphas(self) -> Tensor:
+    def alphas(self) -> Float64[Tensor, " points"]:
         return self.path.alpha(self.t)
 
-    def strength(self, strength: float) -> "Grid":
+    def strength(self, strength: float) -> Grid:
         """The last ``round(steps * strength)`` steps: img2img / SDEdit start mid-way (diffusers #1866)."""
         check_real(strength, "strength", 0.0, 1.0, lo_open=True)
         k = max(1, round(self.steps * strength))
@@ -89,7 +101,10 @@ class Grid:
 
 def from_times(path: Path, times) -> Grid:
     """A grid from explicit times in the path's own time."""
-    return Grid(path, as_time(times, "times"))
+    t = as_time(times, "times")
+    if t.ndim != 1:
+        raise ValueError(f"times must be a 1-D sequence of at least 2 times, got shape {tuple(t.shape)}")
+    return Grid(path, t)
 
 
 def from_sigmas(path: Path, sigmas) -> Grid:

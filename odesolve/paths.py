@@ -9,24 +9,43 @@ gives, in float64 and vectorized over ``t``:
 
 The ends are taken analytically: ``sigma = 0`` gives ``lambda = +inf`` and ``alpha = 0`` gives
 ``lambda = -inf``; neither produces NaN.
+
+The methods take times as numbers, sequences or tensors of any real dtype (:func:`as_time` refuses
+the rest, naming the argument), so only their results carry a jaxtyping annotation:
+``Float64[Tensor, "*t"]``, the shape of the times given.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
+from jaxtyping import Float64
 from torch import Tensor
 
-__all__ = ["Path", "VP", "VPLinear", "VPCosine", "VPDiscrete", "VE", "EDM", "FlowMatching", "as_time", "check_real",
-           "check_int"]
+__all__ = [
+    "EDM",
+    "VE",
+    "VP",
+    "FlowMatching",
+    "Path",
+    "VPCosine",
+    "VPDiscrete",
+    "VPLinear",
+    "as_time",
+    "check_int",
+    "check_real",
+]
 
 
-def as_time(t, name: str = "t") -> Tensor:
+Times = Float64[Tensor, "*t"]  # float64 values at the times given, of their shape
+
+
+def as_time(t, name: str = "t") -> Times:
     """``t`` as a float64 tensor (scalars, sequences and tensors of any real dtype accepted; complex
     and bool values are refused rather than silently cast)."""
     if isinstance(t, Tensor):
@@ -100,35 +119,35 @@ class Path:
     t_max: float  # noise end
 
     # -- to be given by subclasses ------------------------------------------------------------
-    def log_alpha(self, t) -> Tensor:
+    def log_alpha(self, t) -> Times:
         raise NotImplementedError
 
-    def log_sigma(self, t) -> Tensor:
+    def log_sigma(self, t) -> Times:
         raise NotImplementedError
 
-    def t_of_lambda(self, lam) -> Tensor:
+    def t_of_lambda(self, lam) -> Times:
         raise NotImplementedError
 
     # -- derived -------------------------------------------------------------------------------
-    def alpha(self, t) -> Tensor:
+    def alpha(self, t) -> Times:
         return torch.exp(self.log_alpha(t))
 
-    def sigma(self, t) -> Tensor:
+    def sigma(self, t) -> Times:
         return torch.exp(self.log_sigma(t))
 
-    def lambda_(self, t) -> Tensor:
+    def lambda_(self, t) -> Times:
         """Half log-SNR ``log(alpha/sigma)``; +inf where sigma = 0, -inf where alpha = 0."""
         return self.log_alpha(t) - self.log_sigma(t)
 
-    def noise_level(self, t) -> Tensor:
+    def noise_level(self, t) -> Times:
         """``sigma/alpha = exp(-lambda)``: k-diffusion's "sigma" (rho in DEIS)."""
         return torch.exp(-self.lambda_(t))
 
-    def t_of_noise_level(self, rho) -> Tensor:
+    def t_of_noise_level(self, rho) -> Times:
         rho = as_time(rho, "sigmas")
         return self.t_of_lambda(-torch.log(rho))
 
-    def derivatives(self, t) -> tuple[Tensor, Tensor]:
+    def derivatives(self, t) -> tuple[Times, Times]:
         """``(d alpha/dt, d sigma/dt)`` by automatic differentiation, float64."""
         t = as_time(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -137,7 +156,7 @@ class Path:
                       if v.requires_grad else torch.zeros_like(t) for v in (a, s))
         return da, ds
 
-    def check_times(self, t, name: str = "t") -> Tensor:
+    def check_times(self, t, name: str = "t") -> Times:
         """Refuse times outside ``[t_min, t_max]`` or NaN, naming ``name``."""
         t = as_time(t, name)
         bad = torch.isnan(t) | (t < self.t_min - 1e-12) | (t > self.t_max + 1e-12)
@@ -179,14 +198,14 @@ class VPLinear(Path):
         object.__setattr__(self, "beta_min", b0)
         object.__setattr__(self, "beta_max", b1)
 
-    def log_alpha(self, t):
+    def log_alpha(self, t) -> Times:
         t = as_time(t)
         return -0.5 * self.beta_min * t - 0.25 * (self.beta_max - self.beta_min) * t * t
 
-    def log_sigma(self, t):
+    def log_sigma(self, t) -> Times:
         return _log_sigma_vp(self.log_alpha(t))
 
-    def t_of_lambda(self, lam):
+    def t_of_lambda(self, lam) -> Times:
         L = -_log_alpha_vp_of_lambda(as_time(lam))  # -log alpha >= 0
         b, a = 0.5 * self.beta_min, 0.25 * (self.beta_max - self.beta_min)
         return 2.0 * L / (b + torch.sqrt(b * b + 4.0 * a * L))
@@ -214,24 +233,24 @@ class VPCosine(Path):
     def _c0(self):
         return math.cos(0.5 * math.pi * self.s / (1 + self.s))
 
-    def log_alpha(self, t):
+    def log_alpha(self, t) -> Times:
         t = as_time(t)
         # cos(pi/2 (t+s)/(1+s)) = sin(pi/2 (1-t)/(1+s)): exactly 0 at t = 1
         la = torch.log(torch.sin(0.5 * math.pi * (1 - t) / (1 + self.s))) - math.log(self._c0())
         return torch.where(t <= 0, torch.zeros_like(la), la.clamp(max=0.0))  # alpha(0) = 1 exactly
 
-    def log_sigma(self, t):
+    def log_sigma(self, t) -> Times:
         return _log_sigma_vp(self.log_alpha(t))
 
-    def alpha(self, t):  # direct form: its derivative is finite at t = 1, where alpha = 0
+    def alpha(self, t) -> Times:  # direct form: its derivative is finite at t = 1, where alpha = 0
         t = as_time(t)
         return torch.sin(0.5 * math.pi * (1 - t).clamp(max=1.0) / (1 + self.s)).clamp(max=self._c0()) / self._c0()
 
-    def sigma(self, t):
+    def sigma(self, t) -> Times:
         a = self.alpha(t)
         return torch.sqrt((1 - a) * (1 + a))
 
-    def t_of_lambda(self, lam):
+    def t_of_lambda(self, lam) -> Times:
         la = _log_alpha_vp_of_lambda(as_time(lam))
         # sin(pi/2 (1-t)/(1+s)) = alpha c0
         return 1 - (2 * (1 + self.s) / math.pi) * torch.asin(torch.clamp(torch.exp(la) * self._c0(), max=1.0))
@@ -281,7 +300,7 @@ class VPDiscrete(Path):
     # -- constructors with the diffusers names ---------------------------------------------------
     @classmethod
     def from_schedule(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 0.0001,
-                      beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> "VPDiscrete":
+                      beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> VPDiscrete:
         """Betas as diffusers builds them: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``."""
         T = check_int(num_train_timesteps, "num_train_timesteps", 2)
         beta_start = check_real(beta_start, "beta_start", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -293,7 +312,7 @@ class VPDiscrete(Path):
         elif schedule == "scaled_linear":
             betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
         elif schedule == "squaredcos_cap_v2":
-            f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+            f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
             betas = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
         else:
             raise ValueError(f"schedule must be 'linear', 'scaled_linear' or 'squaredcos_cap_v2', got {schedule!r}")
@@ -316,7 +335,7 @@ class VPDiscrete(Path):
         i = torch.clamp(torch.floor(u).long(), max=int(self.t_max))  # segment [i, i+1] in u
         return u - i, i
 
-    def log_alpha(self, t):
+    def log_alpha(self, t) -> Times:
         w, i = self._segment(t)
         table = self._log_a.to(w.device)
         la0, la1 = table[i], table[i + 1]
@@ -327,10 +346,10 @@ class VPDiscrete(Path):
         a_last = torch.exp(la0) * (1 - w)  # alpha linear to 0 on the last segment
         return torch.where(last, torch.log(a_last), lin)
 
-    def log_sigma(self, t):
+    def log_sigma(self, t) -> Times:
         return _log_sigma_vp(self.log_alpha(t))
 
-    def _alpha_sigma(self, t) -> tuple[Tensor, Tensor]:
+    def _alpha_sigma(self, t) -> tuple[Times, Times]:
         # direct forms, so that automatic derivatives stay finite where alpha = 0 (zero terminal SNR):
         # every branch is computed from finite inputs, so torch.where passes no NaN gradient back
         w, i = self._segment(t)
@@ -344,13 +363,13 @@ class VPDiscrete(Path):
         sigma = torch.where(last, torch.sqrt((1 - direct) * (1 + direct)), torch.exp(_log_sigma_vp(log_a)))
         return alpha, sigma
 
-    def alpha(self, t):
+    def alpha(self, t) -> Times:
         return self._alpha_sigma(t)[0] if self.zero_terminal_snr else super().alpha(t)
 
-    def sigma(self, t):
+    def sigma(self, t) -> Times:
         return self._alpha_sigma(t)[1] if self.zero_terminal_snr else super().sigma(t)
 
-    def t_of_lambda(self, lam):
+    def t_of_lambda(self, lam) -> Times:
         la = _log_alpha_vp_of_lambda(as_time(lam))  # decreasing table self._log_a, increasing in -la
         neg = -self._log_a.to(la.device)
         finite = neg[torch.isfinite(neg)]
@@ -416,25 +435,25 @@ class EDM(Path):
     def __post_init__(self):
         object.__setattr__(self, "t_max", check_real(self.t_max, "t_max", 0.0, lo_open=True, allow_inf=True))
 
-    def log_alpha(self, t):
+    def log_alpha(self, t) -> Times:
         return torch.zeros_like(as_time(t))
 
-    def log_sigma(self, t):
+    def log_sigma(self, t) -> Times:
         return torch.log(as_time(t))
 
-    def t_of_lambda(self, lam):
+    def t_of_lambda(self, lam) -> Times:
         return torch.exp(-as_time(lam))
 
-    def noise_level(self, t):
+    def noise_level(self, t) -> Times:
         return as_time(t).clone()
 
-    def alpha(self, t):
+    def alpha(self, t) -> Times:
         return torch.ones_like(as_time(t))
 
-    def sigma(self, t):
+    def sigma(self, t) -> Times:
         return as_time(t).clone()
 
-    def t_of_noise_level(self, rho):
+    def t_of_noise_level(self, rho) -> Times:
         return as_time(rho, "sigmas").clone()
 
 
@@ -455,13 +474,13 @@ class VE(Path):
             raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, "
                              f"{self.sigma_max}")
 
-    def log_alpha(self, t):
+    def log_alpha(self, t) -> Times:
         return torch.zeros_like(as_time(t))
 
-    def log_sigma(self, t):
+    def log_sigma(self, t) -> Times:
         return math.log(self.sigma_min) + as_time(t) * math.log(self.sigma_max / self.sigma_min)
 
-    def t_of_lambda(self, lam):
+    def t_of_lambda(self, lam) -> Times:
         return (-as_time(lam) - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
 
 
@@ -472,18 +491,18 @@ class FlowMatching(Path):
     t_min: float = field(default=0.0, init=False)
     t_max: float = field(default=1.0, init=False)
 
-    def log_alpha(self, t):
+    def log_alpha(self, t) -> Times:
         return torch.log1p(-as_time(t))
 
-    def log_sigma(self, t):
+    def log_sigma(self, t) -> Times:
         return torch.log(as_time(t))
 
-    def t_of_lambda(self, lam):
+    def t_of_lambda(self, lam) -> Times:
         return torch.sigmoid(-as_time(lam))  # alpha/sigma = e^lambda  =>  t = 1 / (1 + e^lambda)
 
     # direct forms: exact at the ends, and their derivatives are finite there (exp(log 0) is not)
-    def alpha(self, t):
+    def alpha(self, t) -> Times:
         return 1 - as_time(t)
 
-    def sigma(self, t):
+    def sigma(self, t) -> Times:
         return as_time(t).clone()

@@ -40,13 +40,15 @@ def edm_orders(methods, ns=(16, 32, 64, 128)):
         errs = [rel(ods.sample(edm_model(EDM), xe, ods.grids.karras(EDM, n, 0.02, 20.0, to_zero=False), method=m), ref)
                 for n in ns]
         name = m if isinstance(m, str) else m.name
-        print(f"  {name}: errors {', '.join(f'{e:.2e}' for e in errs)} (N = {ns}); slope {convergence_slope(ns, errs):.2f}")
+        errors = ", ".join(f"{e:.2e}" for e in errs)
+        print(f"  {name}: errors {errors} (N = {ns}); slope {convergence_slope(ns, errs):.2f}")
 
 
 print("1. 3M: published (half D2) vs corrected, Karras grids sigma 20 -> 0.02, exact GMM")
 edm_orders(["dpmpp-3m", DPMPP_3M_TAYLOR_WARMUP, "dpmpp-3m-corrected", "dpmpp-2m"])
 
-print("2. 3M warm-up: midpoint (diffusers solver_type=midpoint, odesolve dpmpp-3m) vs Taylor (k-diffusion 3M SDE eta=0)")
+print("2. 3M warm-up: midpoint (diffusers solver_type=midpoint, odesolve dpmpp-3m) "
+      "vs Taylor (k-diffusion 3M SDE eta=0)")
 g = ods.grids.karras(EDM, 10, 0.02, 20.0)
 a = ods.sample(edm_model(EDM), x * 20, g, method="dpmpp-3m")
 b = ods.sample(edm_model(EDM), x * 20, g, method=DPMPP_3M_TAYLOR_WARMUP)
@@ -67,7 +69,7 @@ for alg in ("dpmsolver++", "dpmsolver"):
         print(f"  {alg} {st}: diffusers vs paper {rel(xd, paper):.2e}; error vs exact: diffusers {rel(xd, ref):.2e}, "
               f"paper {rel(paper, ref):.2e}")
 
-print("4. DEIS: diffusers (log-rho, = noise-form exponential Adams) vs odesolve deis-N (tAB, Lagrange in t)")
+print("4. DEIS: diffusers (log-rho, = eps-prediction exponential Adams) vs odesolve deis-N (tAB, Lagrange in t)")
 for order in (2, 3):
     for N in (10, 20):
         s = d.DEISMultistepScheduler(solver_order=order)
@@ -93,7 +95,8 @@ for N in range(10, 21):
     xd = run_diffusers(s, N, x, level_sigmas)
     grid = ods.grids.from_sigmas(COS0, s.sigmas.double())
     xo = ods.sample(vp_model(COS0), x, grid, method=DEIS_LOGRHO[3], lower_order_final=True)
-    rows.append(f"  {N}: diffusers {rel(xd, ref):.3e}  odesolve (same method, lower_order_final at every N) {rel(xo, ref):.3e}")
+    rows.append(f"  {N}: diffusers {rel(xd, ref):.3e}  "
+                f"odesolve (same method, lower_order_final at every N) {rel(xo, ref):.3e}")
 print("\n".join(rows))
 
 print("6. iPNDM from alpha = 0 (IPNDMScheduler's default grid, v-prediction, VP cosine path s = 0)")

@@ -1,7 +1,7 @@
 """Test-suite configuration: runtime shape/dtype checking of odesolve's annotations.
 
-jaxtyping's import hook wraps every function of the package with beartype, so an annotation that
-does not hold fails the tests (DESIGN.md: jaxtyping annotations, checked in the test suite).
+jaxtyping's import hook wraps every function of the package with beartype, so a shape or dtype
+annotation (``Float64[Tensor, " steps_plus_one"]``) that does not hold fails the tests.
 """
 
 import os
@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from jaxtyping import install_import_hook
 
 if "odesolve" not in sys.modules:
     with install_import_hook("odesolve", "beartype.beartype"):
-        import odesolve  # noqa: F401
-        import odesolve.methods  # noqa: F401
+        import odesolve
+        import odesolve.methods
         import odesolve.toy  # noqa: F401
 
 os.environ.setdefault("ODESOLVE_FULL", "0")

@@ -108,7 +108,8 @@ def convergence(method: object, problem: object = "gmm2d", grids: object = "karr
     elif callable(grids):
         fam, label = grids, getattr(grids, "__name__", str(grids))
     else:
-        raise TypeError(f"grids must be a family kind, a Family or a callable steps -> Grid, got {type(grids).__name__}")
+        raise TypeError(f"grids must be a family kind, a Family or a callable steps -> Grid, "
+                        f"got {type(grids).__name__}")
     steps = list(steps) if steps is not None else [nominal_steps(m, n) for n in nfe]
     if len(steps) < 2:
         raise ValueError("a convergence study needs at least 2 resolutions")

@@ -1,8 +1,10 @@
 """Grid families for order studies: sequences of grids on one interval whose steps shrink.
 
 A family maps a number of steps to a grid between two noise levels (``sigma_start`` at the noisy
-end, ``sigma_end > 0`` at the clean end: steps to sigma = 0 take a first-order limit and have no
-order to measure). Four kinds:
+end, ``sigma_end > 0`` at the clean end: a step to sigma = 0 is a limit with no order to measure
+-- the exponential and Runge-Kutta methods take their first-order (DDIM / Euler) limit there, while
+fixed-coefficient Adams (plms, ipndm) and the methods interpolating in t or rho (deis-N, lms-N)
+still use their history). Four kinds:
 
 - ``"karras"``: Karras et al. (2022) rho = 7 spacing, ``to_zero=False``: smooth, non-uniform;
 - ``"uniform"``: equal steps in lambda;

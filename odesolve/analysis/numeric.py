@@ -2,13 +2,13 @@ r"""Numeric order of any method or plan, from models whose prediction is a polyn
 
 The test models
 ---------------
-A model whose prediction ``F`` (the plan's buffer: x0 for data-form plans, eps for noise-form
-plans) does not depend on ``x`` turns a plan into a weighted sum of ``F`` at its call times. The
-exact solution is an integral: with ``y = x / sigma`` (data form) or ``xbar = x / alpha`` (noise
-form), whose exact linear part is the identity,
+A model whose prediction ``F`` (the plan's buffer: x0 or eps, its ``prediction``) does not depend
+on ``x`` turns a plan into a weighted sum of ``F`` at its call times. The exact solution is an
+integral: with ``y = x / sigma`` (x0 prediction) or ``xbar = x / alpha`` (eps prediction), whose
+exact linear part is the identity,
 
-    data form   y(lambda_N) = y(lambda_0) + int e^lambda  F(u(lambda)) d lambda
-    noise form  xbar(rho_N) = xbar(rho_0) + int F(u(rho)) d rho,      rho = sigma/alpha = e^{-lambda}
+    x0   y(lambda_N) = y(lambda_0) + int e^lambda  F(u(lambda)) d lambda
+    eps  xbar(rho_N) = xbar(rho_0) + int F(u(rho)) d rho,      rho = sigma/alpha = e^{-lambda}
 
 (docs/theory.md section 2), evaluated here by Gauss-Legendre quadrature in lambda (24 nodes per step: exact to
 round-off for polynomial times exponential integrands on steps of length <= 1, independent of the
@@ -84,10 +84,6 @@ MAX_DEGREE = 6
 
 # -- test models ------------------------------------------------------------------------------------
 
-def _form(plan: Plan) -> str:
-    return "data" if plan.prediction == "x0" else "noise"
-
-
 def _u_torch(path, variable, t):
     if variable == "lambda":
         return path.lambda_(t)
@@ -99,12 +95,12 @@ def _u_torch(path, variable, t):
 # manufactured linear problems: scaled state z with z' = mu z + g and exact solution z*, chosen with
 # derivatives of one sign so that local errors do not change sign along the interval (their sum has
 # no accidental cancellation at moderate N)
-def _lin_data(lam, xp):
+def _lin_x0(lam, xp):
     z = xp.exp(0.5 * lam)
     return z, 0.5 * z, -0.5 + 0.3 * lam
 
 
-def _lin_noise(rho, xp):
+def _lin_eps(rho, xp):
     z = xp.exp(-rho)
     return z, -z, -0.5 + 0.3 * rho
 
@@ -112,8 +108,8 @@ def _lin_noise(rho, xp):
 def _model(plan: Plan, variable: str, degrees: int, center: float, radius: float, linear: bool,
            absolute: bool = False) -> Model:
     """Rows 0..degrees: monomials of degree d in u (absolute values with ``absolute``); row
-    degrees+1 (with ``linear``): the manufactured linear problem in the plan's form."""
-    path, form = plan.path, _form(plan)
+    degrees+1 (with ``linear``): the manufactured linear problem for the plan's prediction."""
+    path, prediction = plan.path, plan.prediction
     powers = torch.arange(degrees + 1, dtype=torch.float64)
 
     def fn(x, t):
@@ -125,11 +121,11 @@ def _model(plan: Plan, variable: str, degrees: int, center: float, radius: float
         if linear:
             la = path.lambda_(t1)
             alpha = path.alpha(t1)
-            if form == "data":
-                z, dz, mu = _lin_data(la, torch)
+            if prediction == "x0":
+                z, dz, mu = _lin_x0(la, torch)
                 out[degrees + 1] = mu * x[degrees + 1] / alpha + torch.exp(-la) * (dz - mu * z)
             else:
-                z, dz, mu = _lin_noise(torch.exp(-la), torch)
+                z, dz, mu = _lin_eps(torch.exp(-la), torch)
                 out[degrees + 1] = mu * x[degrees + 1] / alpha + (dz - mu * z)
             if absolute:
                 out[degrees + 1] = out[degrees + 1].abs()
@@ -138,7 +134,7 @@ def _model(plan: Plan, variable: str, degrees: int, center: float, radius: float
     return Model(fn, path, plan.prediction)
 
 
-def _increments(path, form, variable, lam, center, radius, degrees):
+def _increments(path, prediction, variable, lam, center, radius, degrees):
     """Exact per-step increments of the scaled state for the monomials, and of their absolute values:
     arrays (steps, degrees+1)."""
     lam = np.asarray(lam, dtype=np.float64)
@@ -150,7 +146,7 @@ def _increments(path, form, variable, lam, center, radius, degrees):
     nodes = a[:, :, None] + hp * (_GL_X[None, None, :] + 1) / 2
     wts = (hp * _GL_W[None, None, :] / 2).reshape(len(h), -1)
     nodes = nodes.reshape(len(h), -1)
-    weight = np.exp(nodes) if form == "data" else -np.exp(-nodes)
+    weight = np.exp(nodes) if prediction == "x0" else -np.exp(-nodes)
     u = variable_of_lambda(path, variable, nodes)
     v = (u - center) / radius
     mono = v[..., None] ** np.arange(degrees + 1)
@@ -159,16 +155,16 @@ def _increments(path, form, variable, lam, center, radius, degrees):
     return inc, inc_abs
 
 
-def _scale(path, form, t):
-    """sigma (data form) or alpha (noise form): x = scale * (scaled state)."""
-    return float(path.sigma(t) if form == "data" else path.alpha(t))
+def _scale(path, prediction, t):
+    """sigma (x0 prediction) or alpha (eps prediction): x = scale * (scaled state)."""
+    return float(path.sigma(t) if prediction == "x0" else path.alpha(t))
 
 
-def _lin_exact(path, form, t) -> float:
+def _lin_exact(path, prediction, t) -> float:
     la = float(path.lambda_(t))
-    if form == "data":
-        return _lin_data(np.float64(la), np)[0] * float(path.sigma(t))
-    return _lin_noise(np.exp(-la), np)[0] * float(path.alpha(t))
+    if prediction == "x0":
+        return _lin_x0(np.float64(la), np)[0] * float(path.sigma(t))
+    return _lin_eps(np.exp(-la), np)[0] * float(path.alpha(t))
 
 
 def _abs_plan(plan: Plan) -> Plan:
@@ -213,7 +209,7 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
         variable = interpolation_variable(plan)
     if not isinstance(max_degree, int) or not 0 <= max_degree <= 12:
         raise ValueError(f"max_degree must be an integer in [0, 12], got {max_degree!r}")
-    path, form = plan.path, _form(plan)
+    path, prediction = plan.path, plan.prediction
     lam = plan.grid.lambdas.numpy()
     if not np.isfinite(lam).all():
         raise ValueError("the grid must have finite lambda at both ends (sigma > 0 and alpha > 0): a step to "
@@ -225,12 +221,12 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
     x0 = torch.zeros(B, 1, dtype=torch.float64)
     t0, tN = plan.grid.t[0], plan.grid.t[-1]
     if linear:
-        x0[D + 1] = _lin_exact(path, form, t0)
+        x0[D + 1] = _lin_exact(path, prediction, t0)
     out = execute(plan, _model(plan, variable, D, center, radius, linear), x0)[:, 0].numpy()
     mag = execute(_abs_plan(plan), _model(plan, variable, D, center, radius, linear, absolute=True),
                   x0.abs())[:, 0].numpy()
-    inc, inc_abs = _increments(path, form, variable, lam, center, radius, D)
-    sN = _scale(path, form, tN)
+    inc, inc_abs = _increments(path, prediction, variable, lam, center, radius, D)
+    sN = _scale(path, prediction, tN)
     exact = sN * inc.sum(0)
     exact_abs = sN * inc_abs.sum(0)
     signed = out[: D + 1] - exact
@@ -238,7 +234,7 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
     tol = 64 * _EPS * (mag[: D + 1] + exact_abs) / exact_abs * math.sqrt(plan.calls)
     lin = float("nan")
     if linear:
-        ref = _lin_exact(path, form, tN)
+        ref = _lin_exact(path, prediction, tN)
         lin = abs(out[D + 1] - ref) / max(abs(ref), 1e-300)
     return PolynomialErrors(err, tol, lin, variable, np.sign(signed))
 
@@ -275,7 +271,7 @@ def step_exactness(plan: Plan, variable: str | None = None, max_degree: int = MA
     plan = st.plan
     if variable is None:
         variable = interpolation_variable(plan)
-    path, form = plan.path, _form(plan)
+    path, prediction = plan.path, plan.prediction
     lam = plan.grid.lambdas.numpy()
     if not np.isfinite(lam).all():
         raise ValueError("the grid must have finite lambda at both ends for an exactness analysis")
@@ -311,8 +307,8 @@ def step_exactness(plan: Plan, variable: str | None = None, max_degree: int = MA
     tol = np.zeros((N, D + 1))
     t = plan.grid.t
     for n in range(N):
-        inc, inc_abs = _local_increments(path, form, variable, lam[n], lam[n + 1], u[n], u[n + 1] - u[n], D)
-        s1, s0 = _scale(path, form, t[n + 1]), _scale(path, form, t[n])
+        inc, inc_abs = _local_increments(path, prediction, variable, lam[n], lam[n + 1], u[n], u[n + 1] - u[n], D)
+        s1, s0 = _scale(path, prediction, t[n + 1]), _scale(path, prediction, t[n])
         T = s1 / s0
         exact = s1 * inc
         got = traj[n + 1, n] - T * traj[n, n]
@@ -324,13 +320,13 @@ def step_exactness(plan: Plan, variable: str | None = None, max_degree: int = MA
     return StepExactness(degrees, defects, tol, variable, plan.window + 1)
 
 
-def _local_increments(path, form, variable, la, lb, u0, du, D):
+def _local_increments(path, prediction, variable, la, lb, u0, du, D):
     h = lb - la
     P = max(1, math.ceil(h / 1.0))
     edges = la + h * np.arange(P + 1) / P
     nodes = (edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * (_GL_X[None, :] + 1) / 2).ravel()
     wts = np.repeat((edges[1:] - edges[:-1]) / 2, len(_GL_X)) * np.tile(_GL_W, P)
-    weight = np.exp(nodes) if form == "data" else -np.exp(-nodes)
+    weight = np.exp(nodes) if prediction == "x0" else -np.exp(-nodes)
     v = (variable_of_lambda(path, variable, nodes) - u0) / du
     mono = v[:, None] ** np.arange(D + 1)
     return (wts * weight) @ mono, (wts * np.abs(weight)) @ np.abs(mono)

@@ -213,8 +213,9 @@ BUILTIN = {
 
 def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05, n: int = 32,
         seed: int = 0) -> InitialValueProblem:
-    """The initial value problem of the named problem ``name`` with ``n`` starting states drawn from the exact marginal at ``sigma_start``: the
-    registry of :mod:`odesolve.toy.problems` first (its distribution and path), then :data:`BUILTIN`."""
+    """The initial value problem of the named problem ``name`` with ``n`` starting states drawn from the
+    exact marginal at ``sigma_start``: the registry of :mod:`odesolve.toy.problems` first (its
+    distribution and path), then :data:`BUILTIN`."""
     desc = ""
     dist = None
     try:

@@ -77,7 +77,8 @@ class ReportResult:
 
     def table(self) -> str:
         nfe_cols = "".join(f"{'err@' + str(n):>10}" for n in self.nfe)
-        head = f"{'method':<20}{'decl':>5}{'deriv':>6}{'symb':>5}{'meas':>6}{nfe_cols}{'mu*(' + str(STABILITY_H) + ')':>10}"
+        mu_col = f"mu*({STABILITY_H})"
+        head = f"{'method':<20}{'decl':>5}{'deriv':>6}{'symb':>5}{'meas':>6}{nfe_cols}{mu_col:>10}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             sym = "-" if r.symbolic is None else str(r.symbolic)

@@ -3,14 +3,14 @@ boundary loci, real stability intervals, and what classifier-free guidance does 
 
 The test equations (docs/theory.md section 6)
 ---------------------------------------------
-- ``"lambda"`` (data form, the natural test of exponential integrators): ``x0(x, t) = mu x / alpha``.
+- ``"lambda"`` (x0-prediction form, the natural test of exponential integrators): ``x0(x, t) = mu x / alpha``.
   Then ``y = x / sigma`` obeys ``dy/dlambda = mu y``: for a frozen (constant) ``mu`` the exact factor
   over a step is ``e^(mu h)``; a ``mu`` that varies with lambda, as every real model's does, gives
   ``exp(integral of mu dlambda)`` instead, which the frozen analysis only approximates.
   For Gaussian data with variance ``s^2`` along an eigen-direction, ``mu = s^2 e^(2 lambda) /
   (s^2 e^(2 lambda) + 1)`` in (0, 1); guidance makes it ``(1 + w) mu_c - w mu_u``, possibly large and
   negative.
-- ``"rho"`` (noise form, the classical test in k-diffusion's variables): ``eps(x, t) = -mu x / alpha``,
+- ``"rho"`` (eps-prediction form, the classical test in k-diffusion's variables): ``eps(x, t) = -mu x / alpha``,
   so ``xbar = x / alpha`` obeys ``dxbar/ds = mu xbar`` in the direction of integration ``s = -rho``
   (``rho = sigma / alpha`` decreases): over a step ``h = rho_n - rho_{n+1} > 0`` the exact factor is
   ``e^(mu h)`` and ``z = mu h`` is the classical ``h lambda`` of Dahlquist's test (negative mu decays).
@@ -18,13 +18,14 @@ The test equations (docs/theory.md section 6)
 Either test is a model like any other, given to a plan in its own buffer (an eps-plan on the
 lambda test sees ``eps = (1 - mu) x / sigma``; an x0-plan on the rho test sees
 ``x0 = (1 + rho mu) x / alpha``). The plan is linear in its state, so one step maps the vector
-``z_n = (scaled state, scaled earlier outputs still needed)`` to ``z_{n+1} = M_n(mu) z_n``. :func:`step_matrices` builds ``M_n`` by running
-the plan's rows (via the row interpreter of ``analysis._plan``) on the basis vectors, for many
-``mu`` at once. The scaling (``y = x / sigma`` and the outputs as ``e^lambda x0``, or ``xbar = x /
-alpha`` and the outputs as they are) makes ``M_n`` the same for every interior step of a uniform
-grid: singlestep plans give a 1x1 matrix, the stability function ``R(mu, h)``; multistep plans a
-companion-like matrix whose spectral radius decides stability. For exponential methods ``M`` depends
-on ``h`` itself, not only on ``mu h``, and so does the stability region.
+``z_n = (scaled state, scaled earlier outputs still needed)`` to ``z_{n+1} = M_n(mu) z_n``.
+:func:`step_matrices` builds ``M_n`` by running the plan's rows (via the row interpreter of
+``analysis._plan``) on the basis vectors, for many ``mu`` at once. The scaling (``y = x / sigma``
+and the outputs as ``e^lambda x0``, or ``xbar = x / alpha`` and the outputs as they are) makes
+``M_n`` the same for every interior step of a uniform grid: singlestep plans give a 1x1 matrix, the
+stability function ``R(mu, h)``; multistep plans a companion-like matrix whose spectral radius
+decides stability. For exponential methods ``M`` depends on ``h`` itself, not only on ``mu h``, and
+so does the stability region.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def device(value: str) -> torch.device:
         raise UsageError(f"--device {value!r} is not a torch device: {err}") from None
     try:
         (torch.zeros(1, device=dev) + 1).cpu()
-    except Exception as err:  # noqa: BLE001 - any failure means the device is unusable here
+    except Exception as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--device {value!r} is not usable on this machine: {msg}") from None
     return dev

@@ -17,5 +17,6 @@ def run(args: argparse.Namespace) -> int:
 
     for name in methods.names():
         m = methods.get(name)
-        print(f"{name:22s} order {m.order}  calls/step {m.calls_per_step}  history {m.history}  {m.form} form")
+        print(f"{name:22s} order {m.order}  calls/step {m.calls_per_step}  history {m.history}  "
+              f"{m.prediction} prediction")
     return 0

@@ -142,9 +142,10 @@ def _check(args: argparse.Namespace):
         if args.model != "digits":
             raise _checks.UsageError(f"--fd is defined for the digits model only, got --model {args.model!r}")
         if n <= metrics.DIGITS_FEATURES:
-            raise _checks.UsageError(f"--fd needs more samples than the classifier has features ({metrics.DIGITS_FEATURES})"
-                                     f" for a non-singular covariance: got --n {n}; use --n {metrics.DIGITS_FEATURES + 1}"
-                                     f" or more (the estimate's bias falls like 1/n)")
+            k = metrics.DIGITS_FEATURES
+            raise _checks.UsageError(f"--fd needs more samples than the classifier has features ({k}) for a "
+                                     f"non-singular covariance: got --n {n}; use --n {k + 1} or more (the "
+                                     f"estimate's bias falls like 1/n)")
     device = _checks.device(args.device)
     dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
     model = zoo.load(args.model, device=device, dtype=dtype)
@@ -197,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     samples = torch.cat(chunks)
 
-    meta = {"model": args.model, "method": method.name, "order": method.order, "nfe": plan.calls, "nfe_requested": args.nfe,
-                "steps": steps, "grid": args.grid, "seed": args.seed, "n": args.n, "device": str(device), "dtype": args.dtype,
-                "seconds": round(seconds, 3)}
+    meta = {"model": args.model, "method": method.name, "order": method.order, "nfe": plan.calls,
+            "nfe_requested": args.nfe, "steps": steps, "grid": args.grid, "seed": args.seed, "n": args.n,
+            "device": str(device), "dtype": args.dtype, "seconds": round(seconds, 3)}
     npz = out / "samples.npz"
     np.savez_compressed(npz, samples=samples.numpy(), times=grid.t.numpy(), meta=json.dumps(meta))
     png = out / "grid.png"

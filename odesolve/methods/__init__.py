@@ -3,6 +3,9 @@
 Adding a method is one table and one line here; the executor, the analysis and the tests that
 run over the registry pick it up. Names whose tables compile to plans bit-identical to another
 registered table's are aliases: ``get`` answers them, ``names`` lists each distinct method once.
+
+``MIDPOINT``, ``BH1`` and ``HALF_SECOND_DIFFERENCE`` are the published weight rows of
+:class:`ExponentialMultistep` (``weights=MIDPOINT + HALF_SECOND_DIFFERENCE`` is DPM-Solver++(3M)).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import difflib
 from . import classical, exponential_multistep, exponential_rk
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
-from .exponential_multistep import ExponentialMultistep, Weight
+from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
 from .exponential_rk import ExponentialRK
 
 __all__ = [
+    "BH1",
+    "HALF_SECOND_DIFFERENCE",
+    "MIDPOINT",
     "ExponentialMultistep",
     "ExponentialRK",
     "FixedAdams",

@@ -18,7 +18,6 @@ and fills :class:`odesolve.plan.Rows` with them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ __all__ = ["Geometry", "Method", "Prediction", "Rational", "Variable", "chi", "p
 Prediction = Literal["x0", "eps"]
 Rational = Fraction | int  # exact table entries; floats are refused
 Variable = Literal["lambda", "rho", "t"]
-_FORMS = {"data": "x0", "noise": "eps"}
 _PLANS: OrderedDict = OrderedDict()
 _PLAN_CACHE_SIZE = 64
 
@@ -69,7 +67,6 @@ def chi(l: int, h: Tensor, prediction: Prediction) -> Tensor:
     x0 prediction  ``h phi_l(-h) = int_0^h e^{-(h-tau)} tau^{l-1}/(l-1)! dtau / h^{l-1}``,
     eps prediction ``h phi_l(+h)``.  The x0 weight tends to 1/(l-1)! as h -> inf (a step to sigma = 0).
     """
-    prediction = _FORMS.get(prediction, prediction)
     h = torch.as_tensor(h, dtype=torch.float64)
     finite = torch.isfinite(h)
     hf = torch.where(finite, h, torch.ones_like(h))  # no inf inside: keeps gradients finite
@@ -79,21 +76,13 @@ def chi(l: int, h: Tensor, prediction: Prediction) -> Tensor:
 
 
 def table(cls):
-    """``dataclass(frozen=True)`` for method tables; the constructor also takes the former keyword
-    ``form="data" | "noise"`` (= ``prediction="x0" | "eps"``) while callers move to ``prediction``."""
+    """Method tables are frozen dataclasses: immutable, hashable, compared by their entries.
+
+    Their ``__post_init__`` checks every field and names it in the error; the flag
+    ``__no_type_check__`` keeps a runtime type checker (jaxtyping's import hook in the test suite)
+    from refusing a field's type before that clearer message."""
     cls = dataclass(frozen=True)(cls)
-    init = cls.__init__
-
-    @functools.wraps(init)
-    def __init__(self, *args, form: str | None = None, **kwargs):
-        if form is not None:
-            if form not in _FORMS:
-                raise ValueError(f"form must be 'data' or 'noise' (better: prediction='x0' or 'eps'), got {form!r}")
-            if kwargs.setdefault("prediction", _FORMS[form]) != _FORMS[form]:
-                raise ValueError(f"form={form!r} contradicts prediction={kwargs['prediction']!r}")
-        init(self, *args, **kwargs)
-
-    cls.__init__ = __init__
+    cls.__no_type_check__ = True
     return cls
 
 
@@ -119,11 +108,6 @@ class Method:
             raise ValueError(f"{self.name}: prediction must be 'x0' or 'eps', got {self.prediction!r}")
         if self.variable not in ("lambda", "rho", "t"):
             raise ValueError(f"{self.name}: variable must be 'lambda', 'rho' or 't', got {self.variable!r}")
-
-    @property
-    def form(self) -> str:
-        """Former name of ``prediction``: ``"data"`` (x0) or ``"noise"`` (eps)."""
-        return "data" if self.prediction == "x0" else "noise"
 
     @property
     def calls_per_step(self) -> int:

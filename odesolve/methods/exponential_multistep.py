@@ -18,9 +18,6 @@ symbolic derivation both read:
 - ``HALF_SECOND_DIFFERENCE``: w_2 = chi_3(h), half the Taylor value, as in the 3rd-order multistep
   update shared by DPM-Solver's code, diffusers and k-diffusion. It makes that update second order.
 
-(The former keywords ``two_node="midpoint" | "bh1"`` and ``half_second_difference=True`` are still
-accepted and become these rows.)
-
 ``corrector`` adds UniC (Zhao et al. 2023): after the call at the predicted x_{n+1} the same
 formula is redone with that output as an extra node at r = 1, at no extra model call.
 
@@ -31,7 +28,6 @@ at the path's ``breakpoints`` (the integer times of a discrete schedule, where t
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction as Fr
@@ -68,21 +64,6 @@ class Weight:
 MIDPOINT = ((2, 1, Weight(chi=(Fr(1, 2),))),)  # w_1 = chi_1(h)/2: DPM-Solver++(2M) Alg. 2, UniC B(h) = e^h - 1
 BH1 = ((2, 1, Weight(h=Fr(1, 2))),)  # w_1 = h/2: UniPC's B(h) = h
 HALF_SECOND_DIFFERENCE = ((3, 2, Weight(chi=(Fr(0), Fr(0), Fr(1)))),)  # w_2 = chi_3(h): the published 3M
-
-
-def _legacy(init):
-    """The former flags ``two_node`` and ``half_second_difference`` -> rows of ``weights``."""
-
-    @functools.wraps(init)
-    def __init__(self, *args, two_node: str | None = None, half_second_difference: bool = False, **kwargs):
-        rows = tuple(kwargs.pop("weights", ()))
-        if two_node not in (None, "exact", "midpoint", "bh1"):
-            raise ValueError(f"two_node must be 'exact', 'midpoint' or 'bh1', got {two_node!r}")
-        rows += {"midpoint": MIDPOINT, "bh1": BH1}.get(two_node, ())
-        rows += HALF_SECOND_DIFFERENCE if half_second_difference else ()
-        init(self, *args, weights=rows, **kwargs)
-
-    return __init__
 
 
 @table
@@ -258,9 +239,6 @@ class ExponentialMultistep(Method):
         return torch.zeros(M, m, dtype=torch.float64).index_add(0, owner, pieces)
 
 
-ExponentialMultistep.__init__ = _legacy(ExponentialMultistep.__init__)
-
-
 def _family():
     P = "Lu et al., DPM-Solver++, 2022"
     U = "Zhao et al., UniPC, NeurIPS 2023"
@@ -276,10 +254,10 @@ def _family():
                              paper=f"{P}, 3M with the Taylor-consistent D2 weight and a DPM-Solver++(2S) first "
                                    "step, so that the warm-up keeps order 3 (one extra model call)"),
         ExponentialMultistep("dpm-solver-2m", order=2, prediction="eps", nodes=2, weights=MIDPOINT,
-                             paper="Lu et al. 2022, multistep noise form (diffusers algorithm_type='dpmsolver')"),
+                             paper="Lu et al. 2022, multistep, eps prediction (diffusers algorithm_type='dpmsolver')"),
         ExponentialMultistep("dpm-solver-3m", order=2, prediction="eps", nodes=3,
                              weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
-                             paper="Lu et al. 2022, multistep noise form, 3rd-order update as published "
+                             paper="Lu et al. 2022, multistep eps-prediction form, 3rd-order update as published "
                                    "(second order)"),
     ]
     for bh in ("bh1", "bh2"):
@@ -300,7 +278,7 @@ def _family():
     for p in (1, 2, 3):
         tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=min(p, 2), prediction="eps", nodes=p,
                                            paper="diffusers' DEISMultistepScheduler (algorithm 'deis', log-rho): "
-                                                 "Lagrange in lambda = -log rho, exact weights, noise form"))
+                                                 "Lagrange in lambda = -log rho, exact weights, eps-prediction form"))
     tables.append(ExponentialMultistep("lms-4", order=2, prediction="eps", nodes=4, variable="rho",
                                        paper="variable-step Adams-Bashforth in sigma/alpha on eps, 4 nodes "
                                              "(k-diffusion sample_lms default order)"))

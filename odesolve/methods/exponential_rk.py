@@ -134,7 +134,7 @@ h2 = Fr(1, 2)
 DDIM = ExponentialRK("ddim", order=1, prediction="x0", c=(Fr(0),), a=(), b=((Fr(1),),),
                      paper="Song, Meng & Ermon, DDIM, ICLR 2021; = DPM-Solver-1 (Lu et al. 2022), exponential Euler")
 DPM_SOLVER_1 = ExponentialRK("dpm-solver-1", order=1, prediction="eps", c=(Fr(0),), a=(), b=((Fr(1),),),
-                             paper="Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (noise form of DDIM)")
+                             paper="Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (eps-prediction form of DDIM)")
 # DPM-Solver-2 with r1 = 1/2 (Lu et al. 2022, Alg. 4): u = DDIM to the lambda-midpoint, then
 # x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps(u): the eps_s weight (1 - 1/(2 r1)) vanishes.
 DPM_SOLVER_2 = ExponentialRK("dpm-solver-2", order=2, prediction="eps", c=(Fr(0), h2), a=(((Fr(1),),),),
@@ -150,6 +150,6 @@ _DPM3 = {"c": (Fr(0), _R1, _R2),
 DPM_SOLVER_3 = ExponentialRK("dpm-solver-3", order=3, prediction="eps", **_DPM3,
                              paper="Lu et al., DPM-Solver, NeurIPS 2022, Alg. 5 (r1 = 1/3, r2 = 2/3)")
 DPMPP_3S = ExponentialRK("dpmpp-3s", order=3, prediction="x0", **_DPM3,
-                         paper="Lu et al., DPM-Solver++, 2022, App. (singlestep 3rd order, data form)")
+                         paper="Lu et al., DPM-Solver++, 2022, App. (singlestep 3rd order, x0-prediction form)")
 
 TABLES = [DDIM, DPM_SOLVER_1, DPM_SOLVER_2, DPMPP_2S, DPM_SOLVER_3, DPMPP_3S]

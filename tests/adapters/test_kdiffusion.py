@@ -21,7 +21,7 @@ from _adapters_lib import gmm_x0, rel
 
 import odesolve as ods
 from odesolve.adapters import kdiffusion as kd
-from odesolve.methods import ExponentialMultistep
+from odesolve.methods import HALF_SECOND_DIFFERENCE, ExponentialMultistep
 
 SIGMAS = torch.cat([ods.grids.karras(ods.paths.EDM(), 11, 0.02, 60.0, to_zero=False).sigmas,
                     torch.zeros(1, dtype=torch.float64)])  # Karras ramp to 0.02, then a step to 0
@@ -143,7 +143,7 @@ def test_callback_equals_k_diffusions(K):
 
 
 # k-diffusion's "3M SDE" with eta = 0 is the published 3M (half D2 weight) with a Taylor 2-node warm-up
-KD_3M = ExponentialMultistep("kdiffusion-3m", order=2, form="data", nodes=3, half_second_difference=True)
+KD_3M = ExponentialMultistep("kdiffusion-3m", order=2, prediction="x0", nodes=3, weights=HALF_SECOND_DIFFERENCE)
 
 
 @pytest.mark.parametrize("kname, ours, kwargs", [

@@ -88,8 +88,9 @@ def test_phi_numpy_matches_mpmath():
     mpmath.mp.dps = 50
     z = [-30.0, -5.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 5.0, 12.0]
     for k in range(5):
-        ref = [float((mpmath.exp(v) - sum(mpmath.mpf(v) ** j / mpmath.factorial(j) for j in range(k))) / mpmath.mpf(v) ** k)
-               if v != 0 else 1 / float(mpmath.factorial(k)) for v in z]
+        taylor = lambda v, k=k: sum(mpmath.mpf(v) ** j / mpmath.factorial(j) for j in range(k))
+        ref = [float((mpmath.exp(v) - taylor(v)) / mpmath.mpf(v) ** k) if v != 0 else 1 / float(mpmath.factorial(k))
+               for v in z]
         assert np.allclose(phi_numpy(k, np.array(z)), ref, rtol=1e-14, atol=0), k
 
 
@@ -103,7 +104,7 @@ def test_dpm_solver_2_order_conditions():
         assert not c["2"].identically and c["2"].valuation == 1
         assert c["3"].valuation == 0 and c["4"].valuation == 0
         assert (d.classical_order, d.stiff_order) == (2, 1)
-    # the leading residual of psi_2 is -zeta/12 (zeta = +h in the noise form)
+    # the leading residual of psi_2 is -zeta/12 (zeta = +h in the eps-prediction form)
     d = derive("dpm-solver-2")
     res = next(k.residual for k in d.conditions if k.number == "2")
     h = sp.Symbol("h", positive=True)

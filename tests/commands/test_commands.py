@@ -26,8 +26,8 @@ def test_console_script_entry_and_subcommands_are_one_parser():
 
 def test_python_dash_m_odesolve_runs_the_command():
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    out = subprocess.run([sys.executable, "-m", "odesolve", "methods"], capture_output=True, text=True, env=env, check=False,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-m", "odesolve", "methods"], capture_output=True, text=True, env=env,
+                         check=False, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     import odesolve

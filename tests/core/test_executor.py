@@ -2,11 +2,11 @@ import dataclasses
 
 import pytest
 import torch
+from exact import GAUSS, DiagonalGaussian
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
-
-from exact import GAUSS, DiagonalGaussian
+from odesolve import grids as G
+from odesolve import paths as P
 
 EDM = P.EDM()
 
@@ -71,7 +71,7 @@ def test_fp16_model_with_fp32_state_stays_within_fp16_noise():
 
 
 def test_nan_from_the_model_names_the_step():
-    grid, x, model = _setup()
+    grid, x, _ = _setup()
     bad = ods.Model(lambda x, t: torch.where(t[:, None] < 1.0, torch.nan, GAUSS.x0(EDM)(x, t)), EDM, "x0")
     with pytest.raises(ods.NonFiniteError, match=r"call \d+ \(grid step \d+, t = 0\.\d+"):
         ods.sample(bad, x, grid, method="ddim")
@@ -141,15 +141,15 @@ def test_plan_with_nan_coefficients_is_refused():
         dataclasses.replace(plan, update_hist=plan.update_hist * torch.nan)
 
 
-def test_point_mass_is_integrated_exactly_by_every_data_form_method():
-    """x0 constant: the data-form variation-of-constants formula is exact (Lu et al. 2022b)."""
+def test_point_mass_is_integrated_exactly_by_every_x0_prediction_method():
+    """x0 constant: the x0-prediction variation-of-constants formula is exact (Lu et al. 2022b)."""
     point = DiagonalGaussian([0.3, -0.7, 1.1, 0.0], [0.0, 0.0, 0.0, 0.0])
     path = P.VP.linear()
     grid = G.uniform_lambda(path, 6, 0.9, 1e-3)
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     ref = point.flow(path, x, grid.t[0], grid.t[-1])
     for name in ods.methods.names():
-        if ods.methods.get(name).form == "data":
+        if ods.methods.get(name).prediction == "x0":
             out = ods.sample(point.model(path), x, grid, method=name)
             assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12), name
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 
 
 def test_karras_matches_the_edm_formula():

@@ -233,7 +233,7 @@ def test_the_program_refuses_a_state_it_was_not_prepared_for():
 
 
 def test_an_eps_model_at_alpha_zero_is_refused_before_sampling():
-    """Zero terminal SNR: x0 = (x - sigma eps) / alpha is undefined at alpha = 0, so a data-form
+    """Zero terminal SNR: x0 = (x - sigma eps) / alpha is undefined at alpha = 0, so an x0-prediction
     plan cannot use an eps model's first output; refused up front, not reported as a model NaN."""
     path = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_zero_terminal_snr=True)
     grid = G.discrete(path, 10, spacing="trailing")

@@ -10,7 +10,7 @@ import odesolve as ods
 from odesolve import grids as G
 from odesolve import paths as P
 from odesolve.methods import ExponentialMultistep, ExponentialRK, FixedAdams, RungeKutta, Weight
-from odesolve.methods.exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT
+from odesolve.methods.exponential_multistep import BH1, MIDPOINT
 
 EDM = P.EDM()
 h2 = Fr(1, 2)
@@ -20,10 +20,7 @@ h2 = Fr(1, 2)
     # every table
     (lambda: ExponentialRK("x", order=0, prediction="x0"), ValueError, "order must be a positive integer"),
     (lambda: ExponentialRK("x", order=1, prediction="v"), ValueError, "prediction must be 'x0' or 'eps'"),
-    (lambda: ExponentialRK("x", order=1, form="flow"), ValueError, "form must be 'data' or 'noise'"),
-    (lambda: ExponentialRK("x", order=1, form="data", prediction="eps"), ValueError, "contradicts"),
-    # classical Runge-Kutta integrates eps in rho: a data-form table would be silently wrong
-    (lambda: RungeKutta("x", order=1, form="data"), ValueError, "prediction must be 'eps'"),
+    # classical Runge-Kutta integrates eps in rho: an x0-prediction table would be silently wrong
     (lambda: RungeKutta("x", order=1, prediction="x0"), ValueError, "prediction must be 'eps'"),
     (lambda: RungeKutta("x", order=2, c=(Fr(0), Fr(1)), a=((Fr(1, 2),),), b=(h2, h2)), ValueError, "row 1 of a"),
     (lambda: RungeKutta("x", order=2, c=(Fr(0), Fr(1)), a=((Fr(1),),), b=(h2, Fr(1))), ValueError, "b sums"),
@@ -63,7 +60,6 @@ h2 = Fr(1, 2)
      ValueError, "same prediction"),
     (lambda: ExponentialMultistep("x", order=3, prediction="x0", nodes=2, corrector=True,
                                   warmup=ods.methods.get("dpmpp-2s")), ValueError, "cannot be combined"),
-    (lambda: ExponentialMultistep("x", order=2, prediction="x0", nodes=2, two_node="mid"), ValueError, "two_node"),
     (lambda: Weight(chi=(0.5,)), TypeError, "Fraction"),
 ])
 def test_inconsistent_tables_are_refused(make, err, match):
@@ -71,13 +67,17 @@ def test_inconsistent_tables_are_refused(make, err, match):
         make()
 
 
-def test_former_keywords_map_onto_the_declared_fields():
-    """``form`` = prediction, ``two_node`` / ``half_second_difference`` = weight rows (same table)."""
-    assert ExponentialRK("x", order=1, form="noise") == ExponentialRK("x", order=1, prediction="eps")
-    old = ExponentialMultistep("x", order=2, form="data", nodes=3, two_node="midpoint", half_second_difference=True)
-    new = ExponentialMultistep("x", order=2, prediction="x0", nodes=3, weights=MIDPOINT + HALF_SECOND_DIFFERENCE)
-    assert old == new
-    assert old.form == "data" and ods.methods.get("dpm-solver-2m").form == "noise"
+@pytest.mark.parametrize("make, keyword", [
+    (lambda: ExponentialRK("x", order=1, form="noise"), "form"),
+    (lambda: ExponentialMultistep("x", order=2, prediction="x0", nodes=2, two_node="midpoint"), "two_node"),
+    (lambda: ExponentialMultistep("x", order=2, prediction="x0", nodes=3, half_second_difference=True),
+     "half_second_difference"),
+])
+def test_removed_keywords_are_refused(make, keyword):
+    """One name for one thing: ``prediction`` (not ``form``), weight rows (not flags)."""
+    with pytest.raises(TypeError, match=keyword):
+        make()
+    assert not hasattr(ods.methods.get("dpm-solver-2m"), "form")
 
 
 def test_weight_rows_are_what_compile_reads():

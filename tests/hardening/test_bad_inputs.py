@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.adapters import kdiffusion as kd
 from odesolve.models import classifier_free_guidance, clip_data, conversion, dynamic_thresholding
 
@@ -296,7 +297,7 @@ def test_velocity_and_v_convert_to_x0_exactly_at_alpha_zero():
 
 def test_v_model_from_alpha_zero_samples_a_point_mass_exactly():
     """All data at x0 = 2: the exact v-prediction on flow matching is v = alpha eps - sigma x0 with
-    eps = (x - alpha x0)/sigma, and every data-form method lands on x0 = 2 from t = 1."""
+    eps = (x - alpha x0)/sigma, and every x0-prediction method lands on x0 = 2 from t = 1."""
     def v(x, t):
         a, s = FM.alpha(t)[:, None], FM.sigma(t)[:, None]
         return (a * (x - a * 2.0) / s - s * 2.0).to(x.dtype)

@@ -12,10 +12,12 @@ import random
 import re
 
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.toy import GaussianMixture
 
 PATHS = {

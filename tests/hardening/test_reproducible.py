@@ -3,7 +3,7 @@ batch it is computed in (alone, in a batch, at any position of the batch).
 
 - Exact toy models (odesolve.toy.GaussianMixture, every prediction type): every registered method
   on EDM (Karras grid), VP linear (uniform lambda), VP discrete (trailing spacing) and flow matching
-  (uniform time from t = 0.98, an x0 model so that alpha stays > 0 where the noise-form methods
+  (uniform time from t = 0.98, an x0 model so that alpha stays > 0 where the eps-prediction methods
   need it): bit-identical (``torch.equal``).
 - The digits network (odesolve.toy.zoo): reruns are bit-identical; with the network called one
   sample at a time the sampler is bit-identical alone, in a batch and permuted (the sampler itself
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import odesolve as ods
-from odesolve import grids as G, paths as P
+from odesolve import grids as G
+from odesolve import paths as P
 from odesolve.toy import GaussianMixture
 
 DIGITS_ATOL = 5e-5

@@ -33,38 +33,38 @@ from _oracle_lib import (
 )
 
 import odesolve as ods
-from odesolve.methods import ExponentialMultistep, ExponentialRK
+from odesolve.methods import HALF_SECOND_DIFFERENCE, ExponentialMultistep, ExponentialRK
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 import diffusers as d
 
 # --- tables diffusers runs that odesolve does not register under a name -------------------------
 # diffusers DEISMultistepScheduler ("logrho"): Lagrange in log rho = -lambda, integrated d rho exactly,
-# i.e. the noise-form exponential Adams method with exact weights. For 2 nodes it is also
+# i.e. the eps-prediction exponential Adams method with exact weights. For 2 nodes it is also
 # DPMSolverMultistepScheduler(algorithm_type="dpmsolver", solver_type="heun").
 DEIS_LOGRHO = {q: f"deis-logrho-{q}" for q in (1, 2, 3)}  # registered names
 # DPMSolverMultistepScheduler(solver_order=3, solver_type="heun"): 3M whose 2-node warm-up step
 # uses the Taylor weight (= k-diffusion's sample_dpmpp_3m_sde with eta = 0)
-DPMPP_3M_TAYLOR_WARMUP = ExponentialMultistep("dpmpp-3m-taylor-warmup", order=2, form="data", nodes=3,
-                                              half_second_difference=True)
-DPM_3M_TAYLOR_WARMUP = ExponentialMultistep("dpm-solver-3m-taylor-warmup", order=2, form="noise", nodes=3,
-                                            half_second_difference=True)
+DPMPP_3M_TAYLOR_WARMUP = ExponentialMultistep("dpmpp-3m-taylor-warmup", order=2, prediction="x0", nodes=3,
+                                              weights=HALF_SECOND_DIFFERENCE)
+DPM_3M_TAYLOR_WARMUP = ExponentialMultistep("dpm-solver-3m-taylor-warmup", order=2, prediction="eps", nodes=3,
+                                            weights=HALF_SECOND_DIFFERENCE)
 
 # DPMSolverSinglestepScheduler's updates as exponential RK tables (c = 0, 1/2 or 0, 1/3, 2/3 when
 # the grid is uniform in lambda). Coefficient rows are (chi_1, chi_2, chi_3) weights per stage.
 _h, _3, _23 = Fr(1, 2), Fr(1, 3), Fr(2, 3)
 SINGLESTEP = {}
-for _form, _alg in (("data", "dpmsolver++"), ("noise", "dpmsolver")):
-    SINGLESTEP[(_alg, "heun", 2)] = ExponentialRK(f"{_alg}-2s-taylor", order=2, form=_form, c=(Fr(0), _h),
+for _prediction, _alg in (("x0", "dpmsolver++"), ("eps", "dpmsolver")):
+    SINGLESTEP[(_alg, "heun", 2)] = ExponentialRK(f"{_alg}-2s-taylor", order=2, prediction=_prediction, c=(Fr(0), _h),
                                                   a=(((Fr(1),),),), b=((Fr(1), Fr(-2)), (Fr(0), Fr(2))))
     # order 3, "midpoint": the stage at 2/3 is diffusers' 2nd-order midpoint update from the step
     # start (weights 0, 1 on chi_1), the final update is DPM-Solver-3's
     SINGLESTEP[(_alg, "midpoint", 3)] = ExponentialRK(
-        f"{_alg}-3s-diffusers-midpoint", order=3, form=_form, c=(Fr(0), _3, _23),
+        f"{_alg}-3s-diffusers-midpoint", order=3, prediction=_prediction, c=(Fr(0), _3, _23),
         a=(((Fr(1),),), ((Fr(0),), (Fr(1),))), b=((Fr(1), Fr(-3, 2)), (Fr(0),), (Fr(0), Fr(3, 2))))
     # order 3, "heun": DPM-Solver-3's stages, final update in Taylor form with D1 and D2
     SINGLESTEP[(_alg, "heun", 3)] = ExponentialRK(
-        f"{_alg}-3s-diffusers-heun", order=3, form=_form, c=(Fr(0), _3, _23),
+        f"{_alg}-3s-diffusers-heun", order=3, prediction=_prediction, c=(Fr(0), _3, _23),
         a=(((Fr(1),),), ((Fr(1), Fr(-2)), (Fr(0), Fr(2)))),
         b=((Fr(1), Fr(-9, 2), Fr(9)), (Fr(0), Fr(6), Fr(-18)), (Fr(0), Fr(-3, 2), Fr(9))))
 SINGLESTEP[("dpmsolver++", "midpoint", 2)] = "dpmpp-2s"
@@ -205,7 +205,8 @@ def _dpm_cases():
                                         final_sigmas_type=final),
                                     N, m, options=opts, grid="discrete"))
     cfgs = [("v_prediction", {"prediction_type": "v_prediction"}), ("sample", {"prediction_type": "sample"}),
-            ("trailing", {"timestep_spacing": "trailing"}), ("leading", {"timestep_spacing": "leading", "steps_offset": 1}),
+            ("trailing", {"timestep_spacing": "trailing"}),
+            ("leading", {"timestep_spacing": "leading", "steps_offset": 1}),
             ("karras", {"use_karras_sigmas": True}), ("lu-lambdas", {"use_lu_lambdas": True}),
             ("scaled_linear", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}),
             ("squaredcos", {"beta_schedule": "squaredcos_cap_v2"})]
@@ -247,8 +248,8 @@ def _unipc_cases():
                     out.append(Case(f"UniPCMultistep-{bh}-o{order}-{'corrector' if corr else 'no-corrector'}-N{N}-"
                                     f"{final}{'-lower_order_final' if lof else ''}",
                                     lambda bh=bh, order=order, corr=corr, final=final, lof=lof:
-                                    d.UniPCMultistepScheduler(solver_type=bh, solver_order=order, final_sigmas_type=final,
-                                                              lower_order_final=lof,
+                                    d.UniPCMultistepScheduler(solver_type=bh, solver_order=order,
+                                                              final_sigmas_type=final, lower_order_final=lof,
                                                               disable_corrector=[] if corr else list(range(1000))),
                                     N, name, options={"lower_order_final": lof}, f64=_f64("sigmas"), grid="discrete"))
     out.append(Case("UniPCMultistep-bh2-o3-karras-N12", lambda: d.UniPCMultistepScheduler(
@@ -274,7 +275,8 @@ def _other_cases():
     for tag, kw, N in (("trailing-alpha1", {"timestep_spacing": "trailing", "set_alpha_to_one": True}, 10),
                        ("leading-offset1-alpha0", {"timestep_spacing": "leading", "steps_offset": 1,
                                                        "set_alpha_to_one": False}, 20),
-                       ("trailing-v_prediction", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10),
+                       ("trailing-v_prediction",
+                        {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}, 10),
                        ("leading-sample", {"prediction_type": "sample"}, 25)):
         pred = kw.get("prediction_type", "epsilon")
         out.append(Case(f"DDIM-{tag}-N{N}", lambda kw=kw: d.DDIMScheduler(clip_sample=False, **kw), N, "ddim",
@@ -292,7 +294,8 @@ def _other_cases():
     for order in (1, 2, 3, 4):
         out.append(Case(f"LMSDiscrete-order{order}-N10", d.LMSDiscreteScheduler, 10, f"lms-{order}", coords="kd",
                         step_kwargs={"order": order}, f64=_f64("sigmas")))
-    for tag, kw in (("linspace", {}), ("karras", {"use_karras_sigmas": True}), ("trailing", {"timestep_spacing": "trailing"}),
+    for tag, kw in (("linspace", {}), ("karras", {"use_karras_sigmas": True}),
+                    ("trailing", {"timestep_spacing": "trailing"}),
                     ("v_prediction", {"prediction_type": "v_prediction"})):
         for N in (10, 25):
             pred = kw.get("prediction_type", "epsilon")

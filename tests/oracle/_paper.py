@@ -95,7 +95,7 @@ def dpm_solver_2(path, t, x, data=False):
 
 
 def dpm_solver_3(path, t, x, data=False):
-    """DPM-Solver-3 (Lu et al. 2022, Alg. 5, r1 = 1/3, r2 = 2/3); data form for DPM-Solver++(3S)."""
+    """DPM-Solver-3 (Lu et al. 2022, Alg. 5, r1 = 1/3, r2 = 2/3); x0-prediction form for DPM-Solver++(3S)."""
     g = Geo(path, t)
     r1, r2 = 1 / 3, 2 / 3
     for n in range(g.N):
@@ -126,12 +126,12 @@ def dpm_solver_3(path, t, x, data=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# multistep: DPM-Solver++(2M, 3M), DPM-Solver multistep (noise form)
+# multistep: DPM-Solver++(2M, 3M), DPM-Solver multistep (eps prediction)
 # ---------------------------------------------------------------------------------------------
 
 
 def dpmpp_2m(path, t, x, variant="midpoint", data=True, lower_order_final=False):
-    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) and its noise-form twin; ``variant="taylor"``
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2) and its eps-prediction twin; ``variant="taylor"``
     replaces the 1/2 (e^{-h} - 1) weight of D1 by h phi_2(-h) (diffusers' solver_type="heun")."""
     g = Geo(path, t)
     prev = None
@@ -218,7 +218,7 @@ def dpmpp_3m(path, t, x, d2_factor=1.0, data=True, warmup="midpoint", lower_orde
 
 def _unipc_solve(r, h, bh, q, corrector):
     """Coefficients a of the UniP-q predictor (nodes r_1..r_{q-1}) or the UniC corrector (nodes
-    r_1..r_{q-1} and 1): R a = g / B(h), R_ik = r_k^(i-1), g_i = -i! h phi_{i+1}(-h) (data form)."""
+    r_1..r_{q-1} and 1): R a = g / B(h), R_ik = r_k^(i-1), g_i = -i! h phi_{i+1}(-h) (x0 prediction)."""
     hh = -h
     B = hh if bh == "bh1" else torch.expm1(hh)
     g, hphi, fact = [], torch.expm1(hh) / hh - 1, 1.0
@@ -238,7 +238,7 @@ def _unipc_solve(r, h, bh, q, corrector):
 
 
 def unipc(path, t, x, p, bh="bh2", corrector=True, lower_order_final=False):
-    """UniPC-p (data form): UniP-p predictor, UniC corrector at no extra model call (the model is
+    """UniPC-p (x0 prediction): UniP-p predictor, UniC corrector at no extra model call (the model is
     called at the predicted point and its output corrects it); no corrector after the last step."""
     g = Geo(path, t)
     hist = []  # (lambda, x0) of the past calls, most recent last
@@ -309,12 +309,13 @@ def adams_rho(path, t, x, p, variable="t", lower_order_final=False):
         C = []
         for j in range(q):
             if variable == "t":  # t(rho) is smooth on a continuous path: 100-point Gauss-Legendre
-                f = lambda rho, j=j, nodes=nodes: _lagrange(nodes, j, path.t_of_noise_level(torch.as_tensor(rho)).numpy())
+                f = lambda rho, j=j, nodes=nodes: _lagrange(nodes, j,
+                                                            path.t_of_noise_level(torch.as_tensor(rho)).numpy())
                 C.append(integrate.fixed_quad(f, r0, r1, n=100)[0])
             else:
                 others = [nodes[k] for k in range(q) if k != j]
-                poly = (np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])) / np.prod(
-                    [nodes[j] - o for o in others])
+                basis = np.polynomial.Polynomial.fromroots(others) if others else np.polynomial.Polynomial([1.0])
+                poly = basis / np.prod([nodes[j] - o for o in others])
                 P = poly.integ()
                 C.append(P(r1) - P(r0))
         xbar = x / g.a[n] + sum(c * e_ for c, e_ in zip(C, eps))
@@ -397,7 +398,8 @@ PAPER = {
     "dpmpp-3m": lambda p, t, x: dpmpp_3m(p, t, x),
     "dpm-solver-3m": lambda p, t, x: dpmpp_3m(p, t, x, data=False),
     "dpmpp-3m-corrected": lambda p, t, x: dpmpp_3m(p, t, x, d2_factor=2.0, warmup="2s"),
-    **{f"unipc-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh)) for bh in ("bh1", "bh2") for q in (1, 2, 3)},
+    **{f"unipc-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh))
+       for bh in ("bh1", "bh2") for q in (1, 2, 3)},
     **{f"unip-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh, corrector=False))
        for bh in ("bh1", "bh2") for q in (1, 2, 3)},
     **{f"deis-{q}": (lambda p, t, x, q=q: adams_rho(p, t, x, q, "t")) for q in (1, 2, 3)},

@@ -145,7 +145,7 @@ def _reference_from_alpha_zero(t_end):
 
 def _solve_from_alpha_zero(x, t_end):
     """The PF-ODE solution from alpha = 0 on a VP path: with u = e^lambda and y = x / sigma,
-    dy/du = E[x0 | x] (docs/theory.md section 1, data form), regular at u = 0 where y = x_T."""
+    dy/du = E[x0 | x] (docs/theory.md section 1, x0-prediction form), regular at u = 0 where y = x_T."""
     from scipy.integrate import solve_ivp
 
     shape = tuple(x.shape)

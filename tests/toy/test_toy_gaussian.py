@@ -90,7 +90,8 @@ def test_flow_limits_are_exact():
 @settings(max_examples=40, deadline=None)
 @given(gauss=ts.gaussians(), path=ts.paths(), data=st.data())
 def test_reverse_sde_law_preserves_the_marginals(gauss, path, data):
-    """If x_s ~ p_s, the law of x_t is p_t: M C_s M^T + Cov = C_t (with x_t = alpha_t mu + M (x_s - alpha_s mu) + noise)."""
+    """If x_s ~ p_s, the law of x_t is p_t: M C_s M^T + Cov = C_t
+    (with x_t = alpha_t mu + M (x_s - alpha_s mu) + noise)."""
     s, t = sorted((data.draw(ts.times(path), label=f"t{i}") for i in range(2)), reverse=True)
     lam = path.lambda_(torch.tensor([s, t], dtype=F64))
     if lam[0] == lam[1]:

@@ -94,7 +94,8 @@ def test_predictions_agree_through_the_path_relations(gmm, path, data, seed):
 
 def test_marginal_is_the_same_mixture():
     g = torch.Generator().manual_seed(0)
-    gmm = GaussianMixture([0.2, 0.8], torch.randn(2, 3, dtype=F64, generator=g), torch.eye(3, dtype=F64).expand(2, 3, 3) * torch.tensor([0.5, 2.0], dtype=F64)[:, None, None])
+    covs = torch.eye(3, dtype=F64).expand(2, 3, 3) * torch.tensor([0.5, 2.0], dtype=F64)[:, None, None]
+    gmm = GaussianMixture([0.2, 0.8], torch.randn(2, 3, dtype=F64, generator=g), covs)
     for path, t in [(EDM(), 2.5), (VP.linear(), 0.4), (FlowMatching(), 0.9)]:
         x = torch.randn(7, 3, dtype=F64, generator=g)
         m = gmm.marginal(t, path)

@@ -11,8 +11,8 @@ r"""Symbolic analysis of method tables: :func:`derive`.
 - **Exponential Runge-Kutta** (:class:`~odesolve.methods.ExponentialRK`): the stiff order conditions of
   Hochbruck & Ostermann (2005, SIAM J. Numer. Anal. 43, "Explicit exponential Runge-Kutta methods for
   semilinear parabolic problems", Table 5.1; also Acta Numerica 19 (2010), Table 2.2) up to order 4,
-  for ``u' = -A u + g(t, u)``. In lambda-time the data form is ``d(x/alpha)/dlambda = -(x/alpha) + x0``
-  (A = 1) and the noise form ``d(x/sigma)/dlambda = (x/sigma) - eps`` (A = -1): the linear part is a
+  for ``u' = -A u + g(t, u)``. In lambda-time the x0-prediction form is ``d(x/alpha)/dlambda = -(x/alpha) + x0``
+  (A = 1) and the eps-prediction form ``d(x/sigma)/dlambda = (x/sigma) - eps`` (A = -1): the linear part is a
   scalar, so J = g_u commutes with it and every condition is a scalar identity in ``zeta = -hA``. With
   ``b_i(zeta) = sum_l B_il phi_l(zeta)``, ``a_ij(zeta) = sum_l A_ijl c_i phi_l(c_i zeta)`` and
 

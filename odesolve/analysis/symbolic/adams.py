@@ -27,8 +27,8 @@ class AdamsDerivation(_Derivation):
 
     ``predictor[j]`` multiplies the output at node ``r_j`` (``r_0 = 0`` the step start, ``r_j =
     (lambda_{n-j} - lambda_n)/h`` earlier nodes) and is the coefficient per unit of the factor in front
-    of the integral (``alpha_{n+1}`` data form, ``-sigma_{n+1}`` noise form); ``corrector`` (UniC) adds the
-    node ``r = 1`` first. ``variable="rho"`` tables integrate a Lagrange polynomial in rho exactly: the
+    of the integral (``alpha_{n+1}`` for x0 prediction, ``-sigma_{n+1}`` for eps prediction); ``corrector``
+    (UniC) adds the node ``r = 1`` first. ``variable="rho"`` tables integrate a Lagrange polynomial in rho exactly: the
     step is ``drho`` and the coefficients are pure rational functions of the ratios."""
 
     table: object = None

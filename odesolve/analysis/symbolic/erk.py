@@ -40,7 +40,7 @@ class ERKDerivation(_Derivation):
     """Stiff order conditions of an exponential RK table (see the module docstring)."""
 
     table: object = None
-    zeta: sp.Expr = None  # -h (data form) or +h (noise form)
+    zeta: sp.Expr = None  # -h (x0 prediction) or +h (eps prediction)
     b: tuple = ()  # b_i(zeta), sympy
     a: tuple = ()  # rows of a_ij(zeta), sympy
     conditions: tuple[Condition, ...] = ()
