@@ -8,6 +8,15 @@ from collections import defaultdict
 __all__ = ["headline", "markdown", "plot_accuracy"]
 
 
+def _measured_at(part: dict) -> list[str]:
+    """The line naming the commit a part was measured at (a partial run keeps older parts)."""
+    git = part.get("git") or {}
+    if not git.get("commit"):
+        return ["Measured at an unrecorded commit (results from before commits were recorded per part).", ""]
+    dirty = " with uncommitted changes to odesolve/ or benchmarks/" if git.get("modified") else ""
+    return [f"Measured at commit `{git['commit']}`{dirty}.", ""]
+
+
 def _f(v, fmt="{:.3g}"):
     if v is None:
         return "-"
@@ -122,7 +131,7 @@ def markdown(results: dict) -> str:
 
 
 def _accuracy_md(acc) -> list[str]:
-    L = ["## Accuracy against NFE", "",
+    L = ["## Accuracy against NFE", "", *_measured_at(acc),
          "RMSE of the final samples against a float64 DOP853 reference from the same start "
          "(lower is better); NLL = exact mean negative log-likelihood of the samples (the reference's "
          "own NLL in brackets). Best training-free registered method per library at each budget; "
@@ -198,7 +207,7 @@ def _accuracy_md(acc) -> list[str]:
 
 
 def _overhead_md(ov) -> list[str]:
-    L = ["## Overhead per step (model returns a precomputed tensor)", "",
+    L = ["## Overhead per step (model returns a precomputed tensor)", "", *_measured_at(ov),
          f"{ov['dtype']} on {ov['device']}, EDM Karras grid with {ov['steps']} steps; times are medians over "
          "interleaved repetitions; ratio = odesolve time / fastest peer time, paired per repetition "
          "(median [p25, p75]); floor = the time of the plan's minimal memory traffic (see README).", ""]
@@ -224,7 +233,7 @@ def _overhead_md(ov) -> list[str]:
 
 
 def _memory_md(mem) -> list[str]:
-    L = ["## Peak extra memory of a sampling run", "", f"Shape {tuple(mem['shape'])} float32; method: "
+    L = ["## Peak extra memory of a sampling run", "", *_measured_at(mem), f"Shape {tuple(mem['shape'])} float32; method: "
          f"{mem['method']}.", "", "| method | library | peak MB | tensors | beyond the model (tensors) |",
          "|---|---|---|---|---|"]
     for r in sorted(mem["rows"], key=lambda r: (r.get("family", ""), r["lib"])):

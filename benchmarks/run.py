@@ -32,7 +32,7 @@ def _git_state(root):
             return ""
 
     return {"commit": git("rev-parse", "--short", "HEAD"),
-            "execute_py_modified": bool(git("status", "--porcelain", "odesolve/execute.py"))}
+            "modified": bool(git("status", "--porcelain", "--untracked-files=no", "odesolve", "benchmarks"))}
 
 
 def _clean(o):
@@ -102,6 +102,7 @@ def main(argv=None):
         else:
             results["accuracy"] = run_accuracy()
         results["accuracy"]["seconds"] = time.perf_counter() - t0
+        results["accuracy"]["git"] = results["git"]  # each part names the commit it was measured at
     if "overhead" in parts:
         from .overhead import SHAPES, run_overhead
 
@@ -112,6 +113,7 @@ def main(argv=None):
         else:
             results["overhead"] = run_overhead(shapes=SHAPES, device=args.device)
         results["overhead"]["seconds"] = time.perf_counter() - t0
+        results["overhead"]["git"] = results["git"]  # each part names the commit it was measured at
         results["overhead"]["threads"] = args.threads
     if "memory" in parts:
         from .memory import run_memory
@@ -124,6 +126,7 @@ def main(argv=None):
             else:
                 results["memory"] = run_memory()
             results["memory"]["seconds"] = time.perf_counter() - t0
+            results["memory"]["git"] = results["git"]
         else:
             results["notes_memory"] = "memory part needs Linux /proc"
     results["environment"] = peers.versions()

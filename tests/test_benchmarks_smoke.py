@@ -68,7 +68,10 @@ def test_outputs_exist_and_are_finite(smoke):
         assert mem, data["memory"].get("errors")
         for r in mem:
             assert _finite(r["peak_extra_MB"]) and r["peak_extra_tensors"] > 0.5, r
-    assert "| odesolve |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| odesolve |" in md
+    # every part names the commit it was measured at
+    assert md.count("Measured at commit `") == len([p for p in ("accuracy", "overhead", "memory") if p in data])
 
 
 def test_more_steps_reduce_the_error(smoke):
