@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path as FsPath
 
 import torch
@@ -31,7 +32,8 @@ def _path_to_json(path: _paths.Path) -> dict:
     for f in dataclasses.fields(path):
         if f.init:
             v = getattr(path, f.name)
-            out[f.name] = v.tolist() if isinstance(v, Tensor) else v
+            v = v.tolist() if isinstance(v, Tensor) else v
+            out[f.name] = repr(v) if isinstance(v, float) and not math.isfinite(v) else v  # JSON has no inf
     return out
 
 
@@ -42,7 +44,7 @@ def _path_from_json(d: dict) -> _paths.Path:
         raise ValueError(f"unknown path type in the file: {d!r}")
     if cls is _paths.VPDiscrete:
         return cls(torch.tensor(d["betas"], dtype=torch.float64))
-    return cls(**d)
+    return cls(**{k: float(v) if isinstance(v, str) else v for k, v in d.items()})
 
 
 def save(fitted: Fitted, file) -> None:

@@ -25,7 +25,8 @@ class GridLogits:
     lambda (indices a..b); points with infinite lambda (sigma = 0, alpha = 0) stay.
 
     ``L = lambda_b - lambda_a`` is fixed, except where the grid goes on from ``b`` to sigma = 0: there
-    the last finite point is a model call like any other, and ``L = L_0 e^{theta_end}`` is learned too.
+    the last finite point is a model call like any other, and ``L = 2 L_0 sigmoid(theta_end)`` (at most
+    twice the initial span) is learned too.
     ``theta = (log(initial steps in lambda), 0)`` reproduces ``grid`` (to round-off); the softmax
     ignores a common shift, so the degrees of freedom are ``b - a - 1`` (+ 1 for a free end)."""
 
@@ -50,12 +51,16 @@ class GridLogits:
         if self.free == 0:
             return Grid(self.path, self.t)
         n = self.b - self.a
-        span = self.span * torch.exp(theta[n]) if self.free_end else self.span
+        span = 2 * self.span * torch.sigmoid(theta[n]) if self.free_end else self.span
         frac = torch.cumsum(torch.softmax(theta[:n], 0), 0)
         frac = frac if self.free_end else frac[:-1]
         inner = self.path.t_of_lambda(self.lam_a + span * frac)
         rest = self.t[self.b + 1:] if self.free_end else self.t[self.b:]
-        return Grid(self.path, torch.cat([self.t[: self.a + 1], inner, rest]))
+        g = Grid(self.path, torch.cat([self.t[: self.a + 1], inner, rest]))
+        if g.steps != self.t.numel() - 1:
+            raise ValueError(f"the grid's times collapsed in float64 (steps {self.t.numel() - 1} -> {g.steps}): "
+                             f"{g.t.detach().tolist()}")
+        return g
 
 
 class RowCorrection:
