@@ -119,7 +119,7 @@ def _mse(a: Tensor, b: Tensor) -> Tensor:
 
 def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpmpp-2m", grid: Grid | None = None,
         teacher=None, x_T_val: Tensor | None = None, *, window: int = 3, iterations: int = 60, epochs: int = 6,
-        teacher_steps: int = 256, progress: bool = False,
+        teacher_steps: int = 256, restarts: int = 4, progress: bool = False,
         callback: Callable[[int, float], None] | None = None) -> Fitted:
     """Fit a sampler with ``nfe`` model calls to ``model`` from the starting noise ``x_T`` (at ``grid.t[0]``).
 
@@ -136,6 +136,8 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
         x_T_val: validation noise (default: the last quarter of ``x_T``, not trained on).
         iterations, epochs: L-BFGS iterations (strong Wolfe line search) per epoch, and epochs; the
             validation loss is computed after each epoch (``callback(epoch, val_loss)``).
+        restarts: starting grids of the first epoch (the initial one and seeded perturbations); the one
+            with the lowest training loss goes on.
     """
     t_start = time.perf_counter()
     if not isinstance(model, Model):
@@ -150,6 +152,9 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
         raise ValueError("init must be a method that compiles for any grid, not a FittedPlan")
     window = check_int(window, "window", 1, 16)
     iterations, epochs = check_int(iterations, "iterations", 1), check_int(epochs, "epochs", 1)
+    restarts = check_int(restarts, "restarts", 1)
+    if family == "coefficients" and epochs < 2:
+        raise ValueError(f"epochs must be at least 2 for family 'coefficients' (grid, then coefficients), got {epochs}")
     if grid is None:
         steps, rem = divmod(nfe, m.calls_per_step)
         if rem:
@@ -195,21 +200,47 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
 
     def closure():
         opt.zero_grad()
-        loss = mse(x_train, y_train, params)
+        try:
+            loss = mse(x_train, y_train, params)
+        except (ValueError, FloatingPointError):  # a line search reached a degenerate grid: reject the point
+            return torch.tensor(math.inf, dtype=torch.float64)
         if torch.isfinite(loss):
             loss.backward()
         return loss
 
-    # "coefficients" fits the grid alone first (half the epochs), then everything from there
-    stages = [params] if corr is None else [params[:1], params]
+    # the grid alone first (for "coefficients": half the epochs), from ``restarts`` starting grids (the
+    # initial one and seeded perturbations of its logits: the loss has local minima); the best on the
+    # training noise goes on, then (for "coefficients") everything from there
+    def lbfgs(ps):
+        return torch.optim.LBFGS(ps, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
+                                 tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    gen = torch.Generator().manual_seed(0)
+    starts = [theta.detach().clone()] + [theta.detach() + 0.5 * torch.randn(theta.shape, dtype=torch.float64,
+                                                                            generator=gen)
+                                         for _ in range(restarts - 1)]
     history, best = [], [p.detach().clone() for p in params]
     bar = _bar(epochs, progress)
     for epoch in range(epochs):
-        if epoch == 0 or (len(stages) == 2 and epoch == epochs // 2):
-            opt = torch.optim.LBFGS(stages[0] if epoch == 0 else stages[1], lr=1.0, max_iter=iterations,
-                                    history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                                    tolerance_change=1e-14)
-        opt.step(closure)
+        if epoch == 0:
+            found = []
+            for start in starts:
+                with torch.no_grad():
+                    theta.copy_(start)
+                opt = lbfgs([theta])
+                opt.step(closure)
+                if torch.isfinite(theta).all():
+                    found.append((float(mse(x_train, y_train, [theta.detach()] + params[1:]).detach()),
+                                  len(found), theta.detach().clone(), opt))
+            if not found:
+                raise FloatingPointError("fit: every starting grid diverged")
+            _, _, start, opt = min(found, key=lambda f: f[:2])
+            with torch.no_grad():
+                theta.copy_(start)
+        elif corr is not None and epoch == epochs // 2:
+            opt = lbfgs(params)
+        if epoch > 0:
+            opt.step(closure)
         if not all(bool(torch.isfinite(p).all()) for p in params):  # a diverged line search: keep the last good
             with torch.no_grad():
                 for p, b in zip(params, best):
@@ -236,7 +267,7 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
         method = FittedPlan.from_plan(plan, f"fitted-{m.name}-nfe{nfe}", interpolation=m.variable,
                                       paper="odesolve.learn.fit (coefficients, BNS/S4S-style)")
         free = logits.free + corr.free
-    settings = {"window": window, "iterations": iterations, "epochs": epochs, "teacher": _teacher_name(teacher),
+    settings = {"window": window, "iterations": iterations, "epochs": epochs, "restarts": restarts, "teacher": _teacher_name(teacher),
                 "teacher_steps": teacher_steps, "train_size": len(x_train), "val_size": len(x_val),
                 "initial_grid": grid.t.tolist()}
     return Fitted(family=family, grid=g, method=method, nfe=nfe, init=m.name, parameters=free, train_loss=train,
