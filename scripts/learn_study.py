@@ -18,7 +18,7 @@ import math
 import torch
 
 import odesolve as ods
-import odesolve.learn as learn
+from odesolve import learn
 from odesolve.toy import problems
 from odesolve.toy.reference import solve
 

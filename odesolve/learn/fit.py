@@ -149,7 +149,7 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
     if not isinstance(m, _methods.Method):
         raise TypeError(f"init must be a registered method name or an odesolve.methods.Method, got {init!r}")
     if isinstance(m, FittedPlan):
-        raise ValueError("init must be a method that compiles for any grid, not a FittedPlan")
+        raise TypeError("init must be a method that compiles for any grid, not a FittedPlan")
     window = check_int(window, "window", 1, 16)
     iterations, epochs = check_int(iterations, "iterations", 1), check_int(epochs, "epochs", 1)
     restarts = check_int(restarts, "restarts", 1)
@@ -172,6 +172,15 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
     if plan0.stochastic:
         raise ValueError(f"init {m.name!r} injects noise; fit a deterministic method")
     x_train, x_val = _split(x_T, x_T_val)
+    try:  # one call on one starting point: a state shape the model does not take is named here
+        with torch.no_grad():
+            probe = model(x_train[:1], grid.t[:1])
+        ok = isinstance(probe, Tensor) and probe.shape == x_train[:1].shape
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"x_T: the model does not map starting points of state shape {tuple(x_train.shape[1:])} to "
+                         "outputs of that shape; pass x_T of shape (batch, *state) for this model")
     targets = teacher_solve(model, torch.cat([x_train, x_val]), grid, teacher, teacher_steps=teacher_steps)
     y_train, y_val = targets[: len(x_train)], targets[len(x_train):]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import odesolve as ods
-import odesolve.learn as learn
+from odesolve import learn
 from odesolve.toy import problems
 
 

@@ -2,13 +2,12 @@
 what they claim, save and load exactly, and refuse bad input."""
 
 import json
-import math
 
 import pytest
 import torch
 
 import odesolve as ods
-import odesolve.learn as learn
+from odesolve import learn
 from odesolve.methods.fitted import FittedPlan
 from odesolve.toy.reference import solve
 
@@ -99,7 +98,7 @@ def test_refuses_bad_nfe(gmm, noise, nfe):
 
 def test_refuses_bad_input(gmm, noise):
     prob, model = gmm
-    x, xv = noise
+    x = noise[0]
     with pytest.raises(ValueError, match="family"):
         learn.fit(model, x, family="bespoke")
     with pytest.raises(ValueError, match="x_T"):
@@ -108,6 +107,10 @@ def test_refuses_bad_input(gmm, noise):
         learn.fit(model, x, x_T_val=torch.zeros(8, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="x_T"):
         learn.fit(model, x.tolist())
+    with pytest.raises(ValueError, match="state shape"):
+        learn.fit(model, torch.zeros(16, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="epochs"):
+        learn.fit(model, x, family="coefficients", epochs=1)
     with pytest.raises(ValueError, match="nfe"):
         learn.fit(model, x, nfe=5, grid=ods.grids.karras(prob.path, 4))
     with pytest.raises(ValueError, match="nfe"):
@@ -127,3 +130,13 @@ def test_load_refuses_other_files(tmp_path):
     file.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="not a fitted sampler"):
         learn.load(file)
+
+
+def test_progress_and_callback_report_every_epoch(gmm, capsys):
+    prob, model = gmm
+    x = prob.prior(24, torch.Generator().manual_seed(7))
+    seen = []
+    f = learn.fit(model, x, nfe=3, family="coefficients", iterations=3, epochs=3, restarts=1, progress=True,
+                  callback=lambda epoch, loss: seen.append((epoch, loss)))
+    assert [e for e, _ in seen] == [0, 1, 2] and tuple(v for _, v in seen) == f.history
+    assert "fit" in capsys.readouterr().err  # the progress bar

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import odesolve as ods
-import odesolve.learn as learn
+from odesolve import learn
 from odesolve.analysis import step_exactness
 from odesolve.analysis.symbolic import SymbolicLimitError
 from odesolve.methods.fitted import FittedPlan
