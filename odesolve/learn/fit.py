@@ -130,8 +130,8 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
             :class:`~odesolve.methods.fitted.FittedPlan`, exact for constant predictions and for the
             linear part as its initial method is).
         init: a registered deterministic method (name or table).
-        grid: the initial grid, its ends kept (default: Karras, EDM's sigma range, to sigma = 0);
-            ``grid.steps * init.calls_per_step`` must equal ``nfe``.
+        grid: the initial grid, its ends kept (default: Karras, EDM's sigma range, to sigma = 0, with
+            the steps that make ``nfe`` calls); ``init`` must make ``nfe`` calls on it.
         teacher: see :func:`teacher_solve` (default: the high-accuracy reference solver).
         x_T_val: validation noise (default: the last quarter of ``x_T``, not trained on).
         iterations, epochs: L-BFGS iterations (strong Wolfe line search) per epoch, and epochs; the
@@ -155,11 +155,11 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
     restarts = check_int(restarts, "restarts", 1)
     if family == "coefficients" and epochs < 2:
         raise ValueError(f"epochs must be at least 2 for family 'coefficients' (grid, then coefficients), got {epochs}")
-    if grid is None:
-        steps, rem = divmod(nfe, m.calls_per_step)
-        if rem:
-            raise ValueError(f"nfe must be a multiple of {m.name}'s {m.calls_per_step} calls per step, got {nfe}")
-        grid = _grids.karras(model.path, steps)
+    if grid is None:  # the Karras grid on which init makes nfe calls (a last step to sigma = 0 may make fewer)
+        candidates = [_grids.karras(model.path, n) for n in range(2, nfe + 2)]
+        grid = next((g for g in candidates if m.compile(g.path, g).calls == nfe), None)
+        if grid is None:
+            raise ValueError(f"nfe = {nfe}: no Karras grid gives {m.name} exactly {nfe} model calls; pass a grid")
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be an odesolve.grids.Grid, got {type(grid).__name__}")
     if grid.path != model.path:
