@@ -277,8 +277,8 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
                                       paper="odesolve.learn.fit (coefficients, BNS/S4S-style)")
         free = logits.free + corr.free
     settings = {"window": window, "iterations": iterations, "epochs": epochs, "restarts": restarts,
-                "teacher": _teacher_name(teacher), "teacher_steps": teacher_steps, "train_size": len(x_train), "val_size": len(x_val),
-                "initial_grid": grid.t.tolist()}
+                "teacher": _teacher_name(teacher), "teacher_steps": teacher_steps, "train_size": len(x_train),
+                "val_size": len(x_val), "initial_grid": grid.t.tolist()}
     return Fitted(family=family, grid=g, method=method, nfe=nfe, init=m.name, parameters=free, train_loss=train,
                   val_loss=val, init_val_loss=init_val, fit_seconds=time.perf_counter() - t_start,
                   history=tuple(history), settings=settings, model=repr(model))
