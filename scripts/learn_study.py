@@ -4,8 +4,8 @@ For each problem and NFE k: the RMSE (per element, against the high-accuracy ref
 on held-out starting noise of the best registered deterministic method (over two grids: Karras
 rho = 7 and uniform in log sigma, both ending with a step to sigma = 0) at NFE k and 2k, and of
 samplers fitted at NFE k from dpmpp-2m on Karras (family "grid" and "coefficients"), with their
-parameter counts, fit times and validation losses. Training, validation and test noise are three
-disjoint draws.
+parameter counts, fit times and validation losses. Training, validation (which picks the epoch)
+and test noise are three disjoint draws; the RMSE columns are on the test noise.
 
     python scripts/learn_study.py [--problems gmm2d lowrank64] [--nfe 4 5 6 10] [--train 512] [--test 1000]
 """

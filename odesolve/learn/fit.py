@@ -4,8 +4,8 @@ The loss is global, as in LD3 (Tong et al. 2025) and BNS (Shaul et al. 2024): th
 difference between the fitted sampler's final states and a teacher's from the same starting noise,
 its gradient taken through the differentiable compile (:meth:`Method.compile` is float64 torch) and
 the executor. The teacher's final states are computed once per fit, for the training and the
-validation noise, which never mix: the validation loss is reported after every epoch and never
-steers the fit.
+validation noise, which never mix: the validation loss is reported after every epoch, never enters
+a gradient, and (with ``select``, the default) picks the epoch that is returned (early stopping).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _mse(a: Tensor, b: Tensor) -> Tensor:
 
 def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpmpp-2m", grid: Grid | None = None,
         teacher=None, x_T_val: Tensor | None = None, *, window: int = 3, iterations: int = 60, epochs: int = 6,
-        teacher_steps: int = 256, restarts: int = 4, progress: bool = False,
+        teacher_steps: int = 256, restarts: int = 4, select: bool = True, progress: bool = False,
         callback: Callable[[int, float], None] | None = None) -> Fitted:
     """Fit a sampler with ``nfe`` model calls to ``model`` from the starting noise ``x_T`` (at ``grid.t[0]``).
 
@@ -138,6 +138,9 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
             validation loss is computed after each epoch (``callback(epoch, val_loss)``).
         restarts: starting grids of the first epoch (the initial one and seeded perturbations); the one
             with the lowest training loss goes on.
+        select: return the parameters of the epoch with the lowest validation loss (early stopping;
+            the coefficients can overfit the training noise); otherwise those of the last epoch. With
+            ``select`` the reported ``val_loss`` took part in a choice: measure on a third draw of noise.
     """
     t_start = time.perf_counter()
     if not isinstance(model, Model):
@@ -250,13 +253,12 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
             opt = lbfgs(params)
         if epoch > 0:
             opt.step(closure)
-        if not all(bool(torch.isfinite(p).all()) for p in params):  # a diverged line search: keep the last good
-            with torch.no_grad():
-                for p, b in zip(params, best):
-                    p.copy_(b)
+        if not all(bool(torch.isfinite(p).all()) for p in params):  # a diverged line search: stop
             break
-        best = [p.detach().clone() for p in params]
+        last = [p.detach().clone() for p in params]
         history.append(val_loss(params))
+        if not select or history[-1] <= min(history):
+            best = last
         if callback is not None:
             callback(epoch, history[-1])
         if bar is not None:
@@ -276,7 +278,7 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
         method = FittedPlan.from_plan(plan, f"fitted-{m.name}-nfe{nfe}", interpolation=m.variable,
                                       paper="odesolve.learn.fit (coefficients, BNS/S4S-style)")
         free = logits.free + corr.free
-    settings = {"window": window, "iterations": iterations, "epochs": epochs, "restarts": restarts,
+    settings = {"window": window, "iterations": iterations, "epochs": epochs, "restarts": restarts, "select": select,
                 "teacher": _teacher_name(teacher), "teacher_steps": teacher_steps, "train_size": len(x_train),
                 "val_size": len(x_val), "initial_grid": grid.t.tolist()}
     return Fitted(family=family, grid=g, method=method, nfe=nfe, init=m.name, parameters=free, train_loss=train,
