@@ -144,7 +144,7 @@ def _increments(path, prediction, variable, lam, center, radius, degrees):
     a = lam[:-1, None] + h[:, None] * (np.arange(P)[None, :] / P)
     hp = (h / P)[:, None, None]
     nodes = a[:, :, None] + hp * (_GL_X[None, None, :] + 1) / 2
-    wts = (hp * _GL_W[None, None, :] / 2).reshape(len(h), -1)
+    wts = np.broadcast_to(hp * _GL_W[None, None, :] / 2, (len(h), P, len(_GL_W))).reshape(len(h), -1)
     nodes = nodes.reshape(len(h), -1)
     weight = np.exp(nodes) if prediction == "x0" else -np.exp(-nodes)
     u = variable_of_lambda(path, variable, nodes)

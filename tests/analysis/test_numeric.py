@@ -90,3 +90,14 @@ def test_bad_input():
         polynomial_errors(_plan("ddim"), max_degree=40)
     with pytest.raises(TypeError, match="odesolve.Plan"):
         step_exactness(torch.zeros(3))
+
+
+def test_polynomial_errors_on_steps_longer_than_one_in_lambda():
+    """Steps longer than 1 in lambda are integrated in several Gauss-Legendre panels; the panel
+    weights must cover every panel (a 5-step Karras grid has steps of length > 1)."""
+    g = ods.grids.karras(EDM, 5, sigma_min=0.002, sigma_max=80.0, to_zero=False)
+    assert float(g.lambdas.diff().max()) > 1
+    pe = polynomial_errors(ods.methods.get("dpmpp-2m-taylor").compile(EDM, g))
+    # the Taylor 2M is exact for x0 linear in lambda after its DDIM first step: degree 0 over the grid
+    assert pe.exact_degree == 0 and (pe.errors[:1] <= pe.tolerance[:1]).all()
+    assert pe.errors[1] > pe.tolerance[1]  # the first step's degree-1 error is real, not round-off
