@@ -56,8 +56,16 @@ def _steps_for_budget(solver: Solver, setup, nfe: int, cache: dict) -> int | Non
     return lo
 
 
-def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_NFES, samples=None,
-                 libs=("odesolve", "diffusers", "k-diffusion"), rtol: float = 1e-10, only=None, log=print) -> dict:
+def run_accuracy(
+    problems=("gmm2d", "lowrank64"),
+    setup_keys=None,
+    nfes=DEFAULT_NFES,
+    samples=None,
+    libs=("odesolve", "diffusers", "k-diffusion"),
+    rtol: float = 1e-10,
+    only=None,
+    log=print,
+) -> dict:
     """Run the accuracy benchmark; returns a JSON-able dict (see the module docstring).
 
     ``samples``: {problem: number of samples}; ``only``: a predicate on solver keys (for smoke runs).
@@ -119,8 +127,9 @@ def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_
             times = torch.tensor([setup.t_start] + t_ends, dtype=torch.float64)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                traj, ref_err = reference.trajectory(model, x_T, times, rtol=rtol, atol=rtol, check="warn",
-                                                     return_error=True)
+                traj, ref_err = reference.trajectory(
+                    model, x_T, times, rtol=rtol, atol=rtol, check="warn", return_error=True
+                )
             ref_s = time.perf_counter() - t1
             ref_at = {t: traj[i + 1] for i, t in enumerate(t_ends)}
             targets = {}
@@ -131,20 +140,40 @@ def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_
                     targets[t_end] = dist if at_data else dist.marginal(t_end, path)
                 return targets[t_end]
 
-            ref_info = {"problem": pname, "setup": skey, "samples": n, "dim": dist.dim, "rtol": rtol,
-                        "seconds": ref_s, "solver_seconds": run_s, "t_ends": t_ends,
-                        "error_estimate_max": [float(ref_err[i + 1].max()) for i in range(len(t_ends))],
-                        "nll": {str(t): metrics.nll(ref_at[t], target(t)) for t in t_ends}}
+            ref_info = {
+                "problem": pname,
+                "setup": skey,
+                "samples": n,
+                "dim": dist.dim,
+                "rtol": rtol,
+                "seconds": ref_s,
+                "solver_seconds": run_s,
+                "t_ends": t_ends,
+                "error_estimate_max": [float(ref_err[i + 1].max()) for i in range(len(t_ends))],
+                "nll": {str(t): metrics.nll(ref_at[t], target(t)) for t in t_ends},
+            }
             refs.append(ref_info)
-            log(f"[accuracy] {pname:10s} {skey:12s}: {len(results)} runs in {run_s:6.1f} s, reference "
-                f"{ref_s:5.1f} s (est. error <= {max(ref_info['error_estimate_max'] or [0]):.1e})")
+            log(
+                f"[accuracy] {pname:10s} {skey:12s}: {len(results)} runs in {run_s:6.1f} s, reference "
+                f"{ref_s:5.1f} s (est. error <= {max(ref_info['error_estimate_max'] or [0]):.1e})"
+            )
             for solver, nfe, N in planned:
                 x, t_end, calls, secs, err = results[(solver.key, N)]
-                row = {"problem": pname, "setup": skey, "lib": solver.lib, "method": solver.name,
-                       "key": solver.key, "nfe_budget": nfe, "steps": N, "nfe": calls, "seconds": secs,
-                       "note": solver.note, "training_free": solver.training_free,
-                       "registered": solver.meta.get("registered", solver.lib != "odesolve"),
-                       "error": err}
+                row = {
+                    "problem": pname,
+                    "setup": skey,
+                    "lib": solver.lib,
+                    "method": solver.name,
+                    "key": solver.key,
+                    "nfe_budget": nfe,
+                    "steps": N,
+                    "nfe": calls,
+                    "seconds": secs,
+                    "note": solver.note,
+                    "training_free": solver.training_free,
+                    "registered": solver.meta.get("registered", solver.lib != "odesolve"),
+                    "error": err,
+                }
                 if x is not None:
                     te = round(t_end, 12)
                     row["t_end"] = te
@@ -152,11 +181,21 @@ def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_
                     row["finite"] = finite
                     if finite:
                         e = metrics.endpoint_error(x, ref_at[te], target(te))
-                        row.update(rmse=e.rmse, median=e.median, same_mode=e.same_mode,
-                                   nll=metrics.nll(x, target(te)), nll_reference=ref_info["nll"][str(te)])
+                        row.update(
+                            rmse=e.rmse,
+                            median=e.median,
+                            same_mode=e.same_mode,
+                            nll=metrics.nll(x, target(te)),
+                            nll_reference=ref_info["nll"][str(te)],
+                        )
                     else:
-                        row.update(rmse=math.inf, median=math.inf, same_mode=0.0, nll=math.inf,
-                                   nll_reference=ref_info["nll"][str(te)])
+                        row.update(
+                            rmse=math.inf,
+                            median=math.inf,
+                            same_mode=0.0,
+                            nll=math.inf,
+                            nll_reference=ref_info["nll"][str(te)],
+                        )
                     tw = solver.twin(N)
                     if tw is not None:
                         twin_res = results.get((f"odesolve:{tw}", N))
@@ -164,8 +203,14 @@ def run_accuracy(problems=("gmm2d", "lowrank64"), setup_keys=None, nfes=DEFAULT_
                         if twin_res is not None and twin_res[0] is not None:
                             d = x - twin_res[0]
                             row["twin_max_abs"] = float(d.abs().max()) if finite else math.inf
-                            row["twin_rel_rms"] = float(d.pow(2).mean().sqrt() / twin_res[0].pow(2).mean().sqrt()) \
-                                if finite else math.inf
+                            row["twin_rel_rms"] = (
+                                float(d.pow(2).mean().sqrt() / twin_res[0].pow(2).mean().sqrt()) if finite else math.inf
+                            )
                 rows.append(row)
-    return {"rows": rows, "references": refs, "nfes": list(nfes), "samples": samples, "setups":
-            {k: S.SETUPS[k].description for k in setup_keys}}
+    return {
+        "rows": rows,
+        "references": refs,
+        "nfes": list(nfes),
+        "samples": samples,
+        "setups": {k: S.SETUPS[k].description for k in setup_keys},
+    }

@@ -75,15 +75,25 @@ def _measure_lib(lib: str, families, shape) -> list[dict]:
         del res
         nbytes = template.numel() * template.element_size()
         peak = st["VmHWM"] - before
-        rows.append({"lib": lib, "family": fam, "shape": list(shape), "tensor_MB": nbytes / 1e6,
-                     "peak_extra_MB": peak / 1e6, "peak_extra_tensors": peak / nbytes,
-                     "beyond_model_tensors": peak / nbytes - 1.0, "window": plan.window})
+        rows.append(
+            {
+                "lib": lib,
+                "family": fam,
+                "shape": list(shape),
+                "tensor_MB": nbytes / 1e6,
+                "peak_extra_MB": peak / 1e6,
+                "peak_extra_tensors": peak / nbytes,
+                "beyond_model_tensors": peak / nbytes - 1.0,
+                "window": plan.window,
+            }
+        )
         gc.collect()
     return rows
 
 
-def run_memory(libs=("odesolve", "k-diffusion", "diffusers"), families=None, shape=SHAPE,
-               log=print, timeout=900) -> dict:
+def run_memory(
+    libs=("odesolve", "k-diffusion", "diffusers"), families=None, shape=SHAPE, log=print, timeout=900
+) -> dict:
     from .overhead import FAMILIES
 
     families = list(families or FAMILIES)
@@ -94,8 +104,7 @@ def run_memory(libs=("odesolve", "k-diffusion", "diffusers"), families=None, sha
     for lib in libs:
         cmd = [sys.executable, "-m", "benchmarks.memory", lib, ",".join(families), ",".join(map(str, shape))]
         try:
-            p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout,
-                               check=False)
+            p = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             errors.append(f"{lib}: timed out")
             continue
@@ -107,10 +116,16 @@ def run_memory(libs=("odesolve", "k-diffusion", "diffusers"), families=None, sha
         rows += got
         for r in got:
             if "peak_extra_tensors" in r:
-                log(f"[memory] {lib:16s} {r['family']:12s} peak extra {r['peak_extra_MB']:8.1f} MB = "
-                    f"{r['peak_extra_tensors']:5.2f} tensors (beyond the model {r['beyond_model_tensors']:5.2f})")
-    return {"rows": rows, "errors": errors, "shape": list(shape),
-            "method": "VmHWM - VmRSS per run in a subprocess with MALLOC_MMAP_THRESHOLD_=65536 (see module docstring)"}
+                log(
+                    f"[memory] {lib:16s} {r['family']:12s} peak extra {r['peak_extra_MB']:8.1f} MB = "
+                    f"{r['peak_extra_tensors']:5.2f} tensors (beyond the model {r['beyond_model_tensors']:5.2f})"
+                )
+    return {
+        "rows": rows,
+        "errors": errors,
+        "shape": list(shape),
+        "method": "VmHWM - VmRSS per run in a subprocess with MALLOC_MMAP_THRESHOLD_=65536 (see module docstring)",
+    }
 
 
 if __name__ == "__main__":

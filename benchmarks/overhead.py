@@ -50,17 +50,26 @@ STEPS = 10
 
 # method family -> {library: (name, options)}
 FAMILIES = {
-    "euler": {"odesolve": ("euler", {}), "k-diffusion": ("sample_euler", {}),
-              "diffusers": ("EulerDiscreteScheduler", {})},
-    "heun": {"odesolve": ("heun", {}), "k-diffusion": ("sample_heun", {}),
-             "diffusers": ("HeunDiscreteScheduler", {})},
-    "dpmpp-2m": {"odesolve": ("dpmpp-2m", {}), "k-diffusion": ("sample_dpmpp_2m", {}),
-                 "diffusers": ("DPMSolverMultistepScheduler", {"solver_order": 2})},
-    "dpmpp-3m": {"odesolve": ("dpmpp-3m", {"lower_order_final": True}),
-                 "k-diffusion": ("sample_dpmpp_3m_sde", {"eta": 0.0}),
-                 "diffusers": ("DPMSolverMultistepScheduler", {"solver_order": 3})},
-    "unipc-bh2-3": {"odesolve": ("unipc-bh2-3", {"lower_order_final": True}),
-                    "diffusers": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh2"})},
+    "euler": {
+        "odesolve": ("euler", {}),
+        "k-diffusion": ("sample_euler", {}),
+        "diffusers": ("EulerDiscreteScheduler", {}),
+    },
+    "heun": {"odesolve": ("heun", {}), "k-diffusion": ("sample_heun", {}), "diffusers": ("HeunDiscreteScheduler", {})},
+    "dpmpp-2m": {
+        "odesolve": ("dpmpp-2m", {}),
+        "k-diffusion": ("sample_dpmpp_2m", {}),
+        "diffusers": ("DPMSolverMultistepScheduler", {"solver_order": 2}),
+    },
+    "dpmpp-3m": {
+        "odesolve": ("dpmpp-3m", {"lower_order_final": True}),
+        "k-diffusion": ("sample_dpmpp_3m_sde", {"eta": 0.0}),
+        "diffusers": ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    },
+    "unipc-bh2-3": {
+        "odesolve": ("unipc-bh2-3", {"lower_order_final": True}),
+        "diffusers": ("UniPCMultistepScheduler", {"solver_order": 3, "solver_type": "bh2"}),
+    },
 }
 
 
@@ -120,8 +129,14 @@ def measure_floor(shape, device, dtype=torch.float32, reps: int = 20, pool_bytes
     t_add = statistics.median(_timeit(add, device, max(reps, 2 * P)))
     t_copy = statistics.median(_timeit(cp, device, max(reps, 2 * P)))
     t_launch = statistics.median(_timeit(lambda: torch.add(tiny, tiny, out=tc), device, max(reps, 50)))
-    return {"t_add": t_add, "t_copy": t_copy, "t_launch": t_launch, "bytes": nbytes,
-            "bw_add_GBps": 3 * nbytes / t_add / 1e9, "bw_copy_GBps": 2 * nbytes / t_copy / 1e9}
+    return {
+        "t_add": t_add,
+        "t_copy": t_copy,
+        "t_launch": t_launch,
+        "bytes": nbytes,
+        "bw_add_GBps": 3 * nbytes / t_add / 1e9,
+        "bw_copy_GBps": 2 * nbytes / t_copy / 1e9,
+    }
 
 
 def floor_per_step(passes: float, fl: dict) -> float:
@@ -167,6 +182,7 @@ def _runners(family: str, shape, device, dtype, fresh: bool = False, libs=None):
         def run():
             g = grids.karras(path, steps=STEPS, sigma_min=0.002, sigma_max=80.0, rho=7.0)
             return ods.sample(model, x, g, method, **opts)
+
         return run, c
 
     out_["odesolve"] = (ods_loop, ods_setup)
@@ -178,7 +194,7 @@ def _runners(family: str, shape, device, dtype, fresh: bool = False, libs=None):
 
     out_["odesolve(Sampler)"] = (sampler_loop, None)
 
-    want = (lambda lib: libs is None or lib in libs)
+    want = lambda lib: libs is None or lib in libs
     k = peers.k_sampling() if want("k-diffusion") and "k-diffusion" in spec else None
     if k is not None:
         fname, kopts = spec["k-diffusion"]
@@ -200,6 +216,7 @@ def _runners(family: str, shape, device, dtype, fresh: bool = False, libs=None):
             def run():
                 s = k.get_sigmas_karras(STEPS, 0.002, 80.0, 7.0, device=device).to(dtype)
                 return getattr(k, fname)(c, x, s, disable=True, **extra)
+
             return run, c
 
         out_["k-diffusion"] = (k_loop, k_setup)
@@ -216,7 +233,7 @@ def _runners(family: str, shape, device, dtype, fresh: bool = False, libs=None):
         _override(base, cls_name, grid, path, grid.sigmas[-1])
         base.timesteps = base.timesteps.to(device)
         kstyle = cls_name in ("EulerDiscreteScheduler", "HeunDiscreteScheduler")
-        x_d = x if kstyle else x / (1 + 80.0 ** 2) ** 0.5
+        x_d = x if kstyle else x / (1 + 80.0**2) ** 0.5
 
         def loop(sched, c):
             xs = x_d
@@ -237,14 +254,16 @@ def _runners(family: str, shape, device, dtype, fresh: bool = False, libs=None):
                 sched = cls(**cfg)
                 sched.set_timesteps(STEPS, device=device)
                 return loop(sched, c)
+
             return run, c
 
         out_["diffusers"] = (d_loop, d_setup)
     return out_, plan
 
 
-def run_overhead(shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=torch.float32, reps=None,
-                 with_setup=True, log=print) -> dict:
+def run_overhead(
+    shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=torch.float32, reps=None, with_setup=True, log=print
+) -> dict:
     """Interleaved timings; returns a JSON-able dict (see the module docstring)."""
     device = torch.device(device)
     rows, floors = [], {}
@@ -260,7 +279,7 @@ def run_overhead(shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=to
             passes = plan_passes(plan)
             libs = list(runners)
             setup_too = with_setup and numel <= (1 << 20)  # setup costs matter where steps are cheap
-            for mode in (("loop", "with_setup") if setup_too else ("loop",)):
+            for mode in ("loop", "with_setup") if setup_too else ("loop",):
                 idx = 0 if mode == "loop" else 1
                 active = [lib for lib in libs if runners[lib][idx] is not None]
                 times = {lib: [] for lib in active}
@@ -270,7 +289,7 @@ def run_overhead(shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=to
                     fn()
                     nfe[lib] = c.n
                 for rep in range(r):
-                    order = active[rep % len(active):] + active[:rep % len(active)]
+                    order = active[rep % len(active) :] + active[: rep % len(active)]
                     for lib in order:
                         fn, c = runners[lib][idx]()
                         _sync(device)
@@ -283,20 +302,38 @@ def run_overhead(shapes=SHAPES, families=tuple(FAMILIES), device="cpu", dtype=to
                 fastest = min(peers_, key=lambda lib: med[lib]) if peers_ else None
                 for lib in active:
                     v = sorted(times[lib])
-                    row = {"shape": list(shape), "family": fam, "mode": mode, "lib": lib, "nfe": nfe[lib],
-                           "reps": r, "per_step_s": med[lib], "p25": _q(v, 0.25), "p75": _q(v, 0.75),
-                           "min": v[0], "max": v[-1], "passes": passes,
-                           "floor_per_step_s": floor_per_step(passes, fl), "device": str(device)}
+                    row = {
+                        "shape": list(shape),
+                        "family": fam,
+                        "mode": mode,
+                        "lib": lib,
+                        "nfe": nfe[lib],
+                        "reps": r,
+                        "per_step_s": med[lib],
+                        "p25": _q(v, 0.25),
+                        "p75": _q(v, 0.75),
+                        "min": v[0],
+                        "max": v[-1],
+                        "passes": passes,
+                        "floor_per_step_s": floor_per_step(passes, fl),
+                        "device": str(device),
+                    }
                     row["vs_floor"] = med[lib] / row["floor_per_step_s"]
                     if fastest is not None and lib not in peers_:
                         ratios = sorted(a / b for a, b in zip(times[lib], times[fastest]))
-                        row.update(fastest_peer=fastest, ratio_vs_fastest_peer=statistics.median(ratios),
-                                   ratio_p25=_q(ratios, 0.25), ratio_p75=_q(ratios, 0.75))
+                        row.update(
+                            fastest_peer=fastest,
+                            ratio_vs_fastest_peer=statistics.median(ratios),
+                            ratio_p25=_q(ratios, 0.25),
+                            ratio_p75=_q(ratios, 0.75),
+                        )
                     rows.append(row)
                 if mode == "loop":
                     msg = " ".join(f"{lib}={med[lib] * 1e6:9.1f}us" for lib in active)
-                    log(f"[overhead] {shape!s:18s} {fam:12s} per step: {msg}  floor="
-                        f"{floor_per_step(passes, fl) * 1e6:8.1f}us")
+                    log(
+                        f"[overhead] {shape!s:18s} {fam:12s} per step: {msg}  floor="
+                        f"{floor_per_step(passes, fl) * 1e6:8.1f}us"
+                    )
     return {"rows": rows, "floors": floors, "steps": STEPS, "dtype": str(dtype), "device": str(device)}
 
 

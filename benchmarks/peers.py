@@ -70,7 +70,7 @@ def _placeholders(names):
                 sys.modules[sub] = mod
                 added.append(sub)
                 if i > 1:
-                    setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], mod)
+                    setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], mod)
     return added
 
 
@@ -79,8 +79,10 @@ def k_sampling():
     """k-diffusion's ``sampling`` module, or None (with a note) when it cannot be loaded."""
     dirs = _k_diffusion_dirs()
     if not dirs:
-        _note("k-diffusion not found (pip install --no-deps k-diffusion, or set ODESOLVE_BENCH_KDIFFUSION); "
-              "its samplers are skipped")
+        _note(
+            "k-diffusion not found (pip install --no-deps k-diffusion, or set ODESOLVE_BENCH_KDIFFUSION); "
+            "its samplers are skipped"
+        )
         return None
     d = dirs[0]
     added = _placeholders(["torchvision.transforms.functional", "PIL.Image", "safetensors", "torchsde"])
@@ -126,9 +128,15 @@ def versions() -> dict:
 
     import odesolve
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "odesolve": odesolve.__version__,
-           "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
-           "processor": platform.processor() or "", "cpu_count": os.cpu_count()}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "odesolve": odesolve.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or "",
+        "cpu_count": os.cpu_count(),
+    }
     d = diffusers_module()
     out["diffusers"] = getattr(d, "__version__", None) if d else None
     k = k_sampling()

@@ -26,13 +26,16 @@ from benchmarks import peers, report
 def _git_state(root):
     def git(*a):
         try:
-            return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=20,
-                                  check=False).stdout.strip()
+            return subprocess.run(
+                ["git", *a], cwd=root, capture_output=True, text=True, timeout=20, check=False
+            ).stdout.strip()
         except Exception:
             return ""
 
-    return {"commit": git("rev-parse", "--short", "HEAD"),
-            "modified": bool(git("status", "--porcelain", "--untracked-files=no", "odesolve", "benchmarks"))}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "modified": bool(git("status", "--porcelain", "--untracked-files=no", "odesolve", "benchmarks")),
+    }
 
 
 def _clean(o):
@@ -62,9 +65,13 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds per part")
     ap.add_argument("--only", default="accuracy,overhead,memory")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a shared 2-core machine a parallel region waits for a "
-                         "descheduled thread, which quantises timings to the OS time slice)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine a parallel region waits for a "
+        "descheduled thread, which quantises timings to the OS time slice)",
+    )
     ap.add_argument("--device", default="cpu", help="device of the overhead part (cpu, cuda)")
     ap.add_argument("--report-only", action="store_true", help="rewrite results.md and the plot from results.json")
     args = ap.parse_args(argv)
@@ -91,14 +98,29 @@ def main(argv=None):
 
         t0 = time.perf_counter()
         if args.smoke:
-            keep = {"odesolve:ddim", "odesolve:dpmpp-2m", "odesolve:heun", "odesolve:unipc-bh2-2",
-                    "odesolve:dpmpp-3m[lof]", "k-diffusion:dpmpp_2m", "k-diffusion:heun", "k-diffusion:euler",
-                    "odesolve:euler", "diffusers:DPMSolverMultistep(dpmsolver++,2)",
-                    "diffusers:DPMSolverMultistep(dpmsolver++,3)", "diffusers:UniPCMultistep(bh2,2)",
-                    "diffusers:HeunDiscrete"}
-            results["accuracy"] = run_accuracy(problems=("gmm2d",), setup_keys=["edm-karras", "vp-trailing"],
-                                               nfes=(5, 10), samples={"gmm2d": 64}, rtol=1e-8,
-                                               only=lambda k: k in keep)
+            keep = {
+                "odesolve:ddim",
+                "odesolve:dpmpp-2m",
+                "odesolve:heun",
+                "odesolve:unipc-bh2-2",
+                "odesolve:dpmpp-3m[lof]",
+                "k-diffusion:dpmpp_2m",
+                "k-diffusion:heun",
+                "k-diffusion:euler",
+                "odesolve:euler",
+                "diffusers:DPMSolverMultistep(dpmsolver++,2)",
+                "diffusers:DPMSolverMultistep(dpmsolver++,3)",
+                "diffusers:UniPCMultistep(bh2,2)",
+                "diffusers:HeunDiscrete",
+            }
+            results["accuracy"] = run_accuracy(
+                problems=("gmm2d",),
+                setup_keys=["edm-karras", "vp-trailing"],
+                nfes=(5, 10),
+                samples={"gmm2d": 64},
+                rtol=1e-8,
+                only=lambda k: k in keep,
+            )
         else:
             results["accuracy"] = run_accuracy()
         results["accuracy"]["seconds"] = time.perf_counter() - t0
@@ -108,8 +130,9 @@ def main(argv=None):
 
         t0 = time.perf_counter()
         if args.smoke:
-            results["overhead"] = run_overhead(shapes=[(1, 2), (4, 3, 8, 8)], families=("dpmpp-2m", "euler"),
-                                               device=args.device, reps=3)
+            results["overhead"] = run_overhead(
+                shapes=[(1, 2), (4, 3, 8, 8)], families=("dpmpp-2m", "euler"), device=args.device, reps=3
+            )
         else:
             results["overhead"] = run_overhead(shapes=SHAPES, device=args.device)
         results["overhead"]["seconds"] = time.perf_counter() - t0
@@ -121,8 +144,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         if sys.platform.startswith("linux"):
             if args.smoke:
-                results["memory"] = run_memory(libs=("odesolve",), families=("dpmpp-2m",),
-                                               shape=(16, 4, 64, 64))
+                results["memory"] = run_memory(libs=("odesolve",), families=("dpmpp-2m",), shape=(16, 4, 64, 64))
             else:
                 results["memory"] = run_memory()
             results["memory"]["seconds"] = time.perf_counter() - t0
@@ -134,8 +156,10 @@ def main(argv=None):
     results["headline"] = report.headline(results)
     results["seconds"] = time.perf_counter() - t_all
     _write(results, args.out)
-    print(f"[benchmarks] done in {results['seconds']:.0f} s; wrote {args.out}/results.json, results.md"
-          + (", accuracy.png" if "accuracy" in results else ""))
+    print(
+        f"[benchmarks] done in {results['seconds']:.0f} s; wrote {args.out}/results.json, results.md"
+        + (", accuracy.png" if "accuracy" in results else "")
+    )
     return results
 
 

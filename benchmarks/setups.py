@@ -66,8 +66,15 @@ def _edm() -> Setup:
             return grids.from_sigmas(path, [80.0, 0.0])
         return grids.karras(path, steps=n, sigma_min=0.002, sigma_max=80.0, rho=7.0)
 
-    return Setup("edm-karras", path, 80.0, 0.002, make, False,
-                 "EDM path, Karras grid (sigma 80 -> 0.002, rho 7) + step to sigma 0")
+    return Setup(
+        "edm-karras",
+        path,
+        80.0,
+        0.002,
+        make,
+        False,
+        "EDM path, Karras grid (sigma 80 -> 0.002, rho 7) + step to sigma 0",
+    )
 
 
 def _vp_logsnr(path: VPDiscrete) -> Setup:
@@ -78,15 +85,28 @@ def _vp_logsnr(path: VPDiscrete) -> Setup:
         return grids.from_times(path, torch.cat([g.t, torch.tensor([-1.0], dtype=torch.float64)]))
 
     s_min = float(path.noise_level(torch.tensor(0.0, dtype=torch.float64)))
-    return Setup("vp-logsnr", path, float(T_TRAIN - 1), s_min, make, False,
-                 "VP linear-beta (discrete, T=1000), N-1 steps uniform in log-SNR t=999 -> 0, + step to t=-1")
+    return Setup(
+        "vp-logsnr",
+        path,
+        float(T_TRAIN - 1),
+        s_min,
+        make,
+        False,
+        "VP linear-beta (discrete, T=1000), N-1 steps uniform in log-SNR t=999 -> 0, + step to t=-1",
+    )
 
 
 def _vp_trailing(path: VPDiscrete) -> Setup:
     s_min = float(path.noise_level(torch.tensor(0.0, dtype=torch.float64)))
-    return Setup("vp-trailing", path, float(T_TRAIN - 1), s_min,
-                 lambda n: grids.discrete(path, n, spacing="trailing", final="zero"), True,
-                 "VP linear-beta (discrete, T=1000), diffusers 'trailing' timesteps, + step to t=-1")
+    return Setup(
+        "vp-trailing",
+        path,
+        float(T_TRAIN - 1),
+        s_min,
+        lambda n: grids.discrete(path, n, spacing="trailing", final="zero"),
+        True,
+        "VP linear-beta (discrete, T=1000), diffusers 'trailing' timesteps, + step to t=-1",
+    )
 
 
 def make_setups() -> dict[str, Setup]:

@@ -69,6 +69,7 @@ class Solver:
 # odesolve
 # ------------------------------------------------------------------------------------------------
 
+
 def odesolve_key(method: str, lof: bool = False) -> str:
     return f"{method}[lof]" if lof else method
 
@@ -101,16 +102,28 @@ def _ods_solver(method, lof: bool) -> Solver:
             return False
 
     registered = method in ods.methods.names()
-    return Solver("odesolve", odesolve_key(method, lof), run, calls, twin=lambda n: None, supports=supports,
-                  note="" if registered else "not a registered method: a table built in benchmarks/ to identify a peer",
-                  meta={"paper": m.paper, "order": m.order, "prediction": m.prediction, "registered": registered})
+    return Solver(
+        "odesolve",
+        odesolve_key(method, lof),
+        run,
+        calls,
+        twin=lambda n: None,
+        supports=supports,
+        note="" if registered else "not a registered method: a table built in benchmarks/ to identify a peer",
+        meta={"paper": m.paper, "order": m.order, "prediction": m.prediction, "registered": registered},
+    )
 
 
 # k-diffusion's sample_dpmpp_3m_sde(eta=0): the 3M update with the halved second difference, but its
 # second step uses the Taylor weight h phi_2(-h) (odesolve's dpmpp-3m and diffusers use the midpoint one)
 K_3M = ods.methods.ExponentialMultistep(
-    "dpmpp-3m/taylor-warmup", order=2, prediction="x0", nodes=3, weights=ods.methods.HALF_SECOND_DIFFERENCE,
-    paper="k-diffusion sample_dpmpp_3m_sde with eta=0 (unregistered; identifies the peer)")
+    "dpmpp-3m/taylor-warmup",
+    order=2,
+    prediction="x0",
+    nodes=3,
+    weights=ods.methods.HALF_SECOND_DIFFERENCE,
+    paper="k-diffusion sample_dpmpp_3m_sde with eta=0 (unregistered; identifies the peer)",
+)
 
 
 def _lower_order_final_matters(m: ods.methods.Method) -> bool:
@@ -140,6 +153,7 @@ def odesolve_solvers() -> list[Solver]:
 # helpers shared by the peers
 # ------------------------------------------------------------------------------------------------
 
+
 def _f64(v) -> Tensor:
     return torch.as_tensor(v, dtype=torch.float64)
 
@@ -155,6 +169,7 @@ def _t_of_sigma(path, sigma) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 # k-diffusion
 # ------------------------------------------------------------------------------------------------
+
 
 def _k_solver(fn_name: str, name: str, calls, twin=None, kwargs=None, note="") -> Solver:
     kwargs = kwargs or {}
@@ -195,9 +210,15 @@ def _k_dpm_fast() -> Solver:
         t_end = _t_of_sigma(path, s_min)
         return out * _alpha(path, t_end), float(t_end)
 
-    return Solver("k-diffusion", "dpm_fast", run, lambda s, n: n, fixed_grid=True,
-                  note="DPM-Solver-fast (orders 3,...,3,2|1 on a log-SNR-uniform grid of its own); stops at "
-                       "sigma_min > 0, so it is compared with the reference at sigma_min")
+    return Solver(
+        "k-diffusion",
+        "dpm_fast",
+        run,
+        lambda s, n: n,
+        fixed_grid=True,
+        note="DPM-Solver-fast (orders 3,...,3,2|1 on a log-SNR-uniform grid of its own); stops at "
+        "sigma_min > 0, so it is compared with the reference at sigma_min",
+    )
 
 
 def k_solvers() -> list[Solver]:
@@ -206,18 +227,30 @@ def k_solvers() -> list[Solver]:
     return [
         _k_solver("sample_euler", "euler", one, twin=lambda n: "euler"),
         _k_solver("sample_heun", "heun", two, twin=lambda n: "heun"),
-        _k_solver("sample_dpm_2", "dpm_2", two,
-                  note="Euler to the geometric-mean sigma, then a midpoint step in sigma "
-                       "(not an exponential integrator)"),
+        _k_solver(
+            "sample_dpm_2",
+            "dpm_2",
+            two,
+            note="Euler to the geometric-mean sigma, then a midpoint step in sigma (not an exponential integrator)",
+        ),
         _k_solver("sample_lms", "lms(order=3)", one, kwargs={"order": 3}, twin=lambda n: "lms-3"),
         _k_solver("sample_lms", "lms", one, kwargs={"order": 4}, note="order 4, the default"),
-        _k_solver("sample_dpmpp_2s_ancestral", "dpmpp_2s_ancestral(eta=0)", two, kwargs={"eta": 0.0},
-                  twin=lambda n: "dpmpp-2s"),
+        _k_solver(
+            "sample_dpmpp_2s_ancestral",
+            "dpmpp_2s_ancestral(eta=0)",
+            two,
+            kwargs={"eta": 0.0},
+            twin=lambda n: "dpmpp-2s",
+        ),
         _k_solver("sample_dpmpp_2m", "dpmpp_2m", one, twin=lambda n: "dpmpp-2m"),
-        _k_solver("sample_dpmpp_2m_sde", "dpmpp_2m_sde(eta=0,heun)", one, kwargs={"eta": 0.0, "solver_type": "heun"},
-                  twin=lambda n: "dpmpp-2m-taylor"),
-        _k_solver("sample_dpmpp_3m_sde", "dpmpp_3m_sde(eta=0)", one, kwargs={"eta": 0.0},
-                  twin=lambda n: K_3M.name),
+        _k_solver(
+            "sample_dpmpp_2m_sde",
+            "dpmpp_2m_sde(eta=0,heun)",
+            one,
+            kwargs={"eta": 0.0, "solver_type": "heun"},
+            twin=lambda n: "dpmpp-2m-taylor",
+        ),
+        _k_solver("sample_dpmpp_3m_sde", "dpmpp_3m_sde(eta=0)", one, kwargs={"eta": 0.0}, twin=lambda n: K_3M.name),
         _k_dpm_fast(),
     ]
 
@@ -274,15 +307,27 @@ def _override(sched, cls_name: str, grid, path, last_sigma: Tensor) -> dict:
         sched.timesteps = torch.cat([labels[:1], inter]).to(ts_dtype)
     else:
         if sched.timesteps.numel() != N or sched.sigmas.numel() != N + 1:
-            raise RuntimeError(f"{cls_name}: unexpected layout {sched.timesteps.numel()} timesteps, "
-                               f"{sched.sigmas.numel()} sigmas for {N} steps")
+            raise RuntimeError(
+                f"{cls_name}: unexpected layout {sched.timesteps.numel()} timesteps, "
+                f"{sched.sigmas.numel()} sigmas for {N} steps"
+            )
         sched.timesteps = labels.to(ts_dtype)
         sched.sigmas = sig.to(sg_dtype)
     return tmap
 
 
-def _d_solver(cls_name: str, name: str, config: dict, calls, twin=None, native_only=False, note="",
-              prediction="sample", native_ok=True, final="zero") -> Solver:
+def _d_solver(
+    cls_name: str,
+    name: str,
+    config: dict,
+    calls,
+    twin=None,
+    native_only=False,
+    note="",
+    prediction="sample",
+    native_ok=True,
+    final="zero",
+) -> Solver:
     config = dict(config)
     config.setdefault("prediction_type", prediction)
     if final == "sigma_min" and cls_name != "DEISMultistepScheduler":  # DEIS has no such option: it always does this
@@ -304,8 +349,10 @@ def _d_solver(cls_name: str, name: str, config: dict, calls, twin=None, native_o
                 want = want.clone()
                 want[-1] = last_sigma
                 if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-5, atol=1e-6):
-                    raise RuntimeError(f"{cls_name}: diffusers' trailing sigmas differ from the odesolve grid: "
-                                       f"{got.tolist()} vs {want.tolist()}")
+                    raise RuntimeError(
+                        f"{cls_name}: diffusers' trailing sigmas differ from the odesolve grid: "
+                        f"{got.tolist()} vs {want.tolist()}"
+                    )
             if cls_name == "KDPM2DiscreteScheduler":  # interpolated timesteps are continuous
                 tmap = {float(v): _f64(float(v)) for v in sched.timesteps}
         else:
@@ -337,64 +384,154 @@ def _d_solver(cls_name: str, name: str, config: dict, calls, twin=None, native_o
         return x_path, float(t_end)
 
     supports = (lambda s: s.diffusers_native) if native_only else (lambda s: True)
-    return Solver("diffusers", name, run, calls, twin=twin or (lambda n: None), supports=supports, note=note,
-                  meta={"class": cls_name, "config": config})
+    return Solver(
+        "diffusers",
+        name,
+        run,
+        calls,
+        twin=twin or (lambda n: None),
+        supports=supports,
+        note=note,
+        meta={"class": cls_name, "config": config},
+    )
 
 
-_NOISE_NOTE = ("eps prediction: diffusers refuses final_sigmas_type='zero' for it, so it stops at the "
-               "smallest training noise level (or the last grid point) and is compared with the reference there")
+_NOISE_NOTE = (
+    "eps prediction: diffusers refuses final_sigmas_type='zero' for it, so it stops at the "
+    "smallest training noise level (or the last grid point) and is compared with the reference there"
+)
 
 
 def d_solvers() -> list[Solver]:
     one = lambda s, n: n
     two = lambda s, n: 2 * n - 1
-    lof = lambda name: (lambda n: odesolve_key(name, n < 15))
+    lof = lambda name: lambda n: odesolve_key(name, n < 15)
     D = "DPMSolverMultistepScheduler"
     S = "DPMSolverSinglestepScheduler"
     U = "UniPCMultistepScheduler"
     out = [
-        _d_solver("DDIMScheduler", "DDIM", {"set_alpha_to_one": True, "clip_sample": False}, one,
-                  twin=lambda n: "ddim", native_only=True,
-                  note="steps to t - T//N (its own rule), so it runs natively on the trailing grid only"),
-        _d_solver("PNDMScheduler", "PNDM(skip_prk_steps)", {"skip_prk_steps": True, "set_alpha_to_one": True},
-                  lambda s, n: n + 1, twin=lambda n: "plms", native_only=True, prediction="epsilon"),
-        _d_solver(D, "DPMSolverMultistep(dpmsolver++,1)", {"algorithm_type": "dpmsolver++", "solver_order": 1},
-                  one, twin=lambda n: "ddim"),
-        _d_solver(D, "DPMSolverMultistep(dpmsolver++,2)", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                  one, twin=lambda n: "dpmpp-2m"),
-        _d_solver(D, "DPMSolverMultistep(dpmsolver++,2,heun)",
-                  {"algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "heun"}, one,
-                  twin=lambda n: "dpmpp-2m-taylor"),
-        _d_solver(D, "DPMSolverMultistep(dpmsolver++,3)", {"algorithm_type": "dpmsolver++", "solver_order": 3},
-                  one, twin=lof("dpmpp-3m")),
-        _d_solver(D, "DPMSolverMultistep(dpmsolver,2)", {"algorithm_type": "dpmsolver", "solver_order": 2},
-                  one, prediction="epsilon", final="sigma_min", note=_NOISE_NOTE),
-        _d_solver(D, "DPMSolverMultistep(dpmsolver,3)", {"algorithm_type": "dpmsolver", "solver_order": 3},
-                  one, prediction="epsilon", final="sigma_min", note=_NOISE_NOTE),
-        _d_solver(S, "DPMSolverSinglestep(dpmsolver++,2)", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                  one, native_ok=False, note="stages at the grid points (r = step ratio), not at the log-SNR midpoint"),
-        _d_solver(S, "DPMSolverSinglestep(dpmsolver++,3)", {"algorithm_type": "dpmsolver++", "solver_order": 3},
-                  one, native_ok=False, note="stages at the grid points"),
-        _d_solver(S, "DPMSolverSinglestep(dpmsolver,3)", {"algorithm_type": "dpmsolver", "solver_order": 3},
-                  one, native_ok=False, note="stages at the grid points; " + _NOISE_NOTE, prediction="epsilon",
-                  final="sigma_min"),
+        _d_solver(
+            "DDIMScheduler",
+            "DDIM",
+            {"set_alpha_to_one": True, "clip_sample": False},
+            one,
+            twin=lambda n: "ddim",
+            native_only=True,
+            note="steps to t - T//N (its own rule), so it runs natively on the trailing grid only",
+        ),
+        _d_solver(
+            "PNDMScheduler",
+            "PNDM(skip_prk_steps)",
+            {"skip_prk_steps": True, "set_alpha_to_one": True},
+            lambda s, n: n + 1,
+            twin=lambda n: "plms",
+            native_only=True,
+            prediction="epsilon",
+        ),
+        _d_solver(
+            D,
+            "DPMSolverMultistep(dpmsolver++,1)",
+            {"algorithm_type": "dpmsolver++", "solver_order": 1},
+            one,
+            twin=lambda n: "ddim",
+        ),
+        _d_solver(
+            D,
+            "DPMSolverMultistep(dpmsolver++,2)",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            one,
+            twin=lambda n: "dpmpp-2m",
+        ),
+        _d_solver(
+            D,
+            "DPMSolverMultistep(dpmsolver++,2,heun)",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+            one,
+            twin=lambda n: "dpmpp-2m-taylor",
+        ),
+        _d_solver(
+            D,
+            "DPMSolverMultistep(dpmsolver++,3)",
+            {"algorithm_type": "dpmsolver++", "solver_order": 3},
+            one,
+            twin=lof("dpmpp-3m"),
+        ),
+        _d_solver(
+            D,
+            "DPMSolverMultistep(dpmsolver,2)",
+            {"algorithm_type": "dpmsolver", "solver_order": 2},
+            one,
+            prediction="epsilon",
+            final="sigma_min",
+            note=_NOISE_NOTE,
+        ),
+        _d_solver(
+            D,
+            "DPMSolverMultistep(dpmsolver,3)",
+            {"algorithm_type": "dpmsolver", "solver_order": 3},
+            one,
+            prediction="epsilon",
+            final="sigma_min",
+            note=_NOISE_NOTE,
+        ),
+        _d_solver(
+            S,
+            "DPMSolverSinglestep(dpmsolver++,2)",
+            {"algorithm_type": "dpmsolver++", "solver_order": 2},
+            one,
+            native_ok=False,
+            note="stages at the grid points (r = step ratio), not at the log-SNR midpoint",
+        ),
+        _d_solver(
+            S,
+            "DPMSolverSinglestep(dpmsolver++,3)",
+            {"algorithm_type": "dpmsolver++", "solver_order": 3},
+            one,
+            native_ok=False,
+            note="stages at the grid points",
+        ),
+        _d_solver(
+            S,
+            "DPMSolverSinglestep(dpmsolver,3)",
+            {"algorithm_type": "dpmsolver", "solver_order": 3},
+            one,
+            native_ok=False,
+            note="stages at the grid points; " + _NOISE_NOTE,
+            prediction="epsilon",
+            final="sigma_min",
+        ),
     ]
     for bh in ("bh1", "bh2"):
         for p in (1, 2, 3):
-            out.append(_d_solver(U, f"UniPCMultistep({bh},{p})", {"solver_type": bh, "solver_order": p,
-                                                                   "predict_x0": True}, one,
-                                 twin=(lambda n, bh=bh, p=p: odesolve_key(f"unipc-{bh}-{p}", p >= 3))))
+            out.append(
+                _d_solver(
+                    U,
+                    f"UniPCMultistep({bh},{p})",
+                    {"solver_type": bh, "solver_order": p, "predict_x0": True},
+                    one,
+                    twin=(lambda n, bh=bh, p=p: odesolve_key(f"unipc-{bh}-{p}", p >= 3)),
+                )
+            )
     for p in (1, 2, 3):
-        out.append(_d_solver("DEISMultistepScheduler", f"DEISMultistep({p})", {"solver_order": p}, one,
-                             prediction="epsilon", final="sigma_min",
-                             note="diffusers' DEIS never steps to sigma = 0: it ends at the smallest training noise "
-                                  "level (or the last grid point) and is compared with the reference there"))
+        out.append(
+            _d_solver(
+                "DEISMultistepScheduler",
+                f"DEISMultistep({p})",
+                {"solver_order": p},
+                one,
+                prediction="epsilon",
+                final="sigma_min",
+                note="diffusers' DEIS never steps to sigma = 0: it ends at the smallest training noise "
+                "level (or the last grid point) and is compared with the reference there",
+            )
+        )
     out += [
         _d_solver("EulerDiscreteScheduler", "EulerDiscrete", {}, one, twin=lambda n: "euler"),
         _d_solver("HeunDiscreteScheduler", "HeunDiscrete", {}, two, twin=lambda n: "heun"),
         _d_solver("LMSDiscreteScheduler", "LMSDiscrete", {}, one, note="order 4, the default"),
-        _d_solver("KDPM2DiscreteScheduler", "KDPM2Discrete", {}, two, note="= k-diffusion's dpm_2",
-                  prediction="epsilon"),
+        _d_solver(
+            "KDPM2DiscreteScheduler", "KDPM2Discrete", {}, two, note="= k-diffusion's dpm_2", prediction="epsilon"
+        ),
     ]
     return out
 

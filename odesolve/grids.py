@@ -60,8 +60,10 @@ class Grid:
         d = t[1:] - t[:-1]
         if bool((d > 0).any()):
             i = int(torch.nonzero(d > 0)[0])
-            raise ValueError(f"times must be decreasing (noise end first); times[{i}] = {float(t[i])} < "
-                             f"times[{i + 1}] = {float(t[i + 1])}")
+            raise ValueError(
+                f"times must be decreasing (noise end first); times[{i}] = {float(t[i])} < "
+                f"times[{i + 1}] = {float(t[i + 1])}"
+            )
         keep = torch.cat([torch.ones(1, dtype=torch.bool), d != 0])
         t = t[keep]
         if t.numel() < 2:
@@ -89,7 +91,7 @@ class Grid:
         """The last ``round(steps * strength)`` steps: img2img / SDEdit start mid-way (diffusers #1866)."""
         check_real(strength, "strength", 0.0, 1.0, lo_open=True)
         k = max(1, round(self.steps * strength))
-        return Grid(self.path, self.t[self.steps - k:])
+        return Grid(self.path, self.t[self.steps - k :])
 
     def __len__(self):
         return self.t.numel()
@@ -119,8 +121,10 @@ def from_sigmas(path: Path, sigmas) -> Grid:
     d = s[1:] - s[:-1]
     if bool((d > 0).any()):
         i = int(torch.nonzero(d > 0)[0])
-        raise ValueError(f"sigmas must be decreasing (noise end first); sigmas[{i}] = {float(s[i])} < "
-                         f"sigmas[{i + 1}] = {float(s[i + 1])}")
+        raise ValueError(
+            f"sigmas must be decreasing (noise end first); sigmas[{i}] = {float(s[i])} < "
+            f"sigmas[{i + 1}] = {float(s[i + 1])}"
+        )
     t = path.t_of_noise_level(s)
     if bool(torch.isinf(s).any()) and not bool(torch.isfinite(t[torch.isinf(s)]).all()):
         raise ValueError(f"sigmas: an infinite noise level needs a path that reaches alpha = 0; {path!r} does not")
@@ -139,8 +143,10 @@ def _level_range(path: Path, sigma_min, sigma_max):
     if math.isinf(sigma_max):
         raise ValueError(f"sigma_max must be finite for this grid; {path!r} reaches sigma = inf, pass sigma_max")
     if not lo - 1e-12 <= sigma_min < sigma_max <= hi * (1 + 1e-12):
-        raise ValueError(f"sigma_min, sigma_max must satisfy {lo:.4g} <= sigma_min < sigma_max <= {hi:.4g} on "
-                         f"{path!r}; got {sigma_min}, {sigma_max}")
+        raise ValueError(
+            f"sigma_min, sigma_max must satisfy {lo:.4g} <= sigma_min < sigma_max <= {hi:.4g} on "
+            f"{path!r}; got {sigma_min}, {sigma_max}"
+        )
     return sigma_min, sigma_max
 
 
@@ -148,8 +154,14 @@ def _steps(steps):
     return check_int(steps, "steps", 1, MAX_STEPS)
 
 
-def karras(path: Path, steps: int = 10, sigma_min: float | None = 0.002, sigma_max: float | None = 80.0,
-           rho: float = 7.0, to_zero: bool = True) -> Grid:
+def karras(
+    path: Path,
+    steps: int = 10,
+    sigma_min: float | None = 0.002,
+    sigma_max: float | None = 80.0,
+    rho: float = 7.0,
+    to_zero: bool = True,
+) -> Grid:
     """Karras et al. (2022), eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
 
     With ``to_zero`` (default, as in EDM and k-diffusion) the ``steps - 1`` ramp steps end at
@@ -179,8 +191,10 @@ def _time_range(path, t_start, t_end, need_finite_lambda):
     if need_finite_lambda:
         lam = path.lambda_(torch.tensor([t_start, t_end], dtype=torch.float64))
         if not bool(torch.isfinite(lam).all()):
-            raise ValueError(f"t_start, t_end must have finite log-SNR on {path!r} for this grid (got t_start="
-                             f"{t_start}, t_end={t_end}, lambda={lam.tolist()}); pass them explicitly")
+            raise ValueError(
+                f"t_start, t_end must have finite log-SNR on {path!r} for this grid (got t_start="
+                f"{t_start}, t_end={t_end}, lambda={lam.tolist()}); pass them explicitly"
+            )
     if not math.isfinite(t_start):
         raise ValueError(f"t_start must be finite on {path!r}; pass it explicitly")
     if not t_start > t_end:
@@ -211,8 +225,13 @@ def time_quadratic(path: Path, steps: int, t_start: float | None = None, t_end: 
     return Grid(path, u * u + path.t_min)
 
 
-def discrete(path: VPDiscrete, steps: int, spacing: Literal["leading", "trailing", "linspace"] = "trailing",
-             steps_offset: int = 0, final: Literal["zero", "first"] = "zero") -> Grid:
+def discrete(
+    path: VPDiscrete,
+    steps: int,
+    spacing: Literal["leading", "trailing", "linspace"] = "trailing",
+    steps_offset: int = 0,
+    final: Literal["zero", "first"] = "zero",
+) -> Grid:
     """Integer timesteps of a discrete-time model, spaced as diffusers does (Lin et al. 2024, Table 2).
 
     ``final="zero"`` ends at t = -1 (alpha = 1, sigma = 0: DDIM's ``set_alpha_to_one``),
@@ -224,8 +243,9 @@ def discrete(path: VPDiscrete, steps: int, spacing: Literal["leading", "trailing
     T = int(path.t_max) + 1
     steps = check_int(steps, "steps", 1)
     if steps > T:
-        raise ValueError(f"steps must be at most num_train_timesteps = {T} (one model call per training timestep), "
-                         f"got {steps}")
+        raise ValueError(
+            f"steps must be at most num_train_timesteps = {T} (one model call per training timestep), got {steps}"
+        )
     steps_offset = check_int(steps_offset, "steps_offset", 0)
     if spacing == "linspace":
         ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
@@ -233,9 +253,11 @@ def discrete(path: VPDiscrete, steps: int, spacing: Literal["leading", "trailing
         ts = (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0)
         top = T - 1 - int(ts[0])
         if steps_offset > top:
-            raise ValueError(f"steps_offset must be in [0, {top}] for {steps} leading steps of a {T}-step model "
-                             f"(the first timestep {int(ts[0])} + steps_offset must be at most {T - 1}), "
-                             f"got {steps_offset}")
+            raise ValueError(
+                f"steps_offset must be in [0, {top}] for {steps} leading steps of a {T}-step model "
+                f"(the first timestep {int(ts[0])} + steps_offset must be at most {T - 1}), "
+                f"got {steps_offset}"
+            )
         ts = ts + steps_offset
     elif spacing == "trailing":
         ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .paths import Path, as_time, check_real
 
-__all__ = ["Model", "Prediction", "classifier_free_guidance", "dynamic_thresholding", "clip_data"]
+__all__ = ["Model", "Prediction", "classifier_free_guidance", "clip_data", "dynamic_thresholding"]
 
 Prediction = Literal["eps", "x0", "v", "velocity", "score"]
 PREDICTIONS = get_args(Prediction)
@@ -55,14 +55,19 @@ def conversion(path: Path, prediction: str, target: str, t) -> tuple[Float[Tenso
         tb = float(t.expand_as(bad)[bad].flatten()[0])
         a, s = float(path.alpha(tb)), float(path.sigma(tb))
         if target == "x0":
-            why = (f"at alpha = {a:g} the state is pure noise, so a {prediction!r} output carries no information "
-                   "about x0 (zero terminal SNR, or flow matching at t = 1). Start the grid where alpha > 0 (for "
-                   "example a t_start below the path's t_max), or use a model that predicts 'v', 'velocity' or 'x0'")
+            why = (
+                f"at alpha = {a:g} the state is pure noise, so a {prediction!r} output carries no information "
+                "about x0 (zero terminal SNR, or flow matching at t = 1). Start the grid where alpha > 0 (for "
+                "example a t_start below the path's t_max), or use a model that predicts 'v', 'velocity' or 'x0'"
+            )
         else:
-            why = (f"at sigma = {s:g} the state carries no noise, so a {prediction!r} output carries no information "
-                   "about eps. End the grid where sigma > 0, or use a data-prediction method (target 'x0')")
-        raise ValueError(f"prediction {prediction!r} cannot be converted to {target!r} at t = {tb:g} of {path!r}: "
-                         f"{why}")
+            why = (
+                f"at sigma = {s:g} the state carries no noise, so a {prediction!r} output carries no information "
+                "about eps. End the grid where sigma > 0, or use a data-prediction method (target 'x0')"
+            )
+        raise ValueError(
+            f"prediction {prediction!r} cannot be converted to {target!r} at t = {tb:g} of {path!r}: {why}"
+        )
     return cx, cf
 
 
@@ -97,8 +102,14 @@ class Model:
     ``score`` return the others through the exact linear relations above.
     """
 
-    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], path: Path, prediction: str = "eps", *,
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        fn: Callable[[Tensor, Tensor], Tensor],
+        path: Path,
+        prediction: str = "eps",
+        *,
+        dtype: torch.dtype | None = None,
+    ):
         if not callable(fn):
             raise TypeError(f"fn must be callable fn(x, t) -> tensor, got {type(fn).__name__}")
         if not isinstance(path, Path):
@@ -111,7 +122,8 @@ class Model:
         self.dtype = dtype
 
     def __repr__(self):
-        return f"Model({getattr(self.fn, '__name__', type(self.fn).__name__)}, path={self.path!r}, prediction={self.prediction!r})"
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return f"Model({name}, path={self.path!r}, prediction={self.prediction!r})"
 
     def _times(self, x: Tensor, t) -> Tensor:
         if not isinstance(x, Tensor) or x.ndim == 0:
@@ -124,7 +136,7 @@ class Model:
             raise ValueError(f"t must be a scalar or have shape (batch,) = ({x.shape[0]},), got {tuple(t.shape)}")
         return t
 
-    def __call__(self, x: Shaped[Tensor, "batch *shape"], t) -> Shaped[Tensor, "batch *shape"]:
+    def __call__(self, x: Shaped[Tensor, " batch *shape"], t) -> Shaped[Tensor, " batch *shape"]:
         t = self._times(x, t)
         out = self.fn(x if self.dtype is None else x.to(self.dtype), t)
         if not isinstance(out, Tensor) or out.shape != x.shape:
@@ -132,7 +144,7 @@ class Model:
             raise ValueError(f"the model must return a tensor of the input's shape {tuple(x.shape)}, got {got}")
         return out
 
-    def predict(self, x: Shaped[Tensor, "batch *shape"], t, target: Prediction) -> Shaped[Tensor, "batch *shape"]:
+    def predict(self, x: Shaped[Tensor, " batch *shape"], t, target: Prediction) -> Shaped[Tensor, " batch *shape"]:
         """The prediction ``target`` at ``(x, t)``, in the dtype of ``x`` (at least float32)."""
         _check_prediction(target, "target")
         out = self(x, t)
@@ -173,7 +185,7 @@ class Model:
         """``(c_x, c_F)`` with ``target = c_x x + c_F model(x, t)``; see :func:`conversion`."""
         return conversion(self.path, self.prediction, target, t)
 
-    def with_prediction(self, target: Prediction) -> "Model":
+    def with_prediction(self, target: Prediction) -> Model:
         """The same network, seen through another prediction type."""
         return Model(lambda x, t: self.predict(x, t, target), self.path, target)
 
@@ -189,16 +201,19 @@ def classifier_free_guidance(fn: Callable, scale: float, cond, uncond) -> Callab
         raise TypeError(f"fn must be callable fn(x, t, c) -> tensor, got {type(fn).__name__}")
     scale = check_real(scale, "scale")
     if isinstance(cond, Tensor) != isinstance(uncond, Tensor):
-        raise TypeError(f"cond and uncond must both be tensors or both not, got {type(cond).__name__} and "
-                        f"{type(uncond).__name__}")
+        raise TypeError(
+            f"cond and uncond must both be tensors or both not, got {type(cond).__name__} and {type(uncond).__name__}"
+        )
     if isinstance(cond, Tensor) and (cond.ndim == 0 or cond.shape != uncond.shape):
-        raise ValueError(f"cond and uncond must have the same shape (batch, ...), got {tuple(cond.shape)} and "
-                         f"{tuple(uncond.shape)}")
+        raise ValueError(
+            f"cond and uncond must have the same shape (batch, ...), got {tuple(cond.shape)} and {tuple(uncond.shape)}"
+        )
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
         if isinstance(cond, Tensor) and cond.shape[0] != x.shape[0]:
-            raise ValueError(f"cond and uncond must have one row per sample: batch {x.shape[0]}, got "
-                             f"{cond.shape[0]} rows")
+            raise ValueError(
+                f"cond and uncond must have one row per sample: batch {x.shape[0]}, got {cond.shape[0]} rows"
+            )
         c = torch.cat([uncond, cond]) if isinstance(cond, Tensor) else [uncond, cond]
         out_u, out_c = fn(torch.cat([x, x]), torch.cat([t, t]), c).chunk(2)
         return out_u + scale * (out_c - out_u)

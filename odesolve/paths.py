@@ -66,8 +66,16 @@ def as_time(t, name: str = "t") -> Times:
         raise TypeError(f"{name} must be a number or a tensor of times, got {type(t).__name__}") from err
 
 
-def check_real(value, name: str, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False,
-               hi_open: bool = False, allow_inf: bool = False) -> float:
+def check_real(
+    value,
+    name: str,
+    lo: float = -math.inf,
+    hi: float = math.inf,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    allow_inf: bool = False,
+) -> float:
     """``value`` as a float, refused unless it is a real number (not a bool, a string or a complex;
     a one-element real tensor is taken), not NaN, finite unless ``allow_inf``, and within ``lo .. hi``
     (open ends where asked). The error names ``name`` and the expected range."""
@@ -81,8 +89,13 @@ def check_real(value, name: str, lo: float = -math.inf, hi: float = math.inf, *,
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {expected}, got {value!r} of type {type(value).__name__}")
     v = float(value)
-    if math.isnan(v) or (math.isinf(v) and not allow_inf) or not lo <= v <= hi or (lo_open and v == lo) \
-            or (hi_open and v == hi):
+    if (
+        math.isnan(v)
+        or (math.isinf(v) and not allow_inf)
+        or not lo <= v <= hi
+        or (lo_open and v == lo)
+        or (hi_open and v == hi)
+    ):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return v
 
@@ -91,8 +104,13 @@ def check_int(value, name: str, lo: int = 1, hi: int | None = None) -> int:
     """``value`` as an int, refused unless it is an integer (``int``, a numpy integer or a one-element
     integer tensor; not a bool, not a float such as 10.7 or 10.0) in ``lo .. hi``, naming ``name``."""
     rng = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point() and not value.is_complex() \
-            and value.dtype != torch.bool:
+    if (
+        isinstance(value, Tensor)
+        and value.numel() == 1
+        and not value.is_floating_point()
+        and not value.is_complex()
+        and value.dtype != torch.bool
+    ):
         value = value.item()
     if isinstance(value, (bool, Tensor)) or not hasattr(value, "__index__") or type(value).__name__ == "bool_":
         raise TypeError(f"{name} must be an integer {rng}, got {value!r} of type {type(value).__name__}")
@@ -152,8 +170,12 @@ class Path:
         t = as_time(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
             a, s = self.alpha(t), self.sigma(t)
-            da, ds = (torch.autograd.grad(v.sum(), t, retain_graph=True, allow_unused=True, materialize_grads=True)[0]
-                      if v.requires_grad else torch.zeros_like(t) for v in (a, s))
+            da, ds = (
+                torch.autograd.grad(v.sum(), t, retain_graph=True, allow_unused=True, materialize_grads=True)[0]
+                if v.requires_grad
+                else torch.zeros_like(t)
+                for v in (a, s)
+            )
         return da, ds
 
     def check_times(self, t, name: str = "t") -> Times:
@@ -193,8 +215,9 @@ class VPLinear(Path):
         b0 = check_real(self.beta_min, "beta_min", 0.0)
         b1 = check_real(self.beta_max, "beta_max", 0.0, lo_open=True)
         if not b0 < b1:
-            raise ValueError(f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, "
-                             f"{self.beta_max}")
+            raise ValueError(
+                f"beta_min, beta_max must satisfy 0 <= beta_min < beta_max; got {self.beta_min}, {self.beta_max}"
+            )
         object.__setattr__(self, "beta_min", b0)
         object.__setattr__(self, "beta_max", b1)
 
@@ -288,8 +311,9 @@ class VPDiscrete(Path):
         bad[:-1] |= betas[:-1] >= 1
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0])
-            raise ValueError(f"betas must lie in (0, 1) (the last may be 1: zero terminal SNR); got betas[{i}] = "
-                             f"{float(betas[i])}")
+            raise ValueError(
+                f"betas must lie in (0, 1) (the last may be 1: zero terminal SNR); got betas[{i}] = {float(betas[i])}"
+            )
         object.__setattr__(self, "betas", betas)
         log_a = 0.5 * torch.cumsum(torch.log1p(-betas.clamp(max=1.0)), 0)
         log_a = torch.cat([torch.zeros(1, dtype=torch.float64), log_a])  # t = -1 first
@@ -299,8 +323,14 @@ class VPDiscrete(Path):
 
     # -- constructors with the diffusers names ---------------------------------------------------
     @classmethod
-    def from_schedule(cls, schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float = 0.0001,
-                      beta_end: float = 0.02, rescale_zero_terminal_snr: bool = False) -> VPDiscrete:
+    def from_schedule(
+        cls,
+        schedule: str = "linear",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        rescale_zero_terminal_snr: bool = False,
+    ) -> VPDiscrete:
         """Betas as diffusers builds them: ``linear``, ``scaled_linear`` or ``squaredcos_cap_v2``."""
         T = check_int(num_train_timesteps, "num_train_timesteps", 2)
         beta_start = check_real(beta_start, "beta_start", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -471,8 +501,9 @@ class VE(Path):
         object.__setattr__(self, "sigma_min", check_real(self.sigma_min, "sigma_min", 0.0, lo_open=True))
         object.__setattr__(self, "sigma_max", check_real(self.sigma_max, "sigma_max", 0.0, lo_open=True))
         if not (0 < self.sigma_min < self.sigma_max):
-            raise ValueError(f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, "
-                             f"{self.sigma_max}")
+            raise ValueError(
+                f"sigma_min, sigma_max must satisfy 0 < sigma_min < sigma_max; got {self.sigma_min}, {self.sigma_max}"
+            )
 
     def log_alpha(self, t) -> Times:
         return torch.zeros_like(as_time(t))

@@ -41,8 +41,10 @@ def main(argv=None):
     torch.set_num_threads(1)
     edm = P.EDM()
     vp = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012)
-    grids = {"edm-karras": (edm, G.karras(edm, args.steps)),
-             "vp-discrete-trailing": (vp, G.discrete(vp, min(args.steps, 999), spacing="trailing"))}
+    grids = {
+        "edm-karras": (edm, G.karras(edm, args.steps)),
+        "vp-discrete-trailing": (vp, G.discrete(vp, min(args.steps, 999), spacing="trailing")),
+    }
     print(f"compile time, us per step at {args.steps} steps (best of {args.repeat}; rough wall-clock timings)")
     print(f"{'method':22s}" + "".join(f"{k:>22s}" for k in grids))
     worst = 0.0

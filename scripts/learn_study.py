@@ -26,8 +26,12 @@ from odesolve.toy.reference import solve
 def grids_for(path, steps):
     if steps >= 2:  # both end with a step to sigma = 0
         yield "karras", ods.grids.karras(path, steps)
-        s = torch.cat([torch.logspace(math.log10(80.0), math.log10(0.002), steps, dtype=torch.float64),
-                       torch.zeros(1, dtype=torch.float64)])
+        s = torch.cat(
+            [
+                torch.logspace(math.log10(80.0), math.log10(0.002), steps, dtype=torch.float64),
+                torch.zeros(1, dtype=torch.float64),
+            ]
+        )
         yield "logsigma", ods.grids.from_sigmas(path, s)
 
 
@@ -61,8 +65,10 @@ def main(argv=None):
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--init", default="dpmpp-2m")
     args = ap.parse_args(argv)
-    head = (f"{'problem':<10} {'k':>3} | {'best training-free @k':<32} | {'best training-free @2k':<32} | "
-            f"{'family':<12} {'RMSE @k':>9} {'val':>9} {'params':>6} {'fit s':>6}")
+    head = (
+        f"{'problem':<10} {'k':>3} | {'best training-free @k':<32} | {'best training-free @2k':<32} | "
+        f"{'family':<12} {'RMSE @k':>9} {'val':>9} {'params':>6} {'fit s':>6}"
+    )
     print(head)
     print("-" * len(head))
     for pname in args.problems:
@@ -77,8 +83,11 @@ def main(argv=None):
             for family in ("grid", "coefficients"):
                 f = learn.fit(model, x_train, nfe=k, family=family, init=args.init, x_T_val=x_val)
                 err = rmse(f.sample(model, x_test), y_test)
-                print(f"{pname:<10} {k:>3} | {tf_k[0]:9.3e} {tf_k[1]:<22} | {tf_2k[0]:9.3e} {tf_2k[1]:<22} | "
-                      f"{family:<12} {err:9.3e} {f.val_loss:9.3e} {f.parameters:>6} {f.fit_seconds:6.1f}", flush=True)
+                print(
+                    f"{pname:<10} {k:>3} | {tf_k[0]:9.3e} {tf_k[1]:<22} | {tf_2k[0]:9.3e} {tf_2k[1]:<22} | "
+                    f"{family:<12} {err:9.3e} {f.val_loss:9.3e} {f.parameters:>6} {f.fit_seconds:6.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

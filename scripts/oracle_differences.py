@@ -37,8 +37,10 @@ def edm_orders(methods, ns=(16, 32, 64, 128)):
     xe = x * 20.0
     ref = reference_kd(xe, 20.0, 0.02)
     for m in methods:
-        errs = [rel(ods.sample(edm_model(EDM), xe, ods.grids.karras(EDM, n, 0.02, 20.0, to_zero=False), method=m), ref)
-                for n in ns]
+        errs = [
+            rel(ods.sample(edm_model(EDM), xe, ods.grids.karras(EDM, n, 0.02, 20.0, to_zero=False), method=m), ref)
+            for n in ns
+        ]
         name = m if isinstance(m, str) else m.name
         errors = ", ".join(f"{e:.2e}" for e in errs)
         print(f"  {name}: errors {errors} (N = {ns}); slope {convergence_slope(ns, errs):.2f}")
@@ -47,8 +49,9 @@ def edm_orders(methods, ns=(16, 32, 64, 128)):
 print("1. 3M: published (half D2) vs corrected, Karras grids sigma 20 -> 0.02, exact GMM")
 edm_orders(["dpmpp-3m", DPMPP_3M_TAYLOR_WARMUP, "dpmpp-3m-corrected", "dpmpp-2m"])
 
-print("2. 3M warm-up: midpoint (diffusers solver_type=midpoint, odesolve dpmpp-3m) "
-      "vs Taylor (k-diffusion 3M SDE eta=0)")
+print(
+    "2. 3M warm-up: midpoint (diffusers solver_type=midpoint, odesolve dpmpp-3m) vs Taylor (k-diffusion 3M SDE eta=0)"
+)
 g = ods.grids.karras(EDM, 10, 0.02, 20.0)
 a = ods.sample(edm_model(EDM), x * 20, g, method="dpmpp-3m")
 b = ods.sample(edm_model(EDM), x * 20, g, method=DPMPP_3M_TAYLOR_WARMUP)
@@ -57,17 +60,25 @@ print(f"  10 Karras steps: relative difference {rel(a, b):.2e}")
 print("3. singlestep 3rd order: diffusers' variants vs DPM-Solver-3 (paper), lambda-linear schedule, 12 steps")
 for alg in ("dpmsolver++", "dpmsolver"):
     for st in ("midpoint", "heun"):
-        s = d.DPMSolverSinglestepScheduler(num_train_timesteps=T_LIN, trained_betas=BETAS_LIN.float().numpy(),
-                                           algorithm_type=alg, solver_type=st, solver_order=3,
-                                           final_sigmas_type="sigma_min", lower_order_final=False)
+        s = d.DPMSolverSinglestepScheduler(
+            num_train_timesteps=T_LIN,
+            trained_betas=BETAS_LIN.float().numpy(),
+            algorithm_type=alg,
+            solver_type=st,
+            solver_order=3,
+            final_sigmas_type="sigma_min",
+            lower_order_final=False,
+        )
         xd = run_diffusers(s, 12, x, level_sigmas)
         grid = ods.grids.from_sigmas(COS0, s.sigmas.double()[::3])
         paper = ods.sample(vp_model(COS0), x, grid, method="dpmpp-3s" if alg == "dpmsolver++" else "dpm-solver-3")
         rho0, rho1 = float(s.sigmas[0]), float(s.sigmas[-1])
         a0, a1 = (1 + rho0**2) ** -0.5, (1 + rho1**2) ** -0.5
         ref = reference_kd(x / a0, rho0, rho1) * a1
-        print(f"  {alg} {st}: diffusers vs paper {rel(xd, paper):.2e}; error vs exact: diffusers {rel(xd, ref):.2e}, "
-              f"paper {rel(paper, ref):.2e}")
+        print(
+            f"  {alg} {st}: diffusers vs paper {rel(xd, paper):.2e}; error vs exact: diffusers {rel(xd, ref):.2e}, "
+            f"paper {rel(paper, ref):.2e}"
+        )
 
 print("4. DEIS: diffusers (log-rho, = eps-prediction exponential Adams) vs odesolve deis-N (tAB, Lagrange in t)")
 for order in (2, 3):
@@ -81,8 +92,10 @@ for order in (2, 3):
         tab2 = ods.sample(vp_model(pathg.path), x, pathg, method=f"deis-{order}", **opts)
         rho0, rho1 = float(s.sigmas[0]), float(s.sigmas[-1])
         ref = reference_kd(x * (1 + rho0**2) ** 0.5, rho0, rho1) * (1 + rho1**2) ** -0.5
-        print(f"  order {order}, {N} steps: diffusers vs deis-{order} {rel(xd, tab2):.2e}; errors: diffusers "
-              f"{rel(xd, ref):.2e}, deis-{order} on the model's discrete time {rel(tab2, ref):.2e}")
+        print(
+            f"  order {order}, {N} steps: diffusers vs deis-{order} {rel(xd, tab2):.2e}; errors: diffusers "
+            f"{rel(xd, ref):.2e}, deis-{order} on the model's discrete time {rel(tab2, ref):.2e}"
+        )
 
 print("5. DEIS-3 error vs steps (linspace, sigma 157 -> 0.01)")
 s = d.DEISMultistepScheduler(solver_order=3)
@@ -95,8 +108,9 @@ for N in range(10, 21):
     xd = run_diffusers(s, N, x, level_sigmas)
     grid = ods.grids.from_sigmas(COS0, s.sigmas.double())
     xo = ods.sample(vp_model(COS0), x, grid, method=DEIS_LOGRHO[3], lower_order_final=True)
-    rows.append(f"  {N}: diffusers {rel(xd, ref):.3e}  "
-                f"odesolve (same method, lower_order_final at every N) {rel(xo, ref):.3e}")
+    rows.append(
+        f"  {N}: diffusers {rel(xd, ref):.3e}  odesolve (same method, lower_order_final at every N) {rel(xo, ref):.3e}"
+    )
 print("\n".join(rows))
 
 print("6. iPNDM from alpha = 0 (IPNDMScheduler's default grid, v-prediction, VP cosine path s = 0)")
@@ -110,8 +124,10 @@ for N in (10, 20, 40, 80):
     ref = _solve_from_alpha_zero(x, t_end)
     grid = ods.grids.from_times(COS0, t[:-1])
     outs = {m: rel(ods.sample(vp_model(COS0), x, grid, method=m), ref) for m in ("dpmpp-2m", "unipc-bh2-3", "ddim")}
-    print(f"  {N} steps (to t = {t_end:.3f}): diffusers iPNDM {rel(xd, ref):.2e}; odesolve "
-          + ", ".join(f"{m} {e:.2e}" for m, e in outs.items()))
+    print(
+        f"  {N} steps (to t = {t_end:.3f}): diffusers iPNDM {rel(xd, ref):.2e}; odesolve "
+        + ", ".join(f"{m} {e:.2e}" for m, e in outs.items())
+    )
 
 print("7. PNDM with pseudo Runge-Kutta warm-up (skip_prk_steps=False) vs PLMS, error vs the exact solution")
 for N in (4, 8, 16, 32):
@@ -125,8 +141,10 @@ for N in (4, 8, 16, 32):
     ref = reference_kd(x / float(ac0.sqrt()), rho0, rho1) * float(ac1.sqrt())
     grid = ods.grids.from_times(path, torch.tensor(ts, dtype=torch.float64))
     xo = ods.sample(vp_model(path), x, grid, method="plms")
-    print(f"  {N} steps: PNDM {calls[0]} calls error {rel(xd, ref):.2e}; odesolve plms "
-          f"{ods.methods.get('plms').compile(path, grid).calls} calls error {rel(xo, ref):.2e}")
+    print(
+        f"  {N} steps: PNDM {calls[0]} calls error {rel(xd, ref):.2e}; odesolve plms "
+        f"{ods.methods.get('plms').compile(path, grid).calls} calls error {rel(xo, ref):.2e}"
+    )
 
 print("8. DDIM's prev_timestep = t - T // N with linspace spacing (10 steps)")
 s = d.DDIMScheduler(timestep_spacing="linspace", clip_sample=False)

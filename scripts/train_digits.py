@@ -71,8 +71,11 @@ def train(args) -> dict:
         u = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr_min + 0.5 * (args.lr - args.lr_min) * (1 + math.cos(math.pi * u))
 
-    print(f"digits: {x_data.shape[0]} images, net {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
-          f"{args.batch}, {args.threads} thread(s)", flush=True)
+    print(
+        f"digits: {x_data.shape[0]} images, net {n_params / 1e6:.2f}M parameters, {args.steps} steps of batch "
+        f"{args.batch}, {args.threads} thread(s)",
+        flush=True,
+    )
     t0, c0, running = time.time(), time.process_time(), None
     for step in range(args.steps):
         idx = torch.randint(0, x_data.shape[0], (args.batch,), generator=g)
@@ -96,12 +99,13 @@ def train(args) -> dict:
         running = lv if running is None else 0.99 * running + 0.01 * lv
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             el = time.time() - t0
-            print(f"step {step + 1:6d}  loss {running:.4f}  lr {lr_at(step):.2e}  {el:6.0f} s wall, "
-                  f"{time.process_time() - c0:6.0f} s cpu, eta {el / (step + 1) * (args.steps - step - 1):5.0f} s",
-                  flush=True)
+            print(
+                f"step {step + 1:6d}  loss {running:.4f}  lr {lr_at(step):.2e}  {el:6.0f} s wall, "
+                f"{time.process_time() - c0:6.0f} s cpu, eta {el / (step + 1) * (args.steps - step - 1):5.0f} s",
+                flush=True,
+            )
     wall, cpu = time.time() - t0, time.process_time() - c0
-    state = {k: v.to(torch.float16) if args.half and v.is_floating_point() else v
-             for k, v in ema.state_dict().items()}
+    state = {k: v.to(torch.float16) if args.half and v.is_floating_point() else v for k, v in ema.state_dict().items()}
     return {
         "format": 1,
         "config": {
@@ -111,13 +115,25 @@ def train(args) -> dict:
             "path": path_cfg,
             "prediction": "eps",
             "data": "sklearn.datasets.load_digits, x / 8 - 1",
-            "train": {"seed": args.seed, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-                          "lr_min": args.lr_min, "warmup": args.warmup, "weight_decay": args.weight_decay,
-                          "ema": args.ema, "threads": args.threads,
-                          "times": "uniform on [0, T-1]", "cond": "lambda(t), zoo.noise_embedding", "loss": "mse eps",
-                          "final_loss": running,
-                          "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "torch": str(torch.__version__),
-                          "weights_dtype": "float16" if args.half else "float32"},
+            "train": {
+                "seed": args.seed,
+                "steps": args.steps,
+                "batch": args.batch,
+                "lr": args.lr,
+                "lr_min": args.lr_min,
+                "warmup": args.warmup,
+                "weight_decay": args.weight_decay,
+                "ema": args.ema,
+                "threads": args.threads,
+                "times": "uniform on [0, T-1]",
+                "cond": "lambda(t), zoo.noise_embedding",
+                "loss": "mse eps",
+                "final_loss": running,
+                "wall_seconds": round(wall, 1),
+                "cpu_seconds": round(cpu, 1),
+                "torch": str(torch.__version__),
+                "weights_dtype": "float16" if args.half else "float32",
+            },
         },
         "state_dict": state,
         "data": images,
@@ -178,18 +194,28 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=384)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--emb", type=int, default=128)
-    p.add_argument("--half", action=argparse.BooleanOptionalAction, default=True,
-                   help="store the weights in float16 (half the file; loaded as float32)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("ODESOLVE_THREADS", "1")),
-                   help="torch threads (1 by default: on a shared 2-core machine 2 threads ran slower)")
+    p.add_argument(
+        "--half",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store the weights in float16 (half the file; loaded as float32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("ODESOLVE_THREADS", "1")),
+        help="torch threads (1 by default: on a shared 2-core machine 2 threads ran slower)",
+    )
     p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--table", action="store_true", help="print the Frechet-distance table instead of training")
     p.add_argument("--table-n", type=int, default=1000)
     p.add_argument("--table-ref-steps", type=int, default=256)
     p.add_argument("--table-nfe", default="5,10,20")
-    p.add_argument("--table-methods", default="ddim,dpmpp-2m,dpmpp-3m,dpmpp-3m-corrected,unipc-bh2-3,deis-3,ipndm,"
-                                              "dpm-solver-2,dpm-solver-3,heun")
+    p.add_argument(
+        "--table-methods",
+        default="ddim,dpmpp-2m,dpmpp-3m,dpmpp-3m-corrected,unipc-bh2-3,deis-3,ipndm,dpm-solver-2,dpm-solver-3,heun",
+    )
     p.add_argument("--grid", default="trailing", help="time grid of the table: trailing or lambda")
     args = p.parse_args(argv)
     if args.table:
@@ -199,8 +225,10 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ck, args.out)
     tr = ck["config"]["train"]
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {tr['wall_seconds']:.0f} s wall, "
-          f"{tr['cpu_seconds']:.0f} s cpu")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) after {tr['wall_seconds']:.0f} s wall, "
+        f"{tr['cpu_seconds']:.0f} s cpu"
+    )
     return 0
 
 

@@ -62,5 +62,11 @@ def fit_slope(x, err, *, floor: float = 0.0, tol: float = 0.3, min_points: int =
     lx, le = np.log(x[used]), np.log(e[used])
     A = np.stack([np.ones_like(lx), -lx], 1)
     (c, s), *_ = np.linalg.lstsq(A, le, rcond=None)
-    return Fit(float(s), float(c), tuple(int(i) for i in used), tuple(sorted(int(i) for i in floor_drop)),
-               tuple(int(i) for i in pre), local)
+    return Fit(
+        float(s),
+        float(c),
+        tuple(int(i) for i in used),
+        tuple(sorted(int(i) for i in floor_drop)),
+        tuple(int(i) for i in pre),
+        local,
+    )

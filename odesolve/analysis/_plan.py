@@ -50,8 +50,9 @@ def as_method(method):
         return _methods.get(method)
     if isinstance(method, _methods.Method):
         return method
-    raise TypeError(f"method must be a registered name or an odesolve.methods.Method table, got "
-                    f"{type(method).__name__}")
+    raise TypeError(
+        f"method must be a registered name or an odesolve.methods.Method table, got {type(method).__name__}"
+    )
 
 
 def interpolation_variable(method) -> Variable:
@@ -84,8 +85,13 @@ class PlanStructure:
     def rows(self):
         p = self.plan
         f = lambda v: v.detach().cpu().to(torch.float64).numpy()
-        return {"in_s": f(p.input_state), "in_h": f(p.input_hist), "up_s": f(p.update_state), "up_h": f(p.update_hist),
-                    "times": f(p.times)}
+        return {
+            "in_s": f(p.input_state),
+            "in_h": f(p.input_hist),
+            "up_s": f(p.update_state),
+            "up_h": f(p.update_hist),
+            "times": f(p.times),
+        }
 
     @cached_property
     def steps(self) -> list[tuple[int, int]]:

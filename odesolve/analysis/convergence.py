@@ -60,8 +60,10 @@ class ConvergenceResult:
         return self.slope
 
     def table(self) -> str:
-        lines = [f"{self.method} on {self.problem}, {self.grids}: measured order {self.slope:.2f}",
-                 f"  {'steps':>6} {'nfe':>5} {'h_max':>8} {'error':>10}  note"]
+        lines = [
+            f"{self.method} on {self.problem}, {self.grids}: measured order {self.slope:.2f}",
+            f"  {'steps':>6} {'nfe':>5} {'h_max':>8} {'error':>10}  note",
+        ]
         for i, (s, n, h, e) in enumerate(zip(self.steps, self.nfe, self.h_max, self.errors)):
             note = "floor" if i in self.dropped_floor else "pre-asymptotic" if i in self.dropped_preasymptotic else ""
             lines.append(f"  {s:>6} {n:>5} {h:>8.4f} {e:>10.3e}  {note}")
@@ -79,10 +81,18 @@ def nominal_steps(method, nfe: int) -> int:
     return max(1, round(nfe / m.calls_per_step))
 
 
-def convergence(method: object, problem: object = "gmm2d", grids: object = "karras",
-                nfe: Sequence[int] = (16, 32, 64, 128), *,
-                steps: Sequence[int] | None = None, options: dict | None = None, tol: float = 0.3,
-                floor: float | None = None, **problem_kw: object) -> ConvergenceResult:
+def convergence(
+    method: object,
+    problem: object = "gmm2d",
+    grids: object = "karras",
+    nfe: Sequence[int] = (16, 32, 64, 128),
+    *,
+    steps: Sequence[int] | None = None,
+    options: dict | None = None,
+    tol: float = 0.3,
+    floor: float | None = None,
+    **problem_kw: object,
+) -> ConvergenceResult:
     """Run ``method`` on ``problem`` along a grid family and fit the order.
 
     Args:
@@ -108,8 +118,9 @@ def convergence(method: object, problem: object = "gmm2d", grids: object = "karr
     elif callable(grids):
         fam, label = grids, getattr(grids, "__name__", str(grids))
     else:
-        raise TypeError(f"grids must be a family kind, a Family or a callable steps -> Grid, "
-                        f"got {type(grids).__name__}")
+        raise TypeError(
+            f"grids must be a family kind, a Family or a callable steps -> Grid, got {type(grids).__name__}"
+        )
     steps = list(steps) if steps is not None else [nominal_steps(m, n) for n in nfe]
     if len(steps) < 2:
         raise ValueError("a convergence study needs at least 2 resolutions")
@@ -129,9 +140,23 @@ def convergence(method: object, problem: object = "gmm2d", grids: object = "karr
         lam = grid.lambdas
         hmax.append(float(torch.diff(lam[torch.isfinite(lam)]).max()) if lam.numel() > 1 else float("nan"))
     fit = fit_slope(np.array(nfes, dtype=float), np.array(errs), floor=floor, tol=tol)
-    return ConvergenceResult(m.name, P.name, label, tuple(steps), tuple(nfes), tuple(errs), tuple(hmax), fit.slope,
-                             fit.constant, fit.used, fit.dropped_floor, fit.dropped_preasymptotic, fit.local, floor,
-                             P.reference_error)
+    return ConvergenceResult(
+        m.name,
+        P.name,
+        label,
+        tuple(steps),
+        tuple(nfes),
+        tuple(errs),
+        tuple(hmax),
+        fit.slope,
+        fit.constant,
+        fit.used,
+        fit.dropped_floor,
+        fit.dropped_preasymptotic,
+        fit.local,
+        floor,
+        P.reference_error,
+    )
 
 
 def assert_order(method, problem, expected: float, tol: float = 0.2, **kw) -> ConvergenceResult:
@@ -141,6 +166,7 @@ def assert_order(method, problem, expected: float, tol: float = 0.2, **kw) -> Co
     if not np.isfinite(res.slope) or len(res.used) < 2:
         raise AssertionError(f"{res.method}: too few points above the round-off floor to fit an order\n{res.table()}")
     if abs(res.slope - expected) > tol:
-        raise AssertionError(f"{res.method}: measured order {res.slope:.3f}, expected {expected} +- {tol}\n"
-                             f"{res.table()}")
+        raise AssertionError(
+            f"{res.method}: measured order {res.slope:.3f}, expected {expected} +- {tol}\n{res.table()}"
+        )
     return res

@@ -64,8 +64,10 @@ class Family:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not (math.isfinite(self.sigma_start) and 0 < self.sigma_end < self.sigma_start):
-            raise ValueError(f"sigma_start, sigma_end must satisfy 0 < sigma_end < sigma_start < inf (order studies "
-                             f"stop at sigma > 0), got {self.sigma_start}, {self.sigma_end}")
+            raise ValueError(
+                f"sigma_start, sigma_end must satisfy 0 < sigma_end < sigma_start < inf (order studies "
+                f"stop at sigma > 0), got {self.sigma_start}, {self.sigma_end}"
+            )
 
     @property
     def lambda_range(self) -> tuple[float, float]:

@@ -33,8 +33,10 @@ class LinearMultistep:
         if a[-1] == 0:
             raise ValueError(f"{self.name}: alpha[k] must be nonzero")
         if sum(a) != 0:
-            raise ValueError(f"{self.name}: the alpha coefficients sum to {sum(a)}, not 0: the method is not "
-                             "consistent (it does not reproduce constant solutions)")
+            raise ValueError(
+                f"{self.name}: the alpha coefficients sum to {sum(a)}, not 0: the method is not "
+                "consistent (it does not reproduce constant solutions)"
+            )
         object.__setattr__(self, "alpha", a)
         object.__setattr__(self, "beta", b)
 

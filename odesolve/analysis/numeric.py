@@ -84,6 +84,7 @@ MAX_DEGREE = 6
 
 # -- test models ------------------------------------------------------------------------------------
 
+
 def _u_torch(path, variable, t):
     if variable == "lambda":
         return path.lambda_(t)
@@ -105,8 +106,9 @@ def _lin_eps(rho, xp):
     return z, -z, -0.5 + 0.3 * rho
 
 
-def _model(plan: Plan, variable: str, degrees: int, center: float, radius: float, linear: bool,
-           absolute: bool = False) -> Model:
+def _model(
+    plan: Plan, variable: str, degrees: int, center: float, radius: float, linear: bool, absolute: bool = False
+) -> Model:
     """Rows 0..degrees: monomials of degree d in u (absolute values with ``absolute``); row
     degrees+1 (with ``linear``): the manufactured linear problem for the plan's prediction."""
     path, prediction = plan.path, plan.prediction
@@ -168,11 +170,17 @@ def _lin_exact(path, prediction, t) -> float:
 
 
 def _abs_plan(plan: Plan) -> Plan:
-    return replace(plan, input_state=plan.input_state.abs(), input_hist=plan.input_hist.abs(),
-                   update_state=plan.update_state.abs(), update_hist=plan.update_hist.abs())
+    return replace(
+        plan,
+        input_state=plan.input_state.abs(),
+        input_hist=plan.input_hist.abs(),
+        update_state=plan.update_state.abs(),
+        update_hist=plan.update_hist.abs(),
+    )
 
 
 # -- one plan ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PolynomialErrors:
@@ -199,8 +207,9 @@ class PolynomialErrors:
         return d
 
 
-def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int = MAX_DEGREE,
-                      linear: bool = True) -> PolynomialErrors:
+def polynomial_errors(
+    plan: Plan, variable: str | None = None, max_degree: int = MAX_DEGREE, linear: bool = True
+) -> PolynomialErrors:
     """Push the monomials of degree 0..``max_degree`` in ``variable`` (default: the plan's
     buffer's natural variable) and the manufactured linear problem through ``plan``; return the
     relative global errors and the round-off tolerances (see the module docstring)."""
@@ -212,8 +221,10 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
     path, prediction = plan.path, plan.prediction
     lam = plan.grid.lambdas.numpy()
     if not np.isfinite(lam).all():
-        raise ValueError("the grid must have finite lambda at both ends (sigma > 0 and alpha > 0): a step to "
-                         "sigma = 0 is infinitely long in lambda and has no order to measure")
+        raise ValueError(
+            "the grid must have finite lambda at both ends (sigma > 0 and alpha > 0): a step to "
+            "sigma = 0 is infinitely long in lambda and has no order to measure"
+        )
     u = variable_of_lambda(path, variable, lam[[0, -1]])
     center, radius = float(u.mean()), float(abs(u[1] - u[0]) / 2)
     D = max_degree
@@ -223,8 +234,9 @@ def polynomial_errors(plan: Plan, variable: str | None = None, max_degree: int =
     if linear:
         x0[D + 1] = _lin_exact(path, prediction, t0)
     out = execute(plan, _model(plan, variable, D, center, radius, linear), x0)[:, 0].numpy()
-    mag = execute(_abs_plan(plan), _model(plan, variable, D, center, radius, linear, absolute=True),
-                  x0.abs())[:, 0].numpy()
+    mag = execute(_abs_plan(plan), _model(plan, variable, D, center, radius, linear, absolute=True), x0.abs())[
+        :, 0
+    ].numpy()
     inc, inc_abs = _increments(path, prediction, variable, lam, center, radius, D)
     sN = _scale(path, prediction, tN)
     exact = sN * inc.sum(0)
@@ -255,8 +267,8 @@ class StepExactness:
         N = len(self.degrees)
         b = boundary if boundary is not None else self.boundary
         b = min(b, (N - 1) // 2)
-        interior = self.degrees[b:N - b] if N - 2 * b > 0 else self.degrees
-        ends = np.concatenate([self.degrees[:b], self.degrees[N - b:]])
+        interior = self.degrees[b : N - b] if N - 2 * b > 0 else self.degrees
+        ends = np.concatenate([self.degrees[:b], self.degrees[N - b :]])
         p_int = int(interior.min())
         p_b = int(ends.min()) if ends.size else p_int
         return min(p_int + 1, p_b + 2)
@@ -295,6 +307,7 @@ def step_exactness(plan: Plan, variable: str | None = None, max_degree: int = MA
             vals = v[:, None] ** powers[None, :]
             vals = vals.abs() if absolute else vals
             return (vals * active[:, None]).reshape(-1, 1).to(x.dtype)
+
         return Model(fn, path, plan.prediction)
 
     x0 = torch.zeros(N * (D + 1), 1, dtype=torch.float64)
@@ -333,6 +346,7 @@ def _local_increments(path, prediction, variable, la, lb, u0, du, D):
 
 
 # -- refinement --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DegreeFit:
@@ -393,15 +407,14 @@ def _fits(steps, errs, tols, signs, lins, max_degree, linear):
             f = fit_slope(x, errs[:, d], floor=10 * float(tols[:, d].max()))
             slope = f.slope
             used = list(f.used)
-            tail = list(f.local[-(len(used) - 1):]) if len(used) > 1 else []
+            tail = list(f.local[-(len(used) - 1) :]) if len(used) > 1 else []
             above = [i for i in range(len(steps)) if errs[i, d] > 10 * tols[i, d]]
-            clean = (len(set(signs[above, d])) == 1 and len(used) >= 3
-                     and all(abs(v - slope) <= 0.3 for v in tail))
+            clean = len(set(signs[above, d])) == 1 and len(used) >= 3 and all(abs(v - slope) <= 0.3 for v in tail)
         fits.append(DegreeFit(d, exact, slope, tuple(errs[:, d]), tuple(tols[:, d]), clean))
     lin_fit = None
     if linear:
         f = fit_slope(x, np.array(lins), floor=1e3 * _EPS)
-        tail = list(f.local[-(len(f.used) - 1):]) if len(f.used) > 1 else []
+        tail = list(f.local[-(len(f.used) - 1) :]) if len(f.used) > 1 else []
         clean = len(f.used) >= 3 and all(abs(v - f.slope) <= 0.3 for v in tail)
         lin_fit = DegreeFit(None, False, f.slope, tuple(lins), tuple(1e3 * _EPS for _ in lins), clean)
     return fits, lin_fit
@@ -437,7 +450,7 @@ def _select(fits, lin_fit, use_linear, max_degree, last_resort=False):
     if last_resort and not certain:
         # d* and d* + 1 still cancel at the finest N (their leading constants nearly vanish on this grid):
         # the generic rate is that of the other test models whose errors are already clean
-        others = [f for f in fits[(first.degree + 2 if first is not None else 0):] if not f.exact and f.clean]
+        others = [f for f in fits[(first.degree + 2 if first is not None else 0) :] if not f.exact and f.clean]
         others += [lin_fit] if lin_fit is not None and lin_fit.clean else []
         if others:
             best = min(others, key=lambda f: f.slope)
@@ -449,10 +462,18 @@ def _select(fits, lin_fit, use_linear, max_degree, last_resort=False):
     return slope, best, certain
 
 
-def numeric_order(method: object, grids: object = "auto", steps: Sequence[int] | None = None, *,
-                  max_degree: int = MAX_DEGREE,
-                  variable: str | None = None, linear: bool = True, options: dict | None = None,
-                  refine: int = 2, **grid_kw: object) -> OrderResult:
+def numeric_order(
+    method: object,
+    grids: object = "auto",
+    steps: Sequence[int] | None = None,
+    *,
+    max_degree: int = MAX_DEGREE,
+    variable: str | None = None,
+    linear: bool = True,
+    options: dict | None = None,
+    refine: int = 2,
+    **grid_kw: object,
+) -> OrderResult:
     """The global order of ``method`` measured on x-independent polynomial models and a linear
     manufactured problem along a refinement family (see the module docstring for why this is the
     rule ``min(p_int + 1, p_b + 2)``).
@@ -517,8 +538,10 @@ def numeric_order(method: object, grids: object = "auto", steps: Sequence[int] |
         steps.append(2 * steps[-1])
         level(steps[-1])
     if best is None:
-        raise ValueError(f"{name}: every test model is integrated exactly or below the round-off floor; raise "
-                         "max_degree or use coarser steps")
+        raise ValueError(
+            f"{name}: every test model is integrated exactly or below the round-off floor; raise "
+            "max_degree or use coarser steps"
+        )
     order = round(slope)
     exact_degree = -1
     for f in fits:
@@ -529,5 +552,18 @@ def numeric_order(method: object, grids: object = "auto", steps: Sequence[int] |
     hbar = (lb - la) / steps[-1]
     const = float(best.errors[-1] / hbar**slope)
     se = step_exactness(first_plan, var, max_degree)
-    return OrderResult(name, order, float(slope), const, exact_degree, tuple(fits), lin_fit, str(fam), tuple(steps),
-                       tuple(nfe), var, tuple(int(v) for v in se.degrees), se.bound())
+    return OrderResult(
+        name,
+        order,
+        float(slope),
+        const,
+        exact_degree,
+        tuple(fits),
+        lin_fit,
+        str(fam),
+        tuple(steps),
+        tuple(nfe),
+        var,
+        tuple(int(v) for v in se.degrees),
+        se.bound(),
+    )

@@ -41,7 +41,7 @@ def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequen
     ax = fig.add_subplot()
     for r in results:
         nfe, err = np.array(r.nfe, dtype=float), np.array(r.errors)
-        line, = ax.loglog(nfe, err, "o-", ms=3, lw=1, label=f"{r.method} ({r.slope:.2f})")
+        (line,) = ax.loglog(nfe, err, "o-", ms=3, lw=1, label=f"{r.method} ({r.slope:.2f})")
         used = list(r.used)
         ax.loglog(nfe[used], err[used], "o", ms=6, mfc="none", color=line.get_color())
     if results:
@@ -57,8 +57,17 @@ def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequen
     return fig
 
 
-def plot_stability_regions(methods: Sequence, h: float, test: str = "lambda", *, re=(-6.0, 1.0), im=(-4.0, 4.0),
-                           n=(241, 161), locus: bool = False, title: str | None = None):
+def plot_stability_regions(
+    methods: Sequence,
+    h: float,
+    test: str = "lambda",
+    *,
+    re=(-6.0, 1.0),
+    im=(-4.0, 4.0),
+    n=(241, 161),
+    locus: bool = False,
+    title: str | None = None,
+):
     """Stability regions (spectral radius <= 1 of an interior step on a uniform grid, step ``h``) of
     several methods in the complex ``mu`` plane, as outlines; the first one filled. With ``locus``
     also the boundary-locus curves."""
@@ -107,8 +116,9 @@ def plot_local_errors(profiles: Sequence, title: str | None = None):
     return fig
 
 
-def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_show: int = 24, title: str | None = None,
-                      points: int = 40):
+def plot_trajectories(
+    method, problem="gmm2d", grid=None, steps: int = 10, n_show: int = 24, title: str | None = None, points: int = 40
+):
     """2-D sample paths of ``method`` (markers at its steps) against the exact flow (lines) on a 2-D
     problem, over the data distribution's samples."""
     import torch
@@ -124,12 +134,14 @@ def plot_trajectories(method, problem="gmm2d", grid=None, steps: int = 10, n_sho
     m = as_method(method)
     if grid is None:
         grid = _families.Family("karras", path=P.path, sigma_start=P.sigma_start, sigma_end=max(P.sigma_end, 1e-3))(
-            steps)
+            steps
+        )
     plan = m.compile(grid.path, grid)
     x = P.x[:n_show]
     _, traj = execute(plan, P.model(plan.prediction), x, return_trajectory=True)
-    fine = torch.exp(torch.linspace(float(torch.log(grid.sigmas[0])), float(torch.log(grid.sigmas[-1])), points,
-                                    dtype=torch.float64))
+    fine = torch.exp(
+        torch.linspace(float(torch.log(grid.sigmas[0])), float(torch.log(grid.sigmas[-1])), points, dtype=torch.float64)
+    )
     ts = P.path.t_of_noise_level(fine)
     ref = P.trajectory(x, ts).numpy()
     traj = traj.numpy()

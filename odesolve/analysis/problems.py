@@ -56,16 +56,20 @@ class InitialValueProblem:
         if not isinstance(self.path, Path):
             raise TypeError(f"path must be an odesolve.paths.Path, got {type(self.path).__name__}")
         if not (math.isfinite(self.sigma_start) and self.sigma_start > self.sigma_end >= 0):
-            raise ValueError(f"sigma_start, sigma_end must satisfy inf > sigma_start > sigma_end >= 0, got "
-                             f"{self.sigma_start}, {self.sigma_end}")
+            raise ValueError(
+                f"sigma_start, sigma_end must satisfy inf > sigma_start > sigma_end >= 0, got "
+                f"{self.sigma_start}, {self.sigma_end}"
+            )
         x = torch.as_tensor(self.x)
         if x.ndim < 1 or x.shape[0] < 1 or not bool(torch.isfinite(x).all()):
             raise ValueError("x must be a finite (batch, ...) tensor of starting states")
         self.x = x.to(torch.float64)
         if isinstance(self.reference, Tensor):
             if self.reference.shape != self.x.shape:
-                raise ValueError(f"reference states must have the shape of x {tuple(self.x.shape)}, got "
-                                 f"{tuple(self.reference.shape)}")
+                raise ValueError(
+                    f"reference states must have the shape of x {tuple(self.x.shape)}, got "
+                    f"{tuple(self.reference.shape)}"
+                )
             self._exact, self.reference = self.reference.to(torch.float64), None
             self._reference_error = 0.0
 
@@ -177,14 +181,20 @@ def _scipy_reference(model: Model, x: Tensor, t0, t1, rtol: float = 1e-12, atol:
 def _gmm(weights, means, covs):
     from ..toy import GaussianMixture
 
-    return GaussianMixture(torch.tensor(weights, dtype=torch.float64), torch.tensor(means, dtype=torch.float64),
-                           torch.tensor(covs, dtype=torch.float64))
+    return GaussianMixture(
+        torch.tensor(weights, dtype=torch.float64),
+        torch.tensor(means, dtype=torch.float64),
+        torch.tensor(covs, dtype=torch.float64),
+    )
 
 
 def _mixture_2d():
     c = lambda a, b, r: [[a * a, r * a * b], [r * a * b, b * b]]
-    return _gmm([0.45, 0.35, 0.2], [[-1.0, 0.4], [1.0, 0.8], [0.2, -1.0]],
-                [c(0.45, 0.3, 0.3), c(0.35, 0.5, -0.4), c(0.5, 0.35, 0.0)])
+    return _gmm(
+        [0.45, 0.35, 0.2],
+        [[-1.0, 0.4], [1.0, 0.8], [0.2, -1.0]],
+        [c(0.45, 0.3, 0.3), c(0.35, 0.5, -0.4), c(0.5, 0.35, 0.0)],
+    )
 
 
 def _mixture_1d():
@@ -194,13 +204,15 @@ def _mixture_1d():
 def _gaussian_2d():
     from ..toy import Gaussian
 
-    return Gaussian(torch.tensor([0.3, -0.5], dtype=torch.float64),
-                    torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64))
+    return Gaussian(
+        torch.tensor([0.3, -0.5], dtype=torch.float64), torch.tensor([[0.5, 0.2], [0.2, 0.3]], dtype=torch.float64)
+    )
 
 
 def _flow_reference(dist):
     def ref(model, x, t0, t1):
         return dist.flow(x, t0, t1, model.path)
+
     return ref
 
 
@@ -211,8 +223,15 @@ BUILTIN = {
 }
 
 
-def get(name: str, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05, n: int = 32,
-        seed: int = 0) -> InitialValueProblem:
+def get(
+    name: str,
+    *,
+    path: Path | None = None,
+    sigma_start: float = 2.0,
+    sigma_end: float = 0.05,
+    n: int = 32,
+    seed: int = 0,
+) -> InitialValueProblem:
     """The initial value problem of the named problem ``name`` with ``n`` starting states drawn from the
     exact marginal at ``sigma_start``: the registry of :mod:`odesolve.toy.problems` first (its
     distribution and path), then :data:`BUILTIN`."""
@@ -255,9 +274,18 @@ def describe(name: str) -> str:
     return BUILTIN[name][0] if name in BUILTIN else name
 
 
-def as_ivp(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma_end: float = 0.05,
-           x: Tensor | None = None, reference=None, n: int = 32, seed: int = 0,
-           name: str | None = None) -> InitialValueProblem:
+def as_ivp(
+    problem,
+    *,
+    path: Path | None = None,
+    sigma_start: float = 2.0,
+    sigma_end: float = 0.05,
+    x: Tensor | None = None,
+    reference=None,
+    n: int = 32,
+    seed: int = 0,
+    name: str | None = None,
+) -> InitialValueProblem:
     """An :class:`InitialValueProblem` from a name (:func:`get`), an InitialValueProblem, a
     :class:`odesolve.toy.problems.Problem`, or anything with ``.model(path, prediction)`` (then
     ``x`` defaults to ``n`` draws of its marginal at ``sigma_start`` when it has ``sample_marginal``,
@@ -273,9 +301,11 @@ def as_ivp(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma
         name = name or getattr(problem, "name", None)
         problem = problem.distribution
     if not hasattr(problem, "model"):
-        raise TypeError(f"problem must be a name ({names()}), an InitialValueProblem, an odesolve.toy Problem, or "
-                        f"have .model(path, prediction); "
-                        f"got {type(problem).__name__}")
+        raise TypeError(
+            f"problem must be a name ({names()}), an InitialValueProblem, an odesolve.toy Problem, or "
+            f"have .model(path, prediction); "
+            f"got {type(problem).__name__}"
+        )
     path = path or _paths.EDM()
     t0 = path.t_of_noise_level(torch.tensor(sigma_start, dtype=torch.float64))
     if x is None:
@@ -285,5 +315,6 @@ def as_ivp(problem, *, path: Path | None = None, sigma_start: float = 2.0, sigma
         x = problem.sample_marginal(n, t0, path, generator=g)
     if reference is None and hasattr(problem, "flow"):
         reference = _flow_reference(problem)
-    return InitialValueProblem(name or type(problem).__name__, problem, path, x, float(sigma_start), float(sigma_end),
-                               reference)
+    return InitialValueProblem(
+        name or type(problem).__name__, problem, path, x, float(sigma_start), float(sigma_end), reference
+    )

@@ -85,7 +85,9 @@ class ReportResult:
             der = "?" if r.derived is None else str(r.derived)
             errs = "".join(f"{r.errors.get(n, math.nan):>10.2e}" for n in self.nfe)
             flag = "" if r.consistent else "  <- declared order disagrees"
-            lines.append(f"{r.method:<20}{r.declared:>5}{der:>6}{sym:>5}{r.measured:>6.2f}{errs}{r.stability:>10.3f}{flag}")
+            lines.append(
+                f"{r.method:<20}{r.declared:>5}{der:>6}{sym:>5}{r.measured:>6.2f}{errs}{r.stability:>10.3f}{flag}"
+            )
         return "\n".join(lines)
 
     @property
@@ -116,9 +118,16 @@ def _practical_errors(m, problem, nfe, n, seed):
     return errs, used
 
 
-def run_report(methods: Sequence[str] | None = None, problem: str = "gmm2d", nfe: Sequence[int] = (5, 10, 20),
-               out: str | FsPath | None = "report", quick: bool = False, *, progress: bool = True,
-               figures: bool = True) -> ReportResult:
+def run_report(
+    methods: Sequence[str] | None = None,
+    problem: str = "gmm2d",
+    nfe: Sequence[int] = (5, 10, 20),
+    out: str | FsPath | None = "report",
+    quick: bool = False,
+    *,
+    progress: bool = True,
+    figures: bool = True,
+) -> ReportResult:
     """Analyse ``methods`` (default: every registered method) on ``problem``; write figures and
     ``report.md`` to ``out`` (``None``: nothing written). ``quick`` uses fewer samples and resolutions.
 
@@ -192,24 +201,37 @@ def _figures(res: ReportResult, outdir: FsPath, prac, order_p, quick: bool) -> l
     dpi = 72 if quick else 100
     names = [r.method for r in res.rows]
     studies = [r.study for r in res.rows if r.study is not None]
-    fig = plots.plot_convergence(studies, title=f"measured order on {res.problem} (Karras, sigma "
-                                                f"{ORDER_SIGMAS[0]} -> {ORDER_SIGMAS[1]})")
+    fig = plots.plot_convergence(
+        studies, title=f"measured order on {res.problem} (Karras, sigma {ORDER_SIGMAS[0]} -> {ORDER_SIGMAS[1]})"
+    )
     files.append(plots.save(fig, outdir / "convergence.png", dpi))
     fig = _figure_errors(res)
     files.append(plots.save(fig, outdir / "errors.png", dpi))
     rep = [n for n in ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh2-3") if n in names] or names[:4]
-    fig = plots.plot_stability_regions(rep, STABILITY_H, "lambda", re=(-4.0, 0.5), im=(-2.5, 2.5),
-                                       n=(121, 81) if quick else (241, 161))
+    fig = plots.plot_stability_regions(
+        rep, STABILITY_H, "lambda", re=(-4.0, 0.5), im=(-2.5, 2.5), n=(121, 81) if quick else (241, 161)
+    )
     files.append(plots.save(fig, outdir / "stability.png", dpi))
     g = _grids.karras(prac.path, 10, sigma_min=0.002, sigma_max=80.0)
     guided = [guidance_stability(n, g, [0.05, 0.5], [0.5, 0.5], 4.0) for n in rep]
-    files.append(plots.save(plots.plot_guidance(guided, title="Gaussian pair, guidance w = 4, 10 Karras steps"),
-                            outdir / "guidance.png", dpi))
+    files.append(
+        plots.save(
+            plots.plot_guidance(guided, title="Gaussian pair, guidance w = 4, 10 Karras steps"),
+            outdir / "guidance.png",
+            dpi,
+        )
+    )
     lte = [local_errors(n, order_p, steps=8 if quick else 10, fan=not quick) for n in rep[:2]]
     files.append(plots.save(plots.plot_local_errors(lte), outdir / "local_errors.png", dpi))
     if prac.x.ndim == 2 and prac.x.shape[1] == 2:
-        fig = plots.plot_trajectories(rep[0], order_p, steps=10, n_show=8 if quick else 16, points=20 if quick else 40,
-                                      title=f"{rep[0]}: sample paths from sigma = {order_p.sigma_start:g}")
+        fig = plots.plot_trajectories(
+            rep[0],
+            order_p,
+            steps=10,
+            n_show=8 if quick else 16,
+            points=20 if quick else 40,
+            title=f"{rep[0]}: sample paths from sigma = {order_p.sigma_start:g}",
+        )
         files.append(plots.save(fig, outdir / "trajectories.png", dpi))
     return files
 
@@ -222,8 +244,16 @@ def _figure_errors(res: ReportResult):
     for i, r in enumerate(res.rows):
         x = [r.nfe_used[k] for k in res.nfe if r.nfe_used.get(k)]
         y = [r.errors[k] for k in res.nfe if r.nfe_used.get(k)]
-        ax.loglog(x, y, marker="o", ms=3, lw=1, color=f"C{i % 10}", ls="-" if i < 10 else "--" if i < 20 else ":",
-                  label=r.method)
+        ax.loglog(
+            x,
+            y,
+            marker="o",
+            ms=3,
+            lw=1,
+            color=f"C{i % 10}",
+            ls="-" if i < 10 else "--" if i < 20 else ":",
+            label=r.method,
+        )
     ax.set_xlabel("NFE")
     ax.set_ylabel("RMS error at sigma = 0")
     ax.set_title(f"{res.problem}: Karras grids sigma 80 -> 0")
@@ -233,26 +263,37 @@ def _figure_errors(res: ReportResult):
 
 def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
     desc = describe(res.problem)
-    lines = [f"# odesolve report: {res.problem}", "",
-             f"Problem: {desc or res.problem}. Float64 states, exact model, DOP853 reference (rtol 1e-12).", "",
-             ("- **declared**: the table's `order`; **derived**: `analysis.numeric_order` (polynomial and linear "
-             "test models through the plan on random grids); **symbolic**: `analysis.derive` (closed form, "
-             "where one exists);"),
-             (f"- **measured**: least-squares slope of error vs NFE, Karras grids sigma {ORDER_SIGMAS[0]} -> "
-             f"{ORDER_SIGMAS[1]};"),
-             "- **err@NFE**: RMS error at sigma = 0 on Karras grids sigma 80 -> 0 (first-order last step);",
-             (f"- **mu\\***: most negative stable mu on the lambda test, uniform lambda-steps h = {STABILITY_H} "
-             "(DDIM: -2/(e^h - 1))."), "",
-             "| method | declared | derived | symbolic | measured | " + " | ".join(f"err@{n}" for n in res.nfe)
-             + " | mu* |",
-             "|---|---|---|---|---|" + "---|" * len(res.nfe) + "---|"]
+    lines = [
+        f"# odesolve report: {res.problem}",
+        "",
+        f"Problem: {desc or res.problem}. Float64 states, exact model, DOP853 reference (rtol 1e-12).",
+        "",
+        (
+            "- **declared**: the table's `order`; **derived**: `analysis.numeric_order` (polynomial and linear "
+            "test models through the plan on random grids); **symbolic**: `analysis.derive` (closed form, "
+            "where one exists);"
+        ),
+        (
+            f"- **measured**: least-squares slope of error vs NFE, Karras grids sigma {ORDER_SIGMAS[0]} -> "
+            f"{ORDER_SIGMAS[1]};"
+        ),
+        "- **err@NFE**: RMS error at sigma = 0 on Karras grids sigma 80 -> 0 (first-order last step);",
+        (
+            f"- **mu\\***: most negative stable mu on the lambda test, uniform lambda-steps h = {STABILITY_H} "
+            "(DDIM: -2/(e^h - 1))."
+        ),
+        "",
+        "| method | declared | derived | symbolic | measured | " + " | ".join(f"err@{n}" for n in res.nfe) + " | mu* |",
+        "|---|---|---|---|---|" + "---|" * len(res.nfe) + "---|",
+    ]
     for r in res.rows:
         sym = "-" if r.symbolic is None else str(r.symbolic)
         der = "?" if r.derived is None else str(r.derived)
         errs = " | ".join(f"{r.errors.get(n, math.nan):.2e}" for n in res.nfe)
         mark = "" if r.consistent else " **(!)**"
-        lines.append(f"| {r.method}{mark} | {r.declared} | {der} | {sym} | {r.measured:.2f} | {errs} | "
-                     f"{r.stability:.3f} |")
+        lines.append(
+            f"| {r.method}{mark} | {r.declared} | {der} | {sym} | {r.measured:.2f} | {errs} | {r.stability:.3f} |"
+        )
     lines += ["", f"{len(res.rows)} methods in {res.seconds:.0f} s.", ""]
     for f in res.figures:
         name = FsPath(f).name

@@ -68,6 +68,7 @@ STABLE_TOL = 1e-10
 
 # -- the linear model on a plan ----------------------------------------------------------------------
 
+
 def _check_test(test):
     if test not in ("lambda", "rho"):
         raise ValueError(f"test must be 'lambda' or 'rho', got {test!r}")
@@ -108,10 +109,12 @@ def step_matrices(plan: Plan, mu, test: Test | None = None, steps: Sequence[int]
     test = _check_test(test or ("lambda" if plan.prediction == "x0" else "rho"))
     steps = range(plan.grid.steps) if steps is None else list(steps)
     lam = plan.grid.lambdas
-    if not all(bool(torch.isfinite(lam[n:n + 2]).all()) for n in steps):
-        raise ValueError("the steps must have finite lambda (0 < sigma and 0 < alpha) at both ends for a stability "
-                         "matrix; for a last step to sigma = 0 see guidance_stability (it reports that step's "
-                         "factor in data units)")
+    if not all(bool(torch.isfinite(lam[n : n + 2]).all()) for n in steps):
+        raise ValueError(
+            "the steps must have finite lambda (0 < sigma and 0 < alpha) at both ends for a stability "
+            "matrix; for a last step to sigma = 0 see guidance_stability (it reports that step's "
+            "factor in data units)"
+        )
     mu = np.atleast_1d(np.asarray(mu, dtype=complex)).ravel()
     kappa = _call_coefficients(plan, mu, test)
     scale, unit = _scales(plan, test)
@@ -151,11 +154,11 @@ def final_step_factor(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
     kappa = _call_coefficients(plan, mu, test)
     scale, unit = _scales(plan, test)
     v = np.ones((mu.size, 1), dtype=complex)
-    for M in (step_matrices(plan, mu, test, range(N - 1)) if N > 1 else []):
+    for M in step_matrices(plan, mu, test, range(N - 1)) if N > 1 else []:
         v = np.einsum("mij,mj->mi", M, v)
     k0, k1 = st.steps[N - 1]
     x_prev = v[:, :1] * scale[N - 1]
-    hist = {c: v[:, 1 + i:2 + i] / unit[c] for i, c in enumerate(st.live(N - 1))}
+    hist = {c: v[:, 1 + i : 2 + i] / unit[c] for i, c in enumerate(st.live(N - 1))}
     x_last, _ = st.run(k0, k1, x_prev, hist, lambda k, X: kappa[:, k, None] * X)
     alpha = plan.path.alpha(plan.grid.t).numpy()
     return (x_last[:, 0] / alpha[N]) / (x_prev[:, 0] / alpha[N - 1])
@@ -189,6 +192,7 @@ def spectral_radius(M: np.ndarray) -> np.ndarray:
 
 # -- uniform grids and the interior step -------------------------------------------------------------
 
+
 def uniform_grid(h: float, steps: int, test: Test = "lambda", path=None) -> Grid:
     """``steps`` equal steps of length ``h`` in lambda (``test="lambda"``, from sigma = 1) or in
     rho = sigma/alpha (``test="rho"``, ending at rho = h)."""
@@ -207,8 +211,10 @@ class _Interior:
 
     def __init__(self, method, h: float, test: Test | None, options=None):
         if isinstance(method, Plan):
-            raise TypeError("pass a method (name or table) for a uniform-grid analysis; for a compiled plan use "
-                            "step_matrices(plan, mu)")
+            raise TypeError(
+                "pass a method (name or table) for a uniform-grid analysis; for a compiled plan use "
+                "step_matrices(plan, mu)"
+            )
         m = as_method(method)
         self.method, self.h = m, float(h)
         self.test = _check_test(test or ("lambda" if m.prediction == "x0" else "rho"))
@@ -235,8 +241,9 @@ def amplification(method, h: float, mu, test: Test | None = None, *, options: di
     return _Interior(method, h, test, options).matrix(mu)
 
 
-def stability_function(method, h: float, test: Test | None = None, *, options: dict | None = None,
-                       degree: int | None = None) -> np.polynomial.Polynomial:
+def stability_function(
+    method, h: float, test: Test | None = None, *, options: dict | None = None, degree: int | None = None
+) -> np.polynomial.Polynomial:
     """``R(mu)`` of a singlestep method as a polynomial in ``mu`` (its degree is at most the number of
     calls per step), recovered from values on a circle (a discrete Fourier transform, exact up to
     round-off). For the rho test, ``R(mu)`` is the classical stability function of ``z = mu h``
@@ -244,8 +251,10 @@ def stability_function(method, h: float, test: Test | None = None, *, options: d
     it = _Interior(method, h, test, options)
     M0 = it.matrix(np.zeros(1))
     if M0.shape[-1] != 1:
-        raise ValueError(f"{it.method.name} carries {M0.shape[-1] - 1} earlier outputs: it has an amplification "
-                         "matrix, not a stability function; use amplification() or spectral_radius()")
+        raise ValueError(
+            f"{it.method.name} carries {M0.shape[-1] - 1} earlier outputs: it has an amplification "
+            "matrix, not a stability function; use amplification() or spectral_radius()"
+        )
     k0, k1 = structure(it.plan).steps[it.n]
     deg = degree if degree is not None else (k1 - k0)
     m = 1 << max(2, math.ceil(math.log2(deg + 1)))
@@ -259,8 +268,9 @@ def stability_function(method, h: float, test: Test | None = None, *, options: d
     return np.polynomial.Polynomial(coef)
 
 
-def _first_crossing(radius_fn, mu_max: float, tol: float = 1e-12, bound: float = 1 + STABLE_TOL,
-                    n: int = 4000) -> float:
+def _first_crossing(
+    radius_fn, mu_max: float, tol: float = 1e-12, bound: float = 1 + STABLE_TOL, n: int = 4000
+) -> float:
     """The most negative mu with radius <= bound on all of [mu, 0] (scan, then bisection)."""
     mus = -mu_max * (np.arange(1, n + 1) / n) ** 2
     rad = np.asarray(radius_fn(mus))
@@ -282,8 +292,15 @@ def _first_crossing(radius_fn, mu_max: float, tol: float = 1e-12, bound: float =
     return float(lo)
 
 
-def stability_interval(method, h: float, test: Test | None = None, *, mu_max: float | None = None,
-                       options: dict | None = None, tol: float = 1e-10) -> float:
+def stability_interval(
+    method,
+    h: float,
+    test: Test | None = None,
+    *,
+    mu_max: float | None = None,
+    options: dict | None = None,
+    tol: float = 1e-10,
+) -> float:
     """The most negative real ``mu`` such that an interior step of ``method`` (uniform grid, step ``h``)
     is stable (spectral radius <= 1) for every ``mu`` in ``[mu, 0]``; 0.0 when small negative ``mu``
     are already unstable. DDIM on the lambda test: ``-2 / (e^h - 1)``."""
@@ -312,20 +329,29 @@ class StabilityRegion:
         return self.re[None, :] + 1j * self.im[:, None]
 
 
-def stability_region(method, h: float, test: Test | None = None, *, re=(-6.0, 1.0), im=(-4.0, 4.0),
-                     n: tuple[int, int] = (281, 161), options: dict | None = None) -> StabilityRegion:
+def stability_region(
+    method,
+    h: float,
+    test: Test | None = None,
+    *,
+    re=(-6.0, 1.0),
+    im=(-4.0, 4.0),
+    n: tuple[int, int] = (281, 161),
+    options: dict | None = None,
+) -> StabilityRegion:
     """The spectral radius of the interior step on a grid of complex ``mu`` (``re`` and ``im`` ranges,
     ``n`` points each)."""
     it = _Interior(method, h, test, options)
     xr = np.linspace(re[0], re[1], n[0])
     xi = np.linspace(im[0], im[1], n[1])
     mu = (xr[None, :] + 1j * xi[:, None]).ravel()
-    rad = np.concatenate([it.radius(mu[i:i + 8192]) for i in range(0, mu.size, 8192)])
+    rad = np.concatenate([it.radius(mu[i : i + 8192]) for i in range(0, mu.size, 8192)])
     return StabilityRegion(it.method.name, float(h), it.test, xr, xi, rad.reshape(len(xi), len(xr)))
 
 
-def boundary_locus(method, h: float, test: Test | None = None, *, n: int = 721,
-                   options: dict | None = None) -> np.ndarray:
+def boundary_locus(
+    method, h: float, test: Test | None = None, *, n: int = 721, options: dict | None = None
+) -> np.ndarray:
     """The boundary locus: every ``mu`` at which the interior step has an eigenvalue ``e^(i theta)``,
     theta in [0, 2 pi) (``n`` values; several branches for multi-stage or multistep methods, returned
     as an array ``(n, branches)``, NaN where a branch is absent). For an explicit linear multistep
@@ -361,6 +387,7 @@ def boundary_locus(method, h: float, test: Test | None = None, *, n: int = 721,
 
 # -- guidance -----------------------------------------------------------------------------------------
 
+
 def _variances(v, name):
     """Per-direction variances (co-diagonal) from floats / arrays, or a covariance from an object."""
     if hasattr(v, "cov"):
@@ -371,8 +398,10 @@ def _variances(v, name):
     if arr.ndim == 2:
         return arr, True
     if arr.ndim != 1 or not (arr > 0).all():
-        raise ValueError(f"{name} must be positive variances (one per eigen-direction), a covariance matrix, or "
-                         f"a Gaussian with .cov; got {v!r}")
+        raise ValueError(
+            f"{name} must be positive variances (one per eigen-direction), a covariance matrix, or "
+            f"a Gaussian with .cov; got {v!r}"
+        )
     return arr, False
 
 
@@ -428,8 +457,9 @@ class GuidanceStability:
         return int(bad[0]) if bad.size else None
 
 
-def guidance_stability(method, grid: Grid, cond, uncond, scale: float, *, options: dict | None = None,
-                       test: Test = "lambda") -> GuidanceStability:
+def guidance_stability(
+    method, grid: Grid, cond, uncond, scale: float, *, options: dict | None = None, test: Test = "lambda"
+) -> GuidanceStability:
     """Frozen-coefficient stability of every step of ``method`` on ``grid`` for a Gaussian conditional /
     unconditional pair under classifier-free guidance of ``scale`` w: per step and eigen-direction,
     ``mu_w`` (:func:`guidance_mu`) at both ends of the step (the one with the larger amplification),

@@ -56,8 +56,10 @@ class LocalErrors:
     fan_residual: float  # RMS of sum(fan) - (x_N - x*(t_N)): the identity's check (reference error)
 
     def table(self) -> str:
-        lines = [f"{self.method} on {self.problem}: global error {self.global_error:.3e}",
-                 f"  {'n':>3} {'sigma_n':>9} {'h':>7} {'local':>10} {'propagated':>11}"]
+        lines = [
+            f"{self.method} on {self.problem}: global error {self.global_error:.3e}",
+            f"  {'n':>3} {'sigma_n':>9} {'h':>7} {'local':>10} {'propagated':>11}",
+        ]
         for n in range(len(self.h)):
             fan = f"{self.fan[n]:>11.3e}" if self.fan is not None else ""
             lines.append(f"  {n:>3} {self.sigmas[n]:>9.4g} {self.h[n]:>7.3f} {self.local[n]:>10.3e} {fan}")
@@ -75,8 +77,16 @@ def _flow(P: InitialValueProblem, x, t0, t1):
     return P.flow(x, t0, t1)
 
 
-def local_errors(method, problem="gmm2d", grid: Grid | None = None, steps: int = 10, *, fan: bool = True,
-                 options: dict | None = None, **problem_kw) -> LocalErrors:
+def local_errors(
+    method,
+    problem="gmm2d",
+    grid: Grid | None = None,
+    steps: int = 10,
+    *,
+    fan: bool = True,
+    options: dict | None = None,
+    **problem_kw,
+) -> LocalErrors:
     """Local truncation errors (exact history, see the module docstring) of ``method`` on ``grid``
     (default: a Karras grid of ``steps`` steps between the problem's noise levels), and with ``fan``
     the per-step contributions to the global error (one reference solve per step)."""
@@ -84,7 +94,8 @@ def local_errors(method, problem="gmm2d", grid: Grid | None = None, steps: int =
     P = as_ivp(problem, **problem_kw)
     if grid is None:
         grid = _families.Family("karras", path=P.path, sigma_start=P.sigma_start, sigma_end=max(P.sigma_end, 1e-3))(
-            steps)
+            steps
+        )
     if grid.path != P.path:
         raise ValueError(f"grid.path {grid.path!r} differs from the problem's path {P.path!r}")
     plan = m.compile(grid.path, grid, **(options or {}))
@@ -120,5 +131,6 @@ def local_errors(method, problem="gmm2d", grid: Grid | None = None, steps: int =
         fan_rms = np.array([_rms(t) for t in terms])
         residual = _rms(terms.sum(0) - gerr)
     lam = grid.lambdas.numpy()
-    return LocalErrors(m.name, P.name, grid.sigmas.numpy(), np.diff(lam), local, fan_rms, fan_signed, _rms(gerr),
-                       residual)
+    return LocalErrors(
+        m.name, P.name, grid.sigmas.numpy(), np.diff(lam), local, fan_rms, fan_signed, _rms(gerr), residual
+    )

@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
 
     for name in methods.names():
         m = methods.get(name)
-        print(f"{name:22s} order {m.order}  calls/step {m.calls_per_step}  history {m.history}  "
-              f"{m.prediction} prediction")
+        print(
+            f"{name:22s} order {m.order}  calls/step {m.calls_per_step}  history {m.history}  {m.prediction} prediction"
+        )
     return 0

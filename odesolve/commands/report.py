@@ -16,11 +16,18 @@ HELP = "orders, errors and stability of methods on an exact problem"
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Declare the options of ``odesolve report`` on ``parser``."""
-    parser.add_argument("methods", nargs="*", metavar="METHOD",
-                        help="registered method names (default: all; odesolve methods lists them)")
-    parser.add_argument("--problem", default="gmm2d",
-                        help="exact problem: a name of odesolve.toy.problems or of the small built-in ones of "
-                             "odesolve.analysis.problems (default: gmm2d)")
+    parser.add_argument(
+        "methods",
+        nargs="*",
+        metavar="METHOD",
+        help="registered method names (default: all; odesolve methods lists them)",
+    )
+    parser.add_argument(
+        "--problem",
+        default="gmm2d",
+        help="exact problem: a name of odesolve.toy.problems or of the small built-in ones of "
+        "odesolve.analysis.problems (default: gmm2d)",
+    )
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20], help="NFE budgets for the error columns")
     parser.add_argument("--out", default="report", help="folder for report.md and the figures; created if missing")
     parser.add_argument("--quick", action="store_true", help="fewer samples and resolutions (a smoke test)")
@@ -51,10 +58,20 @@ def run(args: argparse.Namespace) -> int:
         _check(args)
     except ValueError as err:
         return _checks.fail("report", err)
-    res = run_report(args.methods or None, args.problem, tuple(args.nfe), args.out, args.quick,
-                     progress=not args.no_progress, figures=not args.no_figures)
+    res = run_report(
+        args.methods or None,
+        args.problem,
+        tuple(args.nfe),
+        args.out,
+        args.quick,
+        progress=not args.no_progress,
+        figures=not args.no_figures,
+    )
     print(res.table())
     if res.markdown:
-        print(f"\nwrote {res.markdown}" + (f" and {len(res.figures)} figures" if res.figures else "")
-              + f" in {res.seconds:.1f} s")
+        print(
+            f"\nwrote {res.markdown}"
+            + (f" and {len(res.figures)} figures" if res.figures else "")
+            + f" in {res.seconds:.1f} s"
+        )
     return 0 if res.ok else 1

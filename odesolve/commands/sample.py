@@ -49,18 +49,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=10000, help="number of samples (default: 10000)")
     parser.add_argument("--batch", type=int, default=1024, help="samples per batch (default: 1024)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES),
-                        help="dtype of the network's parameters; the state stays in float32 (default: float32)")
-    parser.add_argument("--grid", default="trailing", choices=GRIDS,
-                        help="time grid: trailing integer timesteps as diffusers spaces them (default), steps "
-                             "uniform in log-SNR ('lambda'), or Karras et al.'s rho = 7 ('karras'); each ends "
-                             "with the step to sigma = 0")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(_DTYPES),
+        help="dtype of the network's parameters; the state stays in float32 (default: float32)",
+    )
+    parser.add_argument(
+        "--grid",
+        default="trailing",
+        choices=GRIDS,
+        help="time grid: trailing integer timesteps as diffusers spaces them (default), steps "
+        "uniform in log-SNR ('lambda'), or Karras et al.'s rho = 7 ('karras'); each ends "
+        "with the step to sigma = 0",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default: 0)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: out/MODEL-METHOD-nfeNFE); created if missing")
-    parser.add_argument("--fd", action="store_true",
-                        help="also print the Frechet distance of classifier features to the data (digits only; needs "
-                             "--n above the 128 features)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: out/MODEL-METHOD-nfeNFE); created if missing"
+    )
+    parser.add_argument(
+        "--fd",
+        action="store_true",
+        help="also print the Frechet distance of classifier features to the data (digits only; needs "
+        "--n above the 128 features)",
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -122,11 +134,17 @@ def _save_png(images: torch.Tensor, file: Path, title: str) -> None:
         ax.set_axis_off()
         if i < k:
             img = images[i]
-            ax.imshow(img[0] if img.shape[0] == 1 else img.permute(1, 2, 0), cmap="gray_r", vmin=-1, vmax=1,
-                      interpolation="nearest")
+            ax.imshow(
+                img[0] if img.shape[0] == 1 else img.permute(1, 2, 0),
+                cmap="gray_r",
+                vmin=-1,
+                vmax=1,
+                interpolation="nearest",
+            )
     fig.suptitle(title, fontsize=8)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / fig.get_figheight(), wspace=0.08,
-                        hspace=0.08)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / fig.get_figheight(), wspace=0.08, hspace=0.08
+    )
     fig.savefig(file, dpi=100)
     plt.close(fig)
 
@@ -143,9 +161,11 @@ def _check(args: argparse.Namespace):
             raise _checks.UsageError(f"--fd is defined for the digits model only, got --model {args.model!r}")
         if n <= metrics.DIGITS_FEATURES:
             k = metrics.DIGITS_FEATURES
-            raise _checks.UsageError(f"--fd needs more samples than the classifier has features ({k}) for a "
-                                     f"non-singular covariance: got --n {n}; use --n {k + 1} or more (the "
-                                     f"estimate's bias falls like 1/n)")
+            raise _checks.UsageError(
+                f"--fd needs more samples than the classifier has features ({k}) for a "
+                f"non-singular covariance: got --n {n}; use --n {k + 1} or more (the "
+                f"estimate's bias falls like 1/n)"
+            )
     device = _checks.device(args.device)
     dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
     model = zoo.load(args.model, device=device, dtype=dtype)
@@ -177,9 +197,12 @@ def run(args: argparse.Namespace) -> int:
 
     shape = tuple(zoo.config(args.model)["net"]["shape"])
     x_T = torch.randn((args.n, *shape), generator=torch.Generator().manual_seed(args.seed))
-    print(f"{args.model}: {method.name} (order {method.order}), {steps} steps on the {args.grid} grid, "
-          f"real NFE {plan.calls} (requested {args.nfe}), {args.n} samples, batch {args.batch}, "
-          f"{device}, {args.dtype}", file=sys.stderr)
+    print(
+        f"{args.model}: {method.name} (order {method.order}), {steps} steps on the {args.grid} grid, "
+        f"real NFE {plan.calls} (requested {args.nfe}), {args.n} samples, batch {args.batch}, "
+        f"{device}, {args.dtype}",
+        file=sys.stderr,
+    )
     bar = None
     if getattr(args, "progress", True):
         from tqdm import tqdm
@@ -189,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, args.n, args.batch):
-            xb = x_T[i:i + args.batch].to(device)
+            xb = x_T[i : i + args.batch].to(device)
             chunks.append(execute(plan, model, xb).float().cpu())
             if bar is not None:
                 bar.update(xb.shape[0])
@@ -198,9 +221,20 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     samples = torch.cat(chunks)
 
-    meta = {"model": args.model, "method": method.name, "order": method.order, "nfe": plan.calls,
-            "nfe_requested": args.nfe, "steps": steps, "grid": args.grid, "seed": args.seed, "n": args.n,
-            "device": str(device), "dtype": args.dtype, "seconds": round(seconds, 3)}
+    meta = {
+        "model": args.model,
+        "method": method.name,
+        "order": method.order,
+        "nfe": plan.calls,
+        "nfe_requested": args.nfe,
+        "steps": steps,
+        "grid": args.grid,
+        "seed": args.seed,
+        "n": args.n,
+        "device": str(device),
+        "dtype": args.dtype,
+        "seconds": round(seconds, 3),
+    }
     npz = out / "samples.npz"
     np.savez_compressed(npz, samples=samples.numpy(), times=grid.t.numpy(), meta=json.dumps(meta))
     png = out / "grid.png"

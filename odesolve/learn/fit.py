@@ -67,8 +67,10 @@ class Fitted:
         save(self, path)
 
     def __repr__(self):
-        return (f"Fitted({self.family!r}, init={self.init!r}, nfe={self.nfe}, parameters={self.parameters}, "
-                f"val_loss={self.val_loss:.4g} (from {self.init_val_loss:.4g}), fit {self.fit_seconds:.1f} s)")
+        return (
+            f"Fitted({self.family!r}, init={self.init!r}, nfe={self.nfe}, parameters={self.parameters}, "
+            f"val_loss={self.val_loss:.4g} (from {self.init_val_loss:.4g}), fit {self.fit_seconds:.1f} s)"
+        )
 
 
 def teacher_solve(model: Model, x_T: Tensor, grid: Grid, teacher=None, *, teacher_steps: int = 256) -> Tensor:
@@ -94,11 +96,15 @@ def teacher_solve(model: Model, x_T: Tensor, grid: Grid, teacher=None, *, teache
         with torch.no_grad():
             out = teacher(x)
         if not isinstance(out, Tensor) or out.shape != x.shape:
-            raise ValueError(f"teacher must return a tensor of the starting noise's shape {tuple(x.shape)}, got "
-                             f"{getattr(out, 'shape', type(out).__name__)}")
+            raise ValueError(
+                f"teacher must return a tensor of the starting noise's shape {tuple(x.shape)}, got "
+                f"{getattr(out, 'shape', type(out).__name__)}"
+            )
         return out.detach().to(torch.float64)
-    raise TypeError(f"teacher must be None, 'reference', a registered method name or table, or a callable "
-                    f"x_T -> x_0; got {type(teacher).__name__}")
+    raise TypeError(
+        f"teacher must be None, 'reference', a registered method name or table, or a callable "
+        f"x_T -> x_0; got {type(teacher).__name__}"
+    )
 
 
 def refine(grid: Grid, m: int) -> Grid:
@@ -117,10 +123,25 @@ def _mse(a: Tensor, b: Tensor) -> Tensor:
     return ((a - b) ** 2).mean()
 
 
-def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpmpp-2m", grid: Grid | None = None,
-        teacher=None, x_T_val: Tensor | None = None, *, window: int = 3, iterations: int = 60, epochs: int = 6,
-        teacher_steps: int = 256, restarts: int = 4, select: bool = True, progress: bool = False,
-        callback: Callable[[int, float], None] | None = None) -> Fitted:
+def fit(
+    model: Model,
+    x_T: Tensor,
+    nfe: int = 5,
+    family: str = "grid",
+    init="dpmpp-2m",
+    grid: Grid | None = None,
+    teacher=None,
+    x_T_val: Tensor | None = None,
+    *,
+    window: int = 3,
+    iterations: int = 60,
+    epochs: int = 6,
+    teacher_steps: int = 256,
+    restarts: int = 4,
+    select: bool = True,
+    progress: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+) -> Fitted:
     """Fit a sampler with ``nfe`` model calls to ``model`` from the starting noise ``x_T`` (at ``grid.t[0]``).
 
     Args:
@@ -170,8 +191,10 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
     grid = Grid(grid.path, grid.t.detach())
     plan0 = m.compile(grid.path, grid)
     if plan0.calls != nfe:
-        raise ValueError(f"nfe = {nfe} but {m.name} on the given grid ({grid.steps} steps) makes {plan0.calls} model "
-                         "calls; pass a grid with nfe / calls_per_step steps")
+        raise ValueError(
+            f"nfe = {nfe} but {m.name} on the given grid ({grid.steps} steps) makes {plan0.calls} model "
+            "calls; pass a grid with nfe / calls_per_step steps"
+        )
     if plan0.stochastic:
         raise ValueError(f"init {m.name!r} injects noise; fit a deterministic method")
     x_train, x_val = _split(x_T, x_T_val)
@@ -182,10 +205,12 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
     except (RuntimeError, ValueError, IndexError, TypeError):
         ok = False
     if not ok:
-        raise ValueError(f"x_T: the model does not map starting points of state shape {tuple(x_train.shape[1:])} to "
-                         "outputs of that shape; pass x_T of shape (batch, *state) for this model")
+        raise ValueError(
+            f"x_T: the model does not map starting points of state shape {tuple(x_train.shape[1:])} to "
+            "outputs of that shape; pass x_T of shape (batch, *state) for this model"
+        )
     targets = teacher_solve(model, torch.cat([x_train, x_val]), grid, teacher, teacher_steps=teacher_steps)
-    y_train, y_val = targets[: len(x_train)], targets[len(x_train):]
+    y_train, y_val = targets[: len(x_train)], targets[len(x_train) :]
 
     logits = GridLogits(grid)
     theta = logits.initial.clone().requires_grad_(True)
@@ -224,13 +249,20 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
     # initial one and seeded perturbations of its logits: the loss has local minima); the best on the
     # training noise goes on, then (for "coefficients") everything from there
     def lbfgs(ps):
-        return torch.optim.LBFGS(ps, lr=1.0, max_iter=iterations, history_size=20, line_search_fn="strong_wolfe",
-                                 tolerance_grad=1e-12, tolerance_change=1e-14)
+        return torch.optim.LBFGS(
+            ps,
+            lr=1.0,
+            max_iter=iterations,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-12,
+            tolerance_change=1e-14,
+        )
 
     gen = torch.Generator().manual_seed(0)
-    starts = [theta.detach().clone()] + [theta.detach() + 0.5 * torch.randn(theta.shape, dtype=torch.float64,
-                                                                            generator=gen)
-                                         for _ in range(restarts - 1)]
+    starts = [theta.detach().clone()] + [
+        theta.detach() + 0.5 * torch.randn(theta.shape, dtype=torch.float64, generator=gen) for _ in range(restarts - 1)
+    ]
     history, best = [], [p.detach().clone() for p in params]
     bar = _bar(epochs, progress)
     for epoch in range(epochs):
@@ -242,8 +274,14 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
                 opt = lbfgs([theta])
                 opt.step(closure)
                 if torch.isfinite(theta).all():
-                    found.append((float(mse(x_train, y_train, [theta.detach()] + params[1:]).detach()),
-                                  len(found), theta.detach().clone(), opt))
+                    found.append(
+                        (
+                            float(mse(x_train, y_train, [theta.detach()] + params[1:]).detach()),
+                            len(found),
+                            theta.detach().clone(),
+                            opt,
+                        )
+                    )
             if not found:
                 raise FloatingPointError("fit: every starting grid diverged")
             _, _, start, opt = min(found, key=lambda f: f[:2])
@@ -275,15 +313,40 @@ def fit(model: Model, x_T: Tensor, nfe: int = 5, family: str = "grid", init="dpm
         method, free = m, logits.free
     else:
         plan = dataclasses.replace(plan, grid=g)
-        method = FittedPlan.from_plan(plan, f"fitted-{m.name}-nfe{nfe}", interpolation=m.variable,
-                                      paper="odesolve.learn.fit (coefficients, BNS/S4S-style)")
+        method = FittedPlan.from_plan(
+            plan,
+            f"fitted-{m.name}-nfe{nfe}",
+            interpolation=m.variable,
+            paper="odesolve.learn.fit (coefficients, BNS/S4S-style)",
+        )
         free = logits.free + corr.free
-    settings = {"window": window, "iterations": iterations, "epochs": epochs, "restarts": restarts, "select": select,
-                "teacher": _teacher_name(teacher), "teacher_steps": teacher_steps, "train_size": len(x_train),
-                "val_size": len(x_val), "initial_grid": grid.t.tolist()}
-    return Fitted(family=family, grid=g, method=method, nfe=nfe, init=m.name, parameters=free, train_loss=train,
-                  val_loss=val, init_val_loss=init_val, fit_seconds=time.perf_counter() - t_start,
-                  history=tuple(history), settings=settings, model=repr(model))
+    settings = {
+        "window": window,
+        "iterations": iterations,
+        "epochs": epochs,
+        "restarts": restarts,
+        "select": select,
+        "teacher": _teacher_name(teacher),
+        "teacher_steps": teacher_steps,
+        "train_size": len(x_train),
+        "val_size": len(x_val),
+        "initial_grid": grid.t.tolist(),
+    }
+    return Fitted(
+        family=family,
+        grid=g,
+        method=method,
+        nfe=nfe,
+        init=m.name,
+        parameters=free,
+        train_loss=train,
+        val_loss=val,
+        init_val_loss=init_val,
+        fit_seconds=time.perf_counter() - t_start,
+        history=tuple(history),
+        settings=settings,
+        model=repr(model),
+    )
 
 
 def _split(x_T, x_T_val) -> tuple[Tensor, Tensor]:
@@ -291,8 +354,9 @@ def _split(x_T, x_T_val) -> tuple[Tensor, Tensor]:
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of starting noise, got {type(x).__name__}")
         if not x.is_floating_point() or x.ndim < 2:
-            raise ValueError(f"{name} must be a floating tensor of shape (batch, *state), got {x.dtype} "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must be a floating tensor of shape (batch, *state), got {x.dtype} {tuple(x.shape)}"
+            )
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} must be finite")
         return x.detach().to(torch.float64)
@@ -302,11 +366,12 @@ def _split(x_T, x_T_val) -> tuple[Tensor, Tensor]:
         n_val = len(x_T) // 4
         if n_val < 1:
             raise ValueError(f"x_T must hold at least 4 starting points when x_T_val is not given, got {len(x_T)}")
-        return x_T[: len(x_T) - n_val], x_T[len(x_T) - n_val:]
+        return x_T[: len(x_T) - n_val], x_T[len(x_T) - n_val :]
     x_T_val = check(x_T_val, "x_T_val")
     if x_T_val.shape[1:] != x_T.shape[1:]:
-        raise ValueError(f"x_T_val must have the state shape of x_T {tuple(x_T.shape[1:])}, got "
-                         f"{tuple(x_T_val.shape[1:])}")
+        raise ValueError(
+            f"x_T_val must have the state shape of x_T {tuple(x_T.shape[1:])}, got {tuple(x_T_val.shape[1:])}"
+        )
     return x_T, x_T_val
 
 

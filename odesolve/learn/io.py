@@ -20,8 +20,10 @@ from .fit import Fitted
 __all__ = ["FORMAT", "load", "save"]
 
 FORMAT = "odesolve.learn/1"
-_PATHS = {c.__name__: c for c in (_paths.EDM, _paths.VE, _paths.VPLinear, _paths.VPCosine, _paths.VPDiscrete,
-                                   _paths.FlowMatching)}
+_PATHS = {
+    c.__name__: c
+    for c in (_paths.EDM, _paths.VE, _paths.VPLinear, _paths.VPCosine, _paths.VPDiscrete, _paths.FlowMatching)
+}
 
 
 def _path_to_json(path: _paths.Path) -> dict:
@@ -57,14 +59,28 @@ def save(fitted: Fitted, file) -> None:
         method = {"kind": "plan", **fields}
     else:
         if _methods.get(m.name) is not m:
-            raise ValueError(f"method {m.name!r} is not the registered table of that name; only registered methods "
-                             "and FittedPlan tables can be saved")
+            raise ValueError(
+                f"method {m.name!r} is not the registered table of that name; only registered methods "
+                "and FittedPlan tables can be saved"
+            )
         method = {"kind": "registered", "name": m.name}
-    doc = {"format": FORMAT, "family": fitted.family, "init": fitted.init, "nfe": fitted.nfe,
-           "path": _path_to_json(fitted.grid.path), "grid": fitted.grid.t.tolist(), "method": method,
-           "parameters": fitted.parameters, "train_loss": fitted.train_loss, "val_loss": fitted.val_loss,
-           "init_val_loss": fitted.init_val_loss, "fit_seconds": fitted.fit_seconds,
-           "history": list(fitted.history), "settings": fitted.settings, "model": fitted.model}
+    doc = {
+        "format": FORMAT,
+        "family": fitted.family,
+        "init": fitted.init,
+        "nfe": fitted.nfe,
+        "path": _path_to_json(fitted.grid.path),
+        "grid": fitted.grid.t.tolist(),
+        "method": method,
+        "parameters": fitted.parameters,
+        "train_loss": fitted.train_loss,
+        "val_loss": fitted.val_loss,
+        "init_val_loss": fitted.init_val_loss,
+        "fit_seconds": fitted.fit_seconds,
+        "history": list(fitted.history),
+        "settings": fitted.settings,
+        "model": fitted.model,
+    }
     FsPath(file).write_text(json.dumps(doc, indent=1, allow_nan=False))
 
 
@@ -88,7 +104,18 @@ def load(file) -> Fitted:
         method = FittedPlan(path=path, **spec)
     else:
         raise ValueError(f"{file}: unknown method kind {kind!r}")
-    return Fitted(family=doc["family"], grid=grid, method=method, nfe=doc["nfe"], init=doc["init"],
-                  parameters=doc["parameters"], train_loss=doc["train_loss"], val_loss=doc["val_loss"],
-                  init_val_loss=doc["init_val_loss"], fit_seconds=doc["fit_seconds"],
-                  history=tuple(doc["history"]), settings=doc["settings"], model=doc["model"])
+    return Fitted(
+        family=doc["family"],
+        grid=grid,
+        method=method,
+        nfe=doc["nfe"],
+        init=doc["init"],
+        parameters=doc["parameters"],
+        train_loss=doc["train_loss"],
+        val_loss=doc["val_loss"],
+        init_val_loss=doc["init_val_loss"],
+        fit_seconds=doc["fit_seconds"],
+        history=tuple(doc["history"]),
+        settings=doc["settings"],
+        model=doc["model"],
+    )

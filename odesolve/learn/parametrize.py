@@ -39,7 +39,7 @@ class GridLogits:
         self.t = grid.t.detach()
         self.free_end = self.b < grid.steps and bool(torch.isposinf(lam[-1]))
         self.lam_a, self.span = lam[self.a], lam[self.b] - lam[self.a]
-        steps = torch.log(lam[self.a + 1: self.b + 1] - lam[self.a: self.b])
+        steps = torch.log(lam[self.a + 1 : self.b + 1] - lam[self.a : self.b])
         self.initial = torch.cat([steps, torch.zeros(int(self.free_end), dtype=torch.float64)])
 
     @property
@@ -55,11 +55,13 @@ class GridLogits:
         frac = torch.cumsum(torch.softmax(theta[:n], 0), 0)
         frac = frac if self.free_end else frac[:-1]
         inner = self.path.t_of_lambda(self.lam_a + span * frac)
-        rest = self.t[self.b + 1:] if self.free_end else self.t[self.b:]
+        rest = self.t[self.b + 1 :] if self.free_end else self.t[self.b :]
         g = Grid(self.path, torch.cat([self.t[: self.a + 1], inner, rest]))
         if g.steps != self.t.numel() - 1:
-            raise ValueError(f"the grid's times collapsed in float64 (steps {self.t.numel() - 1} -> {g.steps}): "
-                             f"{g.t.detach().tolist()}")
+            raise ValueError(
+                f"the grid's times collapsed in float64 (steps {self.t.numel() - 1} -> {g.steps}): "
+                f"{g.t.detach().tolist()}"
+            )
         return g
 
 
@@ -104,4 +106,5 @@ class RowCorrection:
         return dataclasses.replace(
             plan,
             update_hist=self._pad(plan.update_hist) + self.update_scale * self._centred(update, self.update_mask),
-            input_hist=self._pad(plan.input_hist) + self.input_scale * self._centred(inputs, self.input_mask))
+            input_hist=self._pad(plan.input_hist) + self.input_scale * self._centred(inputs, self.input_mask),
+        )

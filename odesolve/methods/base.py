@@ -135,8 +135,10 @@ class Method:
             raise ValueError(f"grid was built for {grid.path!r}, not for path {path!r}")
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise TypeError(f"{self.name} does not take the options {unknown}; the options it accepts: "
-                            f"{list(self.options) or 'none'} (method.options)")
+            raise TypeError(
+                f"{self.name} does not take the options {unknown}; the options it accepts: "
+                f"{list(self.options) or 'none'} (method.options)"
+            )
         key = None
         if not grid.t.requires_grad:
             key = (self, path, grid.t.numpy().tobytes(), tuple(sorted(options.items())))
@@ -213,12 +215,15 @@ class Geometry:
 def refuse_alpha_zero_start(method: Method, g: Geometry):
     """eps-prediction methods are undefined at alpha = 0 (x = sigma eps carries no information on x0)."""
     if method.prediction == "eps" and g.alpha_zero_start:
-        raise ValueError(f"grid starts at alpha = 0 (zero terminal SNR), where {method.name!r}, a noise-prediction "
-                         "method, is undefined; use a data-prediction method (ddim, dpmpp-*, unipc-*)")
+        raise ValueError(
+            f"grid starts at alpha = 0 (zero terminal SNR), where {method.name!r}, a noise-prediction "
+            "method, is undefined; use a data-prediction method (ddim, dpmpp-*, unipc-*)"
+        )
 
 
 def fraction_rows(name: str, what: str, rows):
     """Nested tuples of exact rationals (int or Fraction entries); floats are refused."""
+
     def conv(v):
         if isinstance(v, (tuple, list)):
             return tuple(conv(u) for u in v)

@@ -36,8 +36,10 @@ class RungeKutta(Method):
     def __post_init__(self):
         super().__post_init__()
         if self.prediction != "eps":
-            raise ValueError(f"{self.name}: a Runge-Kutta table in (rho, x/alpha) integrates eps; prediction must "
-                             f"be 'eps', got {self.prediction!r}")
+            raise ValueError(
+                f"{self.name}: a Runge-Kutta table in (rho, x/alpha) integrates eps; prediction must "
+                f"be 'eps', got {self.prediction!r}"
+            )
         for what in ("c", "a", "b"):
             object.__setattr__(self, what, fraction_rows(self.name, what, getattr(self, what)))
         s = len(self.c)
@@ -141,17 +143,25 @@ class FixedAdams(Method):
     def __post_init__(self):
         super().__post_init__()
         if self.prediction != "eps":
-            raise ValueError(f"{self.name}: Adams-Bashforth in (rho, x/alpha) integrates eps; prediction must be "
-                             f"'eps', got {self.prediction!r}")
-        if isinstance(self.steps_back, bool) or not isinstance(self.steps_back, int) or \
-                not 1 <= self.steps_back <= self.MAX_STEPS_BACK:
-            raise ValueError(f"{self.name}: steps_back must be an integer in [1, {self.MAX_STEPS_BACK}], "
-                             f"got {self.steps_back!r}")
+            raise ValueError(
+                f"{self.name}: Adams-Bashforth in (rho, x/alpha) integrates eps; prediction must be "
+                f"'eps', got {self.prediction!r}"
+            )
+        if (
+            isinstance(self.steps_back, bool)
+            or not isinstance(self.steps_back, int)
+            or not 1 <= self.steps_back <= self.MAX_STEPS_BACK
+        ):
+            raise ValueError(
+                f"{self.name}: steps_back must be an integer in [1, {self.MAX_STEPS_BACK}], got {self.steps_back!r}"
+            )
         if self.warmup not in WARMUPS:
             raise ValueError(f"{self.name}: warmup must be one of {WARMUPS}, got {self.warmup!r}")
         if self.order > min(self.steps_back, 2):
-            raise ValueError(f"{self.name}: equal-step coefficients keep at most order {min(self.steps_back, 2)} "
-                             f"on non-uniform grids, got order {self.order}")
+            raise ValueError(
+                f"{self.name}: equal-step coefficients keep at most order {min(self.steps_back, 2)} "
+                f"on non-uniform grids, got order {self.order}"
+            )
 
     @property
     def history(self) -> int:
@@ -194,15 +204,36 @@ class FixedAdams(Method):
 
 
 EULER = RungeKutta("euler", order=1, paper="Euler in (rho, x/alpha); = DDIM (Karras et al. 2022)")
-HEUN = RungeKutta("heun", order=2, c=(Fr(0), Fr(1)), a=((Fr(1),),), b=(Fr(1, 2), Fr(1, 2)),
-             paper="Karras et al., EDM, NeurIPS 2022, Alg. 1 (2nd-order Heun; Euler on the step to sigma = 0)")
-RK4 = RungeKutta("rk4", order=4, c=(Fr(0), Fr(1, 2), Fr(1, 2), Fr(1)),
-                 a=((Fr(1, 2),), (Fr(0), Fr(1, 2)), (Fr(0), Fr(0), Fr(1))), b=(Fr(1, 6), Fr(1, 3), Fr(1, 3), Fr(1, 6)),
-                 paper="classical RK4 in (rho, x/alpha) (DEIS rhoRK, Zhang & Chen 2023)")
-IPNDM = FixedAdams("ipndm", order=2, steps_back=4, warmup="lower",
-                   paper="Zhang & Chen, DEIS, ICLR 2023 (improved PNDM): AB4 with AB1-3 warm-up")
-PLMS = FixedAdams("plms", order=2, steps_back=4, warmup="heun",
-                  paper="Liu et al., PNDM, ICLR 2022: pseudo linear multistep (AB4 in the DDIM transfer)")
+HEUN = RungeKutta(
+    "heun",
+    order=2,
+    c=(Fr(0), Fr(1)),
+    a=((Fr(1),),),
+    b=(Fr(1, 2), Fr(1, 2)),
+    paper="Karras et al., EDM, NeurIPS 2022, Alg. 1 (2nd-order Heun; Euler on the step to sigma = 0)",
+)
+RK4 = RungeKutta(
+    "rk4",
+    order=4,
+    c=(Fr(0), Fr(1, 2), Fr(1, 2), Fr(1)),
+    a=((Fr(1, 2),), (Fr(0), Fr(1, 2)), (Fr(0), Fr(0), Fr(1))),
+    b=(Fr(1, 6), Fr(1, 3), Fr(1, 3), Fr(1, 6)),
+    paper="classical RK4 in (rho, x/alpha) (DEIS rhoRK, Zhang & Chen 2023)",
+)
+IPNDM = FixedAdams(
+    "ipndm",
+    order=2,
+    steps_back=4,
+    warmup="lower",
+    paper="Zhang & Chen, DEIS, ICLR 2023 (improved PNDM): AB4 with AB1-3 warm-up",
+)
+PLMS = FixedAdams(
+    "plms",
+    order=2,
+    steps_back=4,
+    warmup="heun",
+    paper="Liu et al., PNDM, ICLR 2022: pseudo linear multistep (AB4 in the DDIM transfer)",
+)
 
 TABLES = [HEUN, RK4, IPNDM, PLMS]
 ALIASED = ((EULER, "dpm-solver-1"),)  # one stage: Euler in rho is the DDIM update of eps

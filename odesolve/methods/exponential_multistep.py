@@ -86,8 +86,10 @@ class ExponentialMultistep(Method):
         if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1:
             raise ValueError(f"{self.name}: nodes must be a positive integer, got {self.nodes!r}")
         if self.variable != "lambda" and (self.prediction != "eps" or self.corrector or self.weights or self.warmup):
-            raise ValueError(f"{self.name}: interpolation in {self.variable} is defined for eps prediction with exact "
-                             "weights, no corrector and no warm-up table")
+            raise ValueError(
+                f"{self.name}: interpolation in {self.variable} is defined for eps prediction with exact "
+                "weights, no corrector and no warm-up table"
+            )
         if self.warmup is not None:
             if not isinstance(self.warmup, ExponentialRK) or self.warmup.prediction != self.prediction:
                 raise ValueError(f"{self.name}: the warm-up must be an ExponentialRK table with the same prediction")
@@ -99,14 +101,17 @@ class ExponentialMultistep(Method):
                 raise TypeError(f"{self.name}: weights must be rows (nodes m, term i, Weight), got {row!r}")
             m, i, _ = row
             if not (isinstance(m, int) and isinstance(i, int) and 1 <= i < m):
-                raise ValueError(f"{self.name}: a weight row must replace a term 1 <= i < m of an m-node formula "
-                                 f"(term 0, chi_1, is what makes the step exact for constants), got m={m}, i={i}")
+                raise ValueError(
+                    f"{self.name}: a weight row must replace a term 1 <= i < m of an m-node formula "
+                    f"(term 0, chi_1, is what makes the step exact for constants), got m={m}, i={i}"
+                )
             if (m, i) in seen:
                 raise ValueError(f"{self.name}: two weight rows for term {i} of the {m}-node formula")
             seen.add((m, i))
         if self.order > self.nodes + int(self.corrector):
-            raise ValueError(f"{self.name}: order {self.order} exceeds nodes + corrector = "
-                             f"{self.nodes + int(self.corrector)}")
+            raise ValueError(
+                f"{self.name}: order {self.order} exceeds nodes + corrector = {self.nodes + int(self.corrector)}"
+            )
 
     @property
     def history(self) -> int:
@@ -233,7 +238,7 @@ class ExponentialMultistep(Method):
             ell = torch.ones_like(u)
             for o in range(m):
                 if o != j:
-                    ell = ell * (u - x[:, o:o + 1]) / (x[:, j:j + 1] - x[:, o:o + 1])
+                    ell = ell * (u - x[:, o : o + 1]) / (x[:, j : j + 1] - x[:, o : o + 1])
             out.append((quad * ell).sum(1))
         pieces = torch.stack(out, 1)
         return torch.zeros(M, m, dtype=torch.float64).index_add(0, owner, pieces)
@@ -243,45 +248,122 @@ def _family():
     P = "Lu et al., DPM-Solver++, 2022"
     U = "Zhao et al., UniPC, NeurIPS 2023"
     tables = [
-        ExponentialMultistep("dpmpp-2m", order=2, prediction="x0", nodes=2, weights=MIDPOINT,
-                             paper=f"{P}, Alg. 2 (k-diffusion sample_dpmpp_2m, diffusers solver_type='midpoint')"),
-        ExponentialMultistep("dpmpp-2m-taylor", order=2, prediction="x0", nodes=2,
-                             paper=f"{P}, Taylor weight h phi_2(-h) (diffusers solver_type='heun')"),
-        ExponentialMultistep("dpmpp-3m", order=2, prediction="x0", nodes=3, weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
-                             paper=f"{P}; the published 3rd-order multistep update: its D2 weight is half the "
-                                   "Taylor value, so it is second order"),
-        ExponentialMultistep("dpmpp-3m-corrected", order=3, prediction="x0", nodes=3, warmup=DPMPP_2S,
-                             paper=f"{P}, 3M with the Taylor-consistent D2 weight and a DPM-Solver++(2S) first "
-                                   "step, so that the warm-up keeps order 3 (one extra model call)"),
-        ExponentialMultistep("dpm-solver-2m", order=2, prediction="eps", nodes=2, weights=MIDPOINT,
-                             paper="Lu et al. 2022, multistep, eps prediction (diffusers algorithm_type='dpmsolver')"),
-        ExponentialMultistep("dpm-solver-3m", order=2, prediction="eps", nodes=3,
-                             weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
-                             paper="Lu et al. 2022, multistep eps-prediction form, 3rd-order update as published "
-                                   "(second order)"),
+        ExponentialMultistep(
+            "dpmpp-2m",
+            order=2,
+            prediction="x0",
+            nodes=2,
+            weights=MIDPOINT,
+            paper=f"{P}, Alg. 2 (k-diffusion sample_dpmpp_2m, diffusers solver_type='midpoint')",
+        ),
+        ExponentialMultistep(
+            "dpmpp-2m-taylor",
+            order=2,
+            prediction="x0",
+            nodes=2,
+            paper=f"{P}, Taylor weight h phi_2(-h) (diffusers solver_type='heun')",
+        ),
+        ExponentialMultistep(
+            "dpmpp-3m",
+            order=2,
+            prediction="x0",
+            nodes=3,
+            weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
+            paper=f"{P}; the published 3rd-order multistep update: its D2 weight is half the "
+            "Taylor value, so it is second order",
+        ),
+        ExponentialMultistep(
+            "dpmpp-3m-corrected",
+            order=3,
+            prediction="x0",
+            nodes=3,
+            warmup=DPMPP_2S,
+            paper=f"{P}, 3M with the Taylor-consistent D2 weight and a DPM-Solver++(2S) first "
+            "step, so that the warm-up keeps order 3 (one extra model call)",
+        ),
+        ExponentialMultistep(
+            "dpm-solver-2m",
+            order=2,
+            prediction="eps",
+            nodes=2,
+            weights=MIDPOINT,
+            paper="Lu et al. 2022, multistep, eps prediction (diffusers algorithm_type='dpmsolver')",
+        ),
+        ExponentialMultistep(
+            "dpm-solver-3m",
+            order=2,
+            prediction="eps",
+            nodes=3,
+            weights=MIDPOINT + HALF_SECOND_DIFFERENCE,
+            paper="Lu et al. 2022, multistep eps-prediction form, 3rd-order update as published (second order)",
+        ),
     ]
     for bh in ("bh1", "bh2"):
         two = BH1 if bh == "bh1" else MIDPOINT
         for p in (1, 2, 3):
-            tables.append(ExponentialMultistep(f"unipc-{bh}-{p}", order=min(p + 1, 3), prediction="x0", nodes=p,
-                                               weights=two, corrector=True,
-                                               paper=f"{U}: UniP-{p} predictor with the UniC corrector, B(h) {bh}"))
-            tables.append(ExponentialMultistep(f"unip-{bh}-{p}", order=min(p, 2), prediction="x0", nodes=p, weights=two,
-                                               paper=f"{U}: UniP-{p} predictor alone, B(h) {bh}"))
+            tables.append(
+                ExponentialMultistep(
+                    f"unipc-{bh}-{p}",
+                    order=min(p + 1, 3),
+                    prediction="x0",
+                    nodes=p,
+                    weights=two,
+                    corrector=True,
+                    paper=f"{U}: UniP-{p} predictor with the UniC corrector, B(h) {bh}",
+                )
+            )
+            tables.append(
+                ExponentialMultistep(
+                    f"unip-{bh}-{p}",
+                    order=min(p, 2),
+                    prediction="x0",
+                    nodes=p,
+                    weights=two,
+                    paper=f"{U}: UniP-{p} predictor alone, B(h) {bh}",
+                )
+            )
     for p in (1, 2, 3):
-        tables.append(ExponentialMultistep(f"deis-{p}", order=min(p, 2), prediction="eps", nodes=p, variable="t",
-                                           paper="Zhang & Chen, DEIS, ICLR 2023: tAB, Lagrange in t, exact "
-                                                 "exponential weights"))
-        tables.append(ExponentialMultistep(f"lms-{p}", order=min(p, 2), prediction="eps", nodes=p, variable="rho",
-                                           paper="variable-step Adams-Bashforth in sigma/alpha on eps (k-diffusion "
-                                                 "sample_lms; DEIS rhoAB)"))
+        tables.append(
+            ExponentialMultistep(
+                f"deis-{p}",
+                order=min(p, 2),
+                prediction="eps",
+                nodes=p,
+                variable="t",
+                paper="Zhang & Chen, DEIS, ICLR 2023: tAB, Lagrange in t, exact exponential weights",
+            )
+        )
+        tables.append(
+            ExponentialMultistep(
+                f"lms-{p}",
+                order=min(p, 2),
+                prediction="eps",
+                nodes=p,
+                variable="rho",
+                paper="variable-step Adams-Bashforth in sigma/alpha on eps (k-diffusion sample_lms; DEIS rhoAB)",
+            )
+        )
     for p in (1, 2, 3):
-        tables.append(ExponentialMultistep(f"deis-logrho-{p}", order=min(p, 2), prediction="eps", nodes=p,
-                                           paper="diffusers' DEISMultistepScheduler (algorithm 'deis', log-rho): "
-                                                 "Lagrange in lambda = -log rho, exact weights, eps-prediction form"))
-    tables.append(ExponentialMultistep("lms-4", order=2, prediction="eps", nodes=4, variable="rho",
-                                       paper="variable-step Adams-Bashforth in sigma/alpha on eps, 4 nodes "
-                                             "(k-diffusion sample_lms default order)"))
+        tables.append(
+            ExponentialMultistep(
+                f"deis-logrho-{p}",
+                order=min(p, 2),
+                prediction="eps",
+                nodes=p,
+                paper="diffusers' DEISMultistepScheduler (algorithm 'deis', log-rho): "
+                "Lagrange in lambda = -log rho, exact weights, eps-prediction form",
+            )
+        )
+    tables.append(
+        ExponentialMultistep(
+            "lms-4",
+            order=2,
+            prediction="eps",
+            nodes=4,
+            variable="rho",
+            paper="variable-step Adams-Bashforth in sigma/alpha on eps, 4 nodes (k-diffusion sample_lms default order)",
+        )
+    )
     return tables
 
 

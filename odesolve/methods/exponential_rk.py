@@ -50,8 +50,10 @@ class ExponentialRK(Method):
             for l in range(max(len(cf) for cf in row)):
                 total = sum(cf[l] for cf in row if len(cf) > l)
                 if total != (1 if l == 0 else 0):
-                    raise ValueError(f"{self.name}: the chi_{l + 1} weights of {where} sum to {total}, not "
-                                     f"{1 if l == 0 else 0} (the row must be exact for a constant output)")
+                    raise ValueError(
+                        f"{self.name}: the chi_{l + 1} weights of {where} sum to {total}, not "
+                        f"{1 if l == 0 else 0} (the row must be exact for a constant output)"
+                    )
         if self.order > s:
             raise ValueError(f"{self.name}: order {self.order} exceeds the number of stages {s}")
 
@@ -131,25 +133,65 @@ def ddim_rows(rows: Rows, g, n: torch.Tensor, k: torch.Tensor, prediction: str):
 
 
 h2 = Fr(1, 2)
-DDIM = ExponentialRK("ddim", order=1, prediction="x0", c=(Fr(0),), a=(), b=((Fr(1),),),
-                     paper="Song, Meng & Ermon, DDIM, ICLR 2021; = DPM-Solver-1 (Lu et al. 2022), exponential Euler")
-DPM_SOLVER_1 = ExponentialRK("dpm-solver-1", order=1, prediction="eps", c=(Fr(0),), a=(), b=((Fr(1),),),
-                             paper="Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (eps-prediction form of DDIM)")
+DDIM = ExponentialRK(
+    "ddim",
+    order=1,
+    prediction="x0",
+    c=(Fr(0),),
+    a=(),
+    b=((Fr(1),),),
+    paper="Song, Meng & Ermon, DDIM, ICLR 2021; = DPM-Solver-1 (Lu et al. 2022), exponential Euler",
+)
+DPM_SOLVER_1 = ExponentialRK(
+    "dpm-solver-1",
+    order=1,
+    prediction="eps",
+    c=(Fr(0),),
+    a=(),
+    b=((Fr(1),),),
+    paper="Lu et al., DPM-Solver, NeurIPS 2022, eq. 3.7 (eps-prediction form of DDIM)",
+)
 # DPM-Solver-2 with r1 = 1/2 (Lu et al. 2022, Alg. 4): u = DDIM to the lambda-midpoint, then
 # x_t = alpha_t/alpha_s x_s - sigma_t (e^h - 1) eps(u): the eps_s weight (1 - 1/(2 r1)) vanishes.
-DPM_SOLVER_2 = ExponentialRK("dpm-solver-2", order=2, prediction="eps", c=(Fr(0), h2), a=(((Fr(1),),),),
-                             b=((Fr(0),), (Fr(1),)), paper="Lu et al., DPM-Solver, NeurIPS 2022, Alg. 4 (r1 = 1/2)")
-DPMPP_2S = ExponentialRK("dpmpp-2s", order=2, prediction="x0", c=(Fr(0), h2), a=(((Fr(1),),),),
-                         b=((Fr(0),), (Fr(1),)), paper="Lu et al., DPM-Solver++, 2022, Alg. 1 (r = 1/2)")
+DPM_SOLVER_2 = ExponentialRK(
+    "dpm-solver-2",
+    order=2,
+    prediction="eps",
+    c=(Fr(0), h2),
+    a=(((Fr(1),),),),
+    b=((Fr(0),), (Fr(1),)),
+    paper="Lu et al., DPM-Solver, NeurIPS 2022, Alg. 4 (r1 = 1/2)",
+)
+DPMPP_2S = ExponentialRK(
+    "dpmpp-2s",
+    order=2,
+    prediction="x0",
+    c=(Fr(0), h2),
+    a=(((Fr(1),),),),
+    b=((Fr(0),), (Fr(1),)),
+    paper="Lu et al., DPM-Solver++, 2022, Alg. 1 (r = 1/2)",
+)
 # DPM-Solver-3 (Lu et al. 2022, Alg. 5) with r1 = 1/3, r2 = 2/3:
 #   u2 uses (r2/r1) chi_2(r2 h) (eps(u1) - eps_s); x_t uses (1/r2) chi_2(h) (eps(u2) - eps_s).
 _R1, _R2 = Fr(1, 3), Fr(2, 3)
-_DPM3 = {"c": (Fr(0), _R1, _R2),
-             "a": (((Fr(1),),), ((Fr(1), -_R2 / _R1), (Fr(0), _R2 / _R1))),
-             "b": ((Fr(1), -1 / _R2), (Fr(0),), (Fr(0), 1 / _R2))}
-DPM_SOLVER_3 = ExponentialRK("dpm-solver-3", order=3, prediction="eps", **_DPM3,
-                             paper="Lu et al., DPM-Solver, NeurIPS 2022, Alg. 5 (r1 = 1/3, r2 = 2/3)")
-DPMPP_3S = ExponentialRK("dpmpp-3s", order=3, prediction="x0", **_DPM3,
-                         paper="Lu et al., DPM-Solver++, 2022, App. (singlestep 3rd order, x0-prediction form)")
+_DPM3 = {
+    "c": (Fr(0), _R1, _R2),
+    "a": (((Fr(1),),), ((Fr(1), -_R2 / _R1), (Fr(0), _R2 / _R1))),
+    "b": ((Fr(1), -1 / _R2), (Fr(0),), (Fr(0), 1 / _R2)),
+}
+DPM_SOLVER_3 = ExponentialRK(
+    "dpm-solver-3",
+    order=3,
+    prediction="eps",
+    **_DPM3,
+    paper="Lu et al., DPM-Solver, NeurIPS 2022, Alg. 5 (r1 = 1/3, r2 = 2/3)",
+)
+DPMPP_3S = ExponentialRK(
+    "dpmpp-3s",
+    order=3,
+    prediction="x0",
+    **_DPM3,
+    paper="Lu et al., DPM-Solver++, 2022, App. (singlestep 3rd order, x0-prediction form)",
+)
 
 TABLES = [DDIM, DPM_SOLVER_1, DPM_SOLVER_2, DPMPP_2S, DPM_SOLVER_3, DPMPP_3S]

@@ -55,23 +55,34 @@ class FittedPlan(Method):
             raise ValueError(f"{self.name}: times must hold at least one call time")
         for field in ("step", "input_state", "update_state", "input_hist", "update_hist"):
             if len(getattr(self, field)) != K:
-                raise ValueError(f"{self.name}: {field} must have one entry per call ({K}), got "
-                                 f"{len(getattr(self, field))}")
+                raise ValueError(
+                    f"{self.name}: {field} must have one entry per call ({K}), got {len(getattr(self, field))}"
+                )
         W = {len(r) for r in (*self.input_hist, *self.update_hist)}
         if len(W) != 1 or 0 in W:
-            raise ValueError(f"{self.name}: input_hist and update_hist rows must all have one length >= 1, got "
-                             f"lengths {sorted(W)}")
-        values = [*self.grid_times, *self.times, *self.input_state, *self.update_state,
-                  *(v for r in (*self.input_hist, *self.update_hist) for v in r)]
+            raise ValueError(
+                f"{self.name}: input_hist and update_hist rows must all have one length >= 1, got lengths {sorted(W)}"
+            )
+        values = [
+            *self.grid_times,
+            *self.times,
+            *self.input_state,
+            *self.update_state,
+            *(v for r in (*self.input_hist, *self.update_hist) for v in r),
+        ]
         if not all(isinstance(v, float) and math.isfinite(v) for v in values):
             raise ValueError(f"{self.name}: every time and coefficient must be a finite float")
         if any(r[0] != 0.0 for r in self.input_hist):
             raise ValueError(f"{self.name}: input_hist[k][0] must be 0 (a call cannot use its own output)")
         steps = len(self.grid_times) - 1
-        if steps < 1 or any(not isinstance(s, int) or not 0 <= s < steps for s in self.step) \
-                or list(self.step) != sorted(self.step):
-            raise ValueError(f"{self.name}: step must be non-decreasing grid-step indices in [0, {steps}), got "
-                             f"{list(self.step)}")
+        if (
+            steps < 1
+            or any(not isinstance(s, int) or not 0 <= s < steps for s in self.step)
+            or list(self.step) != sorted(self.step)
+        ):
+            raise ValueError(
+                f"{self.name}: step must be non-decreasing grid-step indices in [0, {steps}), got {list(self.step)}"
+            )
         if self.interpolation not in ("lambda", "rho", "t"):
             raise ValueError(f"{self.name}: interpolation must be 'lambda', 'rho' or 't', got {self.interpolation!r}")
         Grid(self.path, torch.tensor(self.grid_times, dtype=torch.float64))  # decreasing, in the path's domain
@@ -108,18 +119,29 @@ class FittedPlan(Method):
         if plan.stochastic:
             raise ValueError(f"plan {plan.method!r} injects noise; a FittedPlan holds deterministic plans only")
         rows = lambda v: tuple(tuple(r) for r in v.detach().tolist())
-        return cls(name=name, prediction=plan.prediction, paper=paper, path=plan.path,
-                   grid_times=tuple(plan.grid.t.detach().tolist()), times=tuple(plan.times.detach().tolist()),
-                   step=tuple(plan.step.tolist()), input_state=tuple(plan.input_state.detach().tolist()),
-                   input_hist=rows(plan.input_hist), update_state=tuple(plan.update_state.detach().tolist()),
-                   update_hist=rows(plan.update_hist), interpolation=interpolation)
+        return cls(
+            name=name,
+            prediction=plan.prediction,
+            paper=paper,
+            path=plan.path,
+            grid_times=tuple(plan.grid.t.detach().tolist()),
+            times=tuple(plan.times.detach().tolist()),
+            step=tuple(plan.step.tolist()),
+            input_state=tuple(plan.input_state.detach().tolist()),
+            input_hist=rows(plan.input_hist),
+            update_state=tuple(plan.update_state.detach().tolist()),
+            update_hist=rows(plan.update_hist),
+            interpolation=interpolation,
+        )
 
     def _rows(self, g: Geometry) -> Rows:
         mine = torch.tensor(self.grid_times, dtype=torch.float64)
         if g.path != self.path or not torch.equal(g.t.detach(), mine):
-            raise ValueError(f"{self.name} was fitted on one grid and compiles only for it (fitted.grid, "
-                             f"{len(mine) - 1} steps, times {[float(v) for v in mine]}); got {g.grid!r} with times "
-                             f"{g.t.detach().tolist()}")
+            raise ValueError(
+                f"{self.name} was fitted on one grid and compiles only for it (fitted.grid, "
+                f"{len(mine) - 1} steps, times {[float(v) for v in mine]}); got {g.grid!r} with times "
+                f"{g.t.detach().tolist()}"
+            )
         K, W = len(self.times), len(self.update_hist[0])
         rows = Rows(K)
         k = torch.arange(K)

@@ -176,15 +176,18 @@ class SpectralMixture:
 
     def to(self, device) -> SpectralMixture:
         """The same mixture with its tensors on ``device``."""
-        return self._from_spectral(*(v.to(device) for v in (self._weights, self._means, self._V, self._ev, self._floor)))
+        return self._from_spectral(
+            *(v.to(device) for v in (self._weights, self._means, self._V, self._ev, self._floor))
+        )
 
     def _params(self, device) -> _Params:
         key = torch.device(device)
         if key not in self._cache:
             w, mu, V, ev, f = (v.to(key) for v in (self._weights, self._means, self._V, self._ev, self._floor))
             K, d, r = V.shape
-            self._cache[key] = _Params(torch.log(w), mu, V, ev, f, torch.einsum("kd,kdr->kr", mu, V),
-                                       V.permute(1, 0, 2).reshape(d, K * r))
+            self._cache[key] = _Params(
+                torch.log(w), mu, V, ev, f, torch.einsum("kd,kdr->kr", mu, V), V.permute(1, 0, 2).reshape(d, K * r)
+            )
         return self._cache[key]
 
     def marginal(self, t, path: Path) -> SpectralMixture:
@@ -196,8 +199,9 @@ class SpectralMixture:
         a, s = path.alpha(t).item(), path.sigma(t).item()
         if not (math.isfinite(a) and math.isfinite(s)):
             raise ValueError(f"t must give finite alpha and sigma, got alpha={a}, sigma={s}")
-        return self._from_spectral(self._weights, a * self._means, self._V, a * a * self._ev + s * s,
-                                   a * a * self._floor + s * s)
+        return self._from_spectral(
+            self._weights, a * self._means, self._V, a * a * self._ev + s * s, a * a * self._floor + s * s
+        )
 
     # -- inputs ------------------------------------------------------------------------------------
     def _check_x(self, x, name: str = "x") -> Tensor:
@@ -270,7 +274,9 @@ class SpectralMixture:
         la, ls = self._log_coefficients(x, t, path)
         return torch.logsumexp(self._state(x, la, ls).logits, dim=1)
 
-    def responsibilities(self, x: Float[Tensor, "batch dim"], t=None, path: Path | None = None) -> Float[Tensor, "batch K"]:
+    def responsibilities(
+        self, x: Float[Tensor, "batch dim"], t=None, path: Path | None = None
+    ) -> Float[Tensor, "batch K"]:
         """Posterior component probabilities ``w_k(x)`` under ``p_t`` (or the data)."""
         x = self._check_x(x)
         la, ls = self._log_coefficients(x, t, path)
@@ -281,7 +287,9 @@ class SpectralMixture:
         return self.responsibilities(x, t, path).argmax(dim=1)
 
     # -- predictions -----------------------------------------------------------------------------------
-    def predict(self, x: Float[Tensor, "batch dim"], t, path: Path, target: Prediction = "x0") -> Float[Tensor, "batch dim"]:
+    def predict(
+        self, x: Float[Tensor, "batch dim"], t, path: Path, target: Prediction = "x0"
+    ) -> Float[Tensor, "batch dim"]:
         """The exact prediction ``target`` (eps, x0, v, velocity, score) of ``p_t`` at ``(x, t)``, float64."""
         _check_prediction(target, "target")
         x = self._check_x(x)
@@ -337,8 +345,9 @@ class SpectralMixture:
         return Model(fn, path, prediction)
 
     # -- sampling ----------------------------------------------------------------------------------------
-    def sample(self, n: int, generator: torch.Generator | None = None, *,
-               return_components: bool = False) -> Float[Tensor, "n dim"] | tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, *, return_components: bool = False
+    ) -> Float[Tensor, "n dim"] | tuple[Tensor, Tensor]:
         """``n`` exact samples of the data (and their component indices if ``return_components``).
 
         ``x = mu_k + sqrt(f_k) e + V_k diag(sqrt(ev_k) - sqrt(f_k)) V_k^T e`` with ``e ~ N(0, I_d)``.
@@ -347,8 +356,11 @@ class SpectralMixture:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         p = self._params(self.device)
         dev, d = self.device, self.dim
-        k = torch.multinomial(self._weights, n, replacement=True, generator=generator) if n else \
-            torch.zeros(0, dtype=torch.long, device=dev)
+        k = (
+            torch.multinomial(self._weights, n, replacement=True, generator=generator)
+            if n
+            else torch.zeros(0, dtype=torch.long, device=dev)
+        )
         e = torch.randn(n, d, dtype=torch.float64, device=dev, generator=generator)
         x = torch.empty_like(e)
         sf = torch.sqrt(p.floor)
@@ -358,15 +370,23 @@ class SpectralMixture:
             x[idx] = p.mu[j] + sf[j] * ej + ((ej @ p.V[j]) * (torch.sqrt(p.ev[j]) - sf[j])) @ p.V[j].T
         return (x, k) if return_components else x
 
-    def sample_marginal(self, n: int, t, path: Path, generator: torch.Generator | None = None) -> Float[Tensor, "n dim"]:
+    def sample_marginal(
+        self, n: int, t, path: Path, generator: torch.Generator | None = None
+    ) -> Float[Tensor, "n dim"]:
         """``n`` exact samples of ``p_t``: ``alpha x0 + sigma eps`` with ``x0`` from :meth:`sample`."""
         x0 = self.sample(n, generator)
         la, ls = self._log_coefficients(x0, t, path)
         e = torch.randn(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)
         return torch.exp(la)[:, None] * x0 + torch.exp(ls)[:, None] * e
 
-    def sample_prior(self, n: int, path: Path, t=None, generator: torch.Generator | None = None,
-                     kind: Literal["exact", "gaussian"] = "exact") -> Float[Tensor, "n dim"]:
+    def sample_prior(
+        self,
+        n: int,
+        path: Path,
+        t=None,
+        generator: torch.Generator | None = None,
+        kind: Literal["exact", "gaussian"] = "exact",
+    ) -> Float[Tensor, "n dim"]:
         """Starting points at time ``t`` (default ``path.t_max``): ``kind="exact"`` samples ``p_t``;
         ``"gaussian"`` samples the usual approximate prior ``N(0, sigma_t^2 I)``, which ignores the
         data (its mismatch is ``KL ~ (alpha^2 / sigma^2) (|mean|^2 + tr Cov) / 2``)."""

@@ -29,12 +29,16 @@ def _eigh_spd(covs: Tensor, name: str) -> tuple[Tensor, Tensor]:
     scale = covs.abs().amax(dim=(-2, -1)).clamp(min=torch.finfo(torch.float64).tiny)
     asym = (covs - covs.transpose(-2, -1)).abs().amax(dim=(-2, -1)) / scale
     if bool((asym > 1e-10).any()):
-        raise ValueError(f"{name} must be symmetric positive definite: got asymmetry |C - C^T| / |C| = "
-                         f"{asym.max().item():.3g} (expected <= 1e-10)")
+        raise ValueError(
+            f"{name} must be symmetric positive definite: got asymmetry |C - C^T| / |C| = "
+            f"{asym.max().item():.3g} (expected <= 1e-10)"
+        )
     ev, Q = torch.linalg.eigh(0.5 * (covs + covs.transpose(-2, -1)))
     if bool((ev[..., 0] <= 0).any()):
-        raise ValueError(f"{name} must be symmetric positive definite: got smallest eigenvalue "
-                         f"{ev[..., 0].min().item():.3g} (expected > 0)")
+        raise ValueError(
+            f"{name} must be symmetric positive definite: got smallest eigenvalue "
+            f"{ev[..., 0].min().item():.3g} (expected > 0)"
+        )
     return ev, Q
 
 

@@ -34,8 +34,10 @@ class LowRankMixture(SpectralMixture):
         K = w.numel()
         U = as_float64(factors, "factors")
         if U.ndim != 3 or U.shape[0] != K or U.shape[2] > U.shape[1] or U.shape[2] < 1:
-            raise ValueError(f"factors must have shape (K, dim, r) with K = {K} (the number of weights) and "
-                             f"1 <= r <= dim, got {tuple(U.shape)}")
+            raise ValueError(
+                f"factors must have shape (K, dim, r) with K = {K} (the number of weights) and "
+                f"1 <= r <= dim, got {tuple(U.shape)}"
+            )
         d = U.shape[1]
         mu = torch.zeros(K, d, dtype=torch.float64) if means is None else as_float64(means, "means")
         if mu.shape != (K, d):

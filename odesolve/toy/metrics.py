@@ -32,8 +32,18 @@ from torch.nn import functional as F
 
 from ._spectral import SpectralMixture
 
-__all__ = ["DIGITS_FEATURES", "DigitsClassifier", "EndpointError", "ModeCoverage", "digits_classifier", "endpoint_error", "frechet_distance",
-           "mode_coverage", "nll", "sliced_w2"]
+__all__ = [
+    "DIGITS_FEATURES",
+    "DigitsClassifier",
+    "EndpointError",
+    "ModeCoverage",
+    "digits_classifier",
+    "endpoint_error",
+    "frechet_distance",
+    "mode_coverage",
+    "nll",
+    "sliced_w2",
+]
 
 
 class EndpointError(NamedTuple):
@@ -49,13 +59,16 @@ class ModeCoverage(NamedTuple):
 
 def _flat(x, name: str) -> Tensor:
     if not isinstance(x, Tensor) or x.ndim < 2:
-        raise ValueError(f"{name} must be a tensor of shape (n, ...) with at least 2 dimensions, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        raise ValueError(
+            f"{name} must be a tensor of shape (n, ...) with at least 2 dimensions, got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
     return x.reshape(x.shape[0], -1).to(torch.float64)
 
 
-def endpoint_error(x: Float[Tensor, " n *shape"], reference: Float[Tensor, " m *other"],
-                   mixture: SpectralMixture | None = None) -> EndpointError:
+def endpoint_error(
+    x: Float[Tensor, " n *shape"], reference: Float[Tensor, " m *other"], mixture: SpectralMixture | None = None
+) -> EndpointError:
     """Errors of samples ``x`` against reference end points from the same starting points."""
     a, b = _flat(x, "x"), _flat(reference, "reference")
     if a.shape != b.shape:
@@ -85,8 +98,12 @@ def _quantiles(sorted_: Tensor, m: int) -> Tensor:
     return sorted_[lo] * (1 - frac) + sorted_[hi] * frac
 
 
-def sliced_w2(x: Float[Tensor, "n dim"], y: Float[Tensor, "m dim"], projections: int = 256,
-              generator: torch.Generator | None = None) -> float:
+def sliced_w2(
+    x: Float[Tensor, "n dim"],
+    y: Float[Tensor, "m dim"],
+    projections: int = 256,
+    generator: torch.Generator | None = None,
+) -> float:
     """``sqrt(mean_theta W2^2(theta^T x, theta^T y))`` over ``projections`` uniform random unit vectors
     (a fixed generator, seed 0, when none is given); 1-D W2 by sorting."""
     a, b = _flat(x, "x"), _flat(y, "y")
@@ -139,8 +156,9 @@ class DigitsClassifier(nn.Module):
         return torch.softmax(self(x), dim=1)
 
 
-def digits_classifier(seed: int = 0, train_fraction: float = 0.75, epochs: int = 60,
-                      noise: float = 0.1) -> tuple[DigitsClassifier, Tensor, Tensor]:
+def digits_classifier(
+    seed: int = 0, train_fraction: float = 0.75, epochs: int = 60, noise: float = 0.1
+) -> tuple[DigitsClassifier, Tensor, Tensor]:
     """Train :class:`DigitsClassifier` on a seeded random ``train_fraction`` of the digits (Adam,
     mini-batches of 128, ``epochs`` epochs, inputs jittered by Gaussian noise of std ``noise``;
     about 3 s of one CPU core; 98 % test accuracy). Returns ``(classifier, train_index, test_index)``."""
@@ -163,7 +181,7 @@ def _train_classifier(seed, train_fraction, epochs, noise):
     for _ in range(epochs):
         order = tr[torch.randperm(tr.numel(), generator=g)]
         for i in range(0, order.numel(), 128):
-            idx = order[i:i + 128]
+            idx = order[i : i + 128]
             xb = x[idx] + noise * torch.randn(x[idx].shape, generator=g)
             loss = F.cross_entropy(clf(xb), y[idx])
             opt.zero_grad()
@@ -184,8 +202,10 @@ def frechet_distance(a: Tensor, b: Tensor) -> float:
         raise ValueError(f"a and b must be (n, d) feature sets of equal d; got {tuple(a.shape)}, {tuple(b.shape)}")
     for name, v in (("a", a), ("b", b)):
         if v.shape[0] <= v.shape[1]:
-            raise ValueError(f"{name} must have more rows (samples) than features for a non-singular covariance: "
-                             f"got {v.shape[0]} samples of {v.shape[1]} features")
+            raise ValueError(
+                f"{name} must have more rows (samples) than features for a non-singular covariance: "
+                f"got {v.shape[0]} samples of {v.shape[1]} features"
+            )
     mu = a.mean(0) - b.mean(0)
     ca, cb = torch.cov(a.T), torch.cov(b.T)
     ea, va = torch.linalg.eigh(ca)

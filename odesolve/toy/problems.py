@@ -64,8 +64,9 @@ class Problem:
         """The exact model of the distribution under ``self.path``."""
         return self.distribution.model(self.path, prediction)
 
-    def prior(self, n: int, generator: torch.Generator | None = None,
-              kind: Literal["exact", "gaussian"] = "exact") -> Tensor:
+    def prior(
+        self, n: int, generator: torch.Generator | None = None, kind: Literal["exact", "gaussian"] = "exact"
+    ) -> Tensor:
         """``n`` starting points at ``t_start``: exact samples of ``p_t`` or ``N(0, sigma^2 I)``."""
         return self.distribution.sample_prior(n, self.path, self.times()[0], generator, kind)
 
@@ -120,10 +121,17 @@ def _gmm2d() -> Problem:
     angles = [2 * math.pi * k / K for k in range(K)]
     means = torch.tensor([[4 * math.cos(a), 4 * math.sin(a)] for a in angles], dtype=torch.float64)
     stds = [(0.60, 0.12), (0.45, 0.20), (0.30, 0.30), (0.55, 0.10), (0.40, 0.15), (0.25, 0.08)]
-    covs = torch.stack([_rotation(a + 0.4 * k) @ torch.diag(torch.tensor(s, dtype=torch.float64) ** 2)
-                        @ _rotation(a + 0.4 * k).T for k, (a, s) in enumerate(zip(angles, stds))])
-    return Problem("gmm2d", GaussianMixture(weights, means, covs),
-                   description="6 anisotropic, unequally weighted modes on a circle of radius 4 (2-D)")
+    covs = torch.stack(
+        [
+            _rotation(a + 0.4 * k) @ torch.diag(torch.tensor(s, dtype=torch.float64) ** 2) @ _rotation(a + 0.4 * k).T
+            for k, (a, s) in enumerate(zip(angles, stds))
+        ]
+    )
+    return Problem(
+        "gmm2d",
+        GaussianMixture(weights, means, covs),
+        description="6 anisotropic, unequally weighted modes on a circle of radius 4 (2-D)",
+    )
 
 
 def _lowrank(name: str, d: int, K: int, r: int, seed: int) -> Callable[[], Problem]:
@@ -133,9 +141,13 @@ def _lowrank(name: str, d: int, K: int, r: int, seed: int) -> Callable[[], Probl
         weights = weights / weights.sum()
         scales = torch.linspace(1.0, 0.5, r, dtype=torch.float64)  # within-subspace standard deviations
         factors = _orthonormal(g, K, d, r) * scales
-        return Problem(name, LowRankMixture(weights, None, factors, noise=0.05),
-                       description=f"{K} zero-mean Gaussians on random {r}-dimensional subspaces of R^{d} "
-                                   f"(MoLRG, arXiv 2409.02426) with noise floor 0.05")
+        return Problem(
+            name,
+            LowRankMixture(weights, None, factors, noise=0.05),
+            description=f"{K} zero-mean Gaussians on random {r}-dimensional subspaces of R^{d} "
+            f"(MoLRG, arXiv 2409.02426) with noise floor 0.05",
+        )
+
     return build
 
 
@@ -145,8 +157,11 @@ def _gaussian() -> Problem:
     Q = _orthonormal(g, d, d)
     eigenvalues = torch.logspace(-2, 0, d, dtype=torch.float64)
     mean = torch.linspace(-1.0, 1.0, d, dtype=torch.float64)
-    return Problem("gaussian", Gaussian(mean, Q @ torch.diag(eigenvalues) @ Q.T),
-                   description="8-D Gaussian, eigenvalues log-spaced over two decades, random rotation")
+    return Problem(
+        "gaussian",
+        Gaussian(mean, Q @ torch.diag(eigenvalues) @ Q.T),
+        description="8-D Gaussian, eigenvalues log-spaced over two decades, random rotation",
+    )
 
 
 register("gmm2d", _gmm2d)

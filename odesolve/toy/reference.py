@@ -115,8 +115,9 @@ class _Flow:
         return w / g - math.exp(L) * d  # y(-inf) = y_L - e^L x0_hat
 
 
-def _integrate(flow: _Flow, w: Tensor, l0: float, l1: float, rtol: float, atol: float, method: str,
-               backend: Backend) -> Tensor:
+def _integrate(
+    flow: _Flow, w: Tensor, l0: float, l1: float, rtol: float, atol: float, method: str, backend: Backend
+) -> Tensor:
     if l0 == l1:
         return w
     if backend == "scipy":
@@ -142,8 +143,15 @@ def _integrate(flow: _Flow, w: Tensor, l0: float, l1: float, rtol: float, atol: 
 
         lams = torch.tensor([l0, l1], dtype=torch.float64, device=flow.device)
         method = "dopri8" if method == "DOP853" else method
-        out = odeint(lambda lam, y: flow.rhs(lam, y), w, lams, rtol=rtol, atol=atol, method=method,
-                     options={"norm": lambda u: u.abs().max()})
+        out = odeint(
+            lambda lam, y: flow.rhs(lam, y),
+            w,
+            lams,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options={"norm": lambda u: u.abs().max()},
+        )
         return out[-1]
     raise ValueError(f"backend must be 'scipy' or 'torchdiffeq', got {backend!r}")
 
@@ -167,9 +175,19 @@ def _run(model: Model, x: Tensor, lam: list[float], rtol, atol, method, backend,
     return torch.stack(out)
 
 
-def trajectory(model: Model, x: Float[Tensor, " batch *shape"], times, *, rtol: float = 1e-12, atol: float = 1e-12,
-               method: str = "DOP853", backend: Backend = "scipy", check: Check = "raise",
-               return_error: bool = False, cut: float = 20.0):
+def trajectory(
+    model: Model,
+    x: Float[Tensor, " batch *shape"],
+    times,
+    *,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    method: str = "DOP853",
+    backend: Backend = "scipy",
+    check: Check = "raise",
+    return_error: bool = False,
+    cut: float = 20.0,
+):
     """States of the PF-ODE of ``model`` at every time in ``times`` (strictly monotone, in the
     path's time, the first being the time of ``x``): a float64 tensor ``(len(times), *x.shape)``.
 
@@ -213,17 +231,30 @@ def trajectory(model: Model, x: Float[Tensor, " batch *shape"], times, *, rtol: 
         bound = 1e4 * (atol + rtol * states.abs().max().item())
         worst = err.max().item() if err.numel() else 0.0
         if not worst <= bound:
-            msg = (f"reference solutions at rtol={rtol:g} and {100 * rtol:g} differ by {worst:.3g} > bound "
-                   f"{bound:.3g} = 1e4 (atol + rtol max|x|): the reference is not converged")
+            msg = (
+                f"reference solutions at rtol={rtol:g} and {100 * rtol:g} differ by {worst:.3g} > bound "
+                f"{bound:.3g} = 1e4 (atol + rtol max|x|): the reference is not converged"
+            )
             if check == "raise":
                 raise ReferenceAccuracyError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return (states, err) if return_error else states
 
 
-def solve(model: Model, x: Float[Tensor, " batch *shape"], t_from, t_to, *, rtol: float = 1e-12, atol: float = 1e-12,
-          method: str = "DOP853", backend: Backend = "scipy", check: Check = "raise", return_error: bool = False,
-          cut: float = 20.0):
+def solve(
+    model: Model,
+    x: Float[Tensor, " batch *shape"],
+    t_from,
+    t_to,
+    *,
+    rtol: float = 1e-12,
+    atol: float = 1e-12,
+    method: str = "DOP853",
+    backend: Backend = "scipy",
+    check: Check = "raise",
+    return_error: bool = False,
+    cut: float = 20.0,
+):
     """The PF-ODE solution at ``t_to`` of ``model`` started from ``x`` at ``t_from`` (scalars, either
     direction; ``t_to`` may be the data end ``sigma = 0`` and ``t_from`` a zero-SNR start ``alpha = 0``).
     Returns float64 ``x_to`` (or ``(x_to, error)`` with ``return_error``); see :func:`trajectory`."""
@@ -233,8 +264,18 @@ def solve(model: Model, x: Float[Tensor, " batch *shape"], t_from, t_to, *, rtol
     if float(t_from) == float(t_to):
         x = x.to(torch.float64)
         return (x, torch.zeros_like(x)) if return_error else x
-    out = trajectory(model, x, torch.stack([t_from, t_to]), rtol=rtol, atol=atol, method=method, backend=backend,
-                     check=check, return_error=return_error, cut=cut)
+    out = trajectory(
+        model,
+        x,
+        torch.stack([t_from, t_to]),
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        backend=backend,
+        check=check,
+        return_error=return_error,
+        cut=cut,
+    )
     return (out[0][-1], out[1][-1]) if return_error else out[-1]
 
 
@@ -257,8 +298,16 @@ def halving_grid(path: VPDiscrete, steps: int, t_start: float | None = None, t_e
     return grids.Grid(path, torch.cat([body, torch.tensor([path.t_min], dtype=torch.float64)]))
 
 
-def solve_by_halving(model: Model, x_T: Tensor, *, steps: int = 256, method: str = "dpm-solver-3",
-                     tol: float = 1e-3, t_start: float | None = None, return_error: bool = False):
+def solve_by_halving(
+    model: Model,
+    x_T: Tensor,
+    *,
+    steps: int = 256,
+    method: str = "dpm-solver-3",
+    tol: float = 1e-3,
+    t_start: float | None = None,
+    return_error: bool = False,
+):
     """A reference solution of the probability-flow ODE of a learned discrete-time ``model`` (a
     :class:`~odesolve.paths.VPDiscrete` path, e.g. :func:`odesolve.toy.zoo.load`) from ``x_T`` at
     ``t_start`` (default the noise end) to sigma = 0, by a fine-step high-order odesolve method.
@@ -279,14 +328,18 @@ def solve_by_halving(model: Model, x_T: Tensor, *, steps: int = 256, method: str
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 4:
         raise ValueError(f"steps must be an integer >= 4, got {steps!r}")
     if not isinstance(model.path, VPDiscrete):
-        raise TypeError(f"model.path must be a VPDiscrete path (a discrete-time model), got {type(model.path).__name__}")
+        raise TypeError(
+            f"model.path must be a VPDiscrete path (a discrete-time model), got {type(model.path).__name__}"
+        )
     x = x_T.to(torch.float64)
     with torch.inference_mode():
         fine = sample(model, x, halving_grid(model.path, steps, t_start), method=method)
         coarse = sample(model, x, halving_grid(model.path, steps // 2, t_start), method=method)
     err = float((fine - coarse).abs().max())
     if not err < tol:
-        raise ReferenceAccuracyError(f"solve_by_halving: {method} with {steps} and {steps // 2} steps differ by "
-                                     f"{err:.3g} >= tol = {tol:g}; raise steps")
+        raise ReferenceAccuracyError(
+            f"solve_by_halving: {method} with {steps} and {steps // 2} steps differ by "
+            f"{err:.3g} >= tol = {tol:g}; raise steps"
+        )
     out = fine.to(x_T.dtype)
     return (out, err) if return_error else out

@@ -51,14 +51,16 @@ def _value(draw, value, default: st.SearchStrategy):
 def vectors(n: int, lo: Real = -1.0, hi: Real = 1.0) -> st.SearchStrategy[torch.Tensor]:
     """float64 vectors of length ``n`` with entries in ``[lo, hi]``."""
     return st.lists(st.floats(lo, hi, **_F), min_size=n, max_size=n).map(
-        lambda v: torch.tensor(v, dtype=torch.float64).reshape(n))
+        lambda v: torch.tensor(v, dtype=torch.float64).reshape(n)
+    )
 
 
 def orthogonal(d: int, cols: int | None = None) -> st.SearchStrategy[torch.Tensor]:
     """``d x cols`` matrices with orthonormal columns (Householder QR of a drawn matrix: always orthonormal)."""
     cols = d if cols is None else cols
-    return vectors(d * cols).map(lambda v: torch.linalg.qr(v.reshape(d, cols) + 1e-3 * torch.eye(d, cols,
-                                                                                                dtype=torch.float64))[0])
+    return vectors(d * cols).map(
+        lambda v: torch.linalg.qr(v.reshape(d, cols) + 1e-3 * torch.eye(d, cols, dtype=torch.float64))[0]
+    )
 
 
 @st.composite
@@ -78,8 +80,7 @@ def weights(k: int, min_weight: Real = 0.05) -> st.SearchStrategy[torch.Tensor]:
 
 
 @st.composite
-def mixtures(draw, dims=None, components=None, condition: Real = 100.0,
-             spread: Real = 3.0) -> GaussianMixture:
+def mixtures(draw, dims=None, components=None, condition: Real = 100.0, spread: Real = 3.0) -> GaussianMixture:
     """Random :class:`GaussianMixture`: ``dims`` and ``components`` are strategies (or ints), means
     in ``[-spread, spread]^d``, covariances from :func:`spd_matrices` with the given conditioning."""
     d = _value(draw, dims, st.integers(1, 4))
@@ -91,8 +92,7 @@ def mixtures(draw, dims=None, components=None, condition: Real = 100.0,
 
 
 @st.composite
-def lowrank_mixtures(draw, dims=None, components=None, ranks=None,
-                     orthonormal: bool | None = None) -> LowRankMixture:
+def lowrank_mixtures(draw, dims=None, components=None, ranks=None, orthonormal: bool | None = None) -> LowRankMixture:
     """Random :class:`LowRankMixture` with rank ``r < dim``; factors orthonormal-times-scales or general."""
     d = _value(draw, dims, st.integers(2, 24))
     K = _value(draw, components, st.integers(1, 4))
@@ -132,21 +132,38 @@ def _keeping_random_state(build):
 @_keeping_random_state
 def _vp_discrete(schedule: str, T: int, zero_snr: bool) -> Path:
     """diffusers' schedules with T training steps, betas scaled so that the total noise matches T = 1000."""
-    return VP.discrete(schedule, num_train_timesteps=T, beta_start=1e-4 * 1000 / T, beta_end=0.02 * 1000 / T,
-                       rescale_zero_terminal_snr=zero_snr)
+    return VP.discrete(
+        schedule,
+        num_train_timesteps=T,
+        beta_start=1e-4 * 1000 / T,
+        beta_end=0.02 * 1000 / T,
+        rescale_zero_terminal_snr=zero_snr,
+    )
 
 
-def paths(kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow")) -> st.SearchStrategy[Path]:
+def paths(
+    kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow"),
+) -> st.SearchStrategy[Path]:
     """Paths of :mod:`odesolve.paths` with random valid parameters."""
     options = {
-        "vp-linear": st.builds(lambda b0, db: VP.linear(beta_min=b0, beta_max=b0 + db),
-                               st.floats(0.01, 1.0, **_F), st.floats(5.0, 25.0, **_F)),
+        "vp-linear": st.builds(
+            lambda b0, db: VP.linear(beta_min=b0, beta_max=b0 + db),
+            st.floats(0.01, 1.0, **_F),
+            st.floats(5.0, 25.0, **_F),
+        ),
         "vp-cosine": st.builds(lambda s: VP.cosine(s=s), st.floats(0.001, 0.02, **_F)),
-        "vp-discrete": st.builds(_vp_discrete, st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]),
-                                 st.integers(50, 1000), st.booleans()),
+        "vp-discrete": st.builds(
+            _vp_discrete,
+            st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"]),
+            st.integers(50, 1000),
+            st.booleans(),
+        ),
         "edm": st.just(EDM()),
-        "ve": st.builds(lambda lo, ratio: VE(sigma_min=lo, sigma_max=lo * ratio),
-                        st.floats(0.001, 0.1, **_F), st.floats(100.0, 1e5, **_F)),
+        "ve": st.builds(
+            lambda lo, ratio: VE(sigma_min=lo, sigma_max=lo * ratio),
+            st.floats(0.001, 0.1, **_F),
+            st.floats(100.0, 1e5, **_F),
+        ),
         "flow": st.just(FlowMatching()),
     }
     unknown = set(kinds) - set(options)
@@ -158,7 +175,10 @@ def paths(kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "ed
 def noise_times(path: Path, lo: Real = 1e-3, hi: Real = 1e3) -> st.SearchStrategy[float]:
     """Times of ``path`` whose noise level ``sigma/alpha`` is log-uniform in ``[lo, hi]`` (clipped to the path)."""
     return st.floats(math.log(lo), math.log(hi), **_F).map(
-        lambda u: float(path.t_of_noise_level(torch.tensor(math.exp(u), dtype=torch.float64)).clamp(path.t_min, path.t_max)))
+        lambda u: float(
+            path.t_of_noise_level(torch.tensor(math.exp(u), dtype=torch.float64)).clamp(path.t_min, path.t_max)
+        )
+    )
 
 
 def times(path: Path) -> st.SearchStrategy[float]:
@@ -168,8 +188,16 @@ def times(path: Path) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def grids(draw, path: Path, steps=None, ratio: Real = 2.0, sigma_max=(10.0, 100.0),
-          sigma_min=(1e-3, 1e-1), end_at_zero=None, kind=None):
+def grids(
+    draw,
+    path: Path,
+    steps=None,
+    ratio: Real = 2.0,
+    sigma_max=(10.0, 100.0),
+    sigma_min=(1e-3, 1e-1),
+    end_at_zero=None,
+    kind=None,
+):
     """Random non-uniform grids from :func:`odesolve.grids.from_times` or :func:`~odesolve.grids.from_sigmas`.
 
     The steps in ``lambda = -log(noise level)`` between ``sigma_max`` and ``sigma_min`` (clipped to
@@ -182,7 +210,9 @@ def grids(draw, path: Path, steps=None, ratio: Real = 2.0, sigma_max=(10.0, 100.
     n = _value(draw, steps, st.integers(2, 20))
     zero = _value(draw, end_at_zero, st.booleans())
     how = _value(draw, kind, st.sampled_from(["times", "sigmas"]))
-    lam_lo = float(path.lambda_(torch.tensor(path.t_max, dtype=torch.float64))) if math.isfinite(path.t_max) else -math.inf
+    lam_lo = (
+        float(path.lambda_(torch.tensor(path.t_max, dtype=torch.float64))) if math.isfinite(path.t_max) else -math.inf
+    )
     lam_hi = float(path.lambda_(torch.tensor(path.t_min, dtype=torch.float64)))
     zero = zero and lam_hi == math.inf  # only where the path reaches sigma = 0 (not VE)
     top = max(-math.log(draw(st.floats(*sigma_max, **_F))), lam_lo)

@@ -67,8 +67,10 @@ def _checkpoint(name: str) -> dict:
     _check_name(name)
     ref = resources.files("odesolve.toy").joinpath("weights", _FILES[name])
     if not ref.is_file():
-        raise FileNotFoundError(f"the weights of model {name!r} ({_FILES[name]}) are missing from the odesolve "
-                                f"package data; rebuild them with scripts/train_{name}.py")
+        raise FileNotFoundError(
+            f"the weights of model {name!r} ({_FILES[name]}) are missing from the odesolve "
+            f"package data; rebuild them with scripts/train_{name}.py"
+        )
     with resources.as_file(ref) as p:
         return torch.load(p, map_location="cpu", weights_only=True)
 
@@ -145,8 +147,9 @@ class DigitsNet(nn.Module):
     each sample's noise level (:func:`noise_embedding`); it runs in the dtype of its parameters.
     """
 
-    def __init__(self, shape: tuple[int, ...] | list[int] = (1, 8, 8), hidden: int = 384, depth: int = 4,
-                 emb: int = 128):
+    def __init__(
+        self, shape: tuple[int, ...] | list[int] = (1, 8, 8), hidden: int = 384, depth: int = 4, emb: int = 128
+    ):
         super().__init__()
         self.shape = tuple(shape)
         d = math.prod(self.shape)
@@ -228,8 +231,11 @@ def load(name: str = "digits", device=None, dtype: torch.dtype | None = None) ->
     in float32. Wrap calls in ``torch.inference_mode()`` when no gradients are needed.
     """
     ck = _checkpoint(_check_name(name))
-    return Model(ZooDenoiser(name, network(name, device, dtype), _path(name)), path=_path(name),
-                 prediction=ck["config"]["prediction"])
+    return Model(
+        ZooDenoiser(name, network(name, device, dtype), _path(name)),
+        path=_path(name),
+        prediction=ck["config"]["prediction"],
+    )
 
 
 def data(name: str = "digits", device=None, dtype: torch.dtype = torch.float32) -> Tensor:

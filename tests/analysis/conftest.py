@@ -18,9 +18,14 @@ FULL = os.environ.get("ODESOLVE_FULL", "0") == "1"
 # Real draws, reproducible: derandomize=True fixes hypothesis's seed per test. Three examples are the two
 # ends of each range and one random interior value (max_examples=1 gave only the minimal example); each
 # extra example costs ~15 s over the analysis tests. ODESOLVE_FULL=1 draws 25, freshly seeded.
-settings.register_profile("analysis", deadline=None, max_examples=25 if FULL else 3, derandomize=not FULL,
-                          database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                               HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "analysis",
+    deadline=None,
+    max_examples=25 if FULL else 3,
+    derandomize=not FULL,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(scope="session")

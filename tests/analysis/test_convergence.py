@@ -60,12 +60,21 @@ def test_any_object_with_a_model_and_a_reference():
     path = ods.paths.VP.linear()
     x = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
     ref = lambda model, x, t0, t1: dist.flow(x, t0, t1, path)
-    res = assert_order("heun", dist, 2, x=x, reference=ref, path=path, sigma_start=2.0, sigma_end=0.05,
-                       grids="uniform", nfe=(16, 32, 64, 128))
+    res = assert_order(
+        "heun",
+        dist,
+        2,
+        x=x,
+        reference=ref,
+        path=path,
+        sigma_start=2.0,
+        sigma_end=0.05,
+        grids="uniform",
+        nfe=(16, 32, 64, 128),
+    )
     assert res.problem == "_Gaussian1D"
     # the scipy fallback reference agrees with the closed form
-    P = problems.as_ivp(dist, x=x, path=path, sigma_start=2.0, sigma_end=0.05,
-                            reference=problems._scipy_reference)
+    P = problems.as_ivp(dist, x=x, path=path, sigma_start=2.0, sigma_end=0.05, reference=problems._scipy_reference)
     assert torch.allclose(P.exact(), dist.flow(x, P.t_start, P.t_end, path), atol=1e-9)
     # and the named problems come from odesolve.toy where it has them
     g = problems.get("gmm2d", sigma_start=1.0, sigma_end=0.1, n=4)

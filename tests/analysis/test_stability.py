@@ -62,7 +62,8 @@ def test_rk4_stability_function():
     # the symbolic stability function of the table is the same polynomial in z = mu h
     z = derive("rk4").stability_function.free_symbols.pop()
     assert [float(derive("rk4").stability_function.coeff(z, i)) for i in range(5)] == pytest.approx(
-        [1, 1, 1 / 2, 1 / 6, 1 / 24])
+        [1, 1, 1 / 2, 1 / 6, 1 / 24]
+    )
 
 
 @settings(settings.get_profile("analysis"))
@@ -111,9 +112,13 @@ def test_theory_2_2_table_recomputed():
     three-digit values of an independent computation (the table of docs/theory.md section 6)."""
     hs = [0.1, 0.25, 0.5, 1.0, 1.5]
     names = ["ddim", "dpmpp-2m-taylor", "dpmpp-3m", "dpmpp-3m-corrected"]
-    theory = {0.1: [-19.0, -9.18, -5.31, -4.80], 0.25: [-7.04, -3.22, -1.75, -1.57],
-              0.5: [-3.08, -1.27, -0.62, -0.54], 1.0: [-1.16, -0.37, -0.135, -0.115],
-              1.5: [-0.57, 0.0, -0.033, -0.025]}
+    theory = {
+        0.1: [-19.0, -9.18, -5.31, -4.80],
+        0.25: [-7.04, -3.22, -1.75, -1.57],
+        0.5: [-3.08, -1.27, -0.62, -0.54],
+        1.0: [-1.16, -0.37, -0.135, -0.115],
+        1.5: [-0.57, 0.0, -0.033, -0.025],
+    }
     for h in hs:
         got = [stability_interval(n, h) for n in names]
         assert got[0] == pytest.approx(-2 / math.expm1(h), rel=1e-9)
@@ -215,8 +220,9 @@ def test_guided_last_step_to_sigma_zero_is_judged_not_assumed_exact():
         a, s = EDM.alpha(t)[:, None], EDM.sigma(t)[:, None]
         return (1 + w) * a * sc / (a * a * sc + s * s) * x - w * a * su / (a * a * su + s * s) * x
 
-    _, traj = ods.sample(ods.Model(guided, EDM, "x0"), torch.ones(1, 1, dtype=torch.float64), g, method="ddim",
-                         return_trajectory=True)
+    _, traj = ods.sample(
+        ods.Model(guided, EDM, "x0"), torch.ones(1, 1, dtype=torch.float64), g, method="ddim", return_trajectory=True
+    )
     assert float(traj[-1, 0, 0] / traj[-2, 0, 0]) == pytest.approx(expected, rel=1e-12)
 
 

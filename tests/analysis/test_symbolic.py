@@ -37,12 +37,32 @@ def _geometry(m, g, n):
 
 
 # a weight row of one's own: w_1 = chi_1(h)/3 + h/6 (= h/2 + O(h^2): still second order)
-MINE = ExponentialMultistep("mine-2", order=2, prediction="eps", nodes=2,
-                            weights=((2, 1, Weight(chi=(Fr(1, 3),), h=Fr(1, 6))),), paper="a user's variant")
+MINE = ExponentialMultistep(
+    "mine-2",
+    order=2,
+    prediction="eps",
+    nodes=2,
+    weights=((2, 1, Weight(chi=(Fr(1, 3),), h=Fr(1, 6))),),
+    paper="a user's variant",
+)
 
 
-@pytest.mark.parametrize("name", ["dpmpp-2m", "dpmpp-2m-taylor", "dpmpp-3m", "dpm-solver-2m", "dpm-solver-3m",
-                                  "unip-bh1-2", "unip-bh1-3", "unip-bh2-3", "lms-2", "lms-3", MINE])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dpmpp-2m",
+        "dpmpp-2m-taylor",
+        "dpmpp-3m",
+        "dpm-solver-2m",
+        "dpm-solver-3m",
+        "unip-bh1-2",
+        "unip-bh1-3",
+        "unip-bh2-3",
+        "lms-2",
+        "lms-3",
+        MINE,
+    ],
+)
 @settings(settings.get_profile("analysis"))
 @given(seed=st.integers(0, 2**16 - 1))
 def test_symbolic_predictor_equals_plan(name, seed):
@@ -76,7 +96,7 @@ def test_symbolic_corrector_equals_plan(name):
         row = np.zeros(q + 1)
         row[:q] += a1 * np.array(fp(h0, *r0), dtype=float)  # nodes t_n, t_{n-1}, ...
         row[: q + 1] += ratio * a0 * np.array(fc(h1, *r1), dtype=float)  # nodes t_n (r = 1), t_{n-1}, ...
-        row[1: q + 1] -= ratio * a0 * np.array(fp(h1, *r1), dtype=float)  # nodes t_{n-1}, ...
+        row[1 : q + 1] -= ratio * a0 * np.array(fp(h1, *r1), dtype=float)  # nodes t_{n-1}, ...
         num = plan.update_hist[n, : q + 1].numpy()
         assert np.abs(row - num).max() <= 1e-12 * np.abs(num).max(), (n, row, num)
         assert abs(float(plan.update_state[n]) - ratio) <= 1e-14
@@ -89,8 +109,10 @@ def test_phi_numpy_matches_mpmath():
     z = [-30.0, -5.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 5.0, 12.0]
     for k in range(5):
         taylor = lambda v, k=k: sum(mpmath.mpf(v) ** j / mpmath.factorial(j) for j in range(k))
-        ref = [float((mpmath.exp(v) - taylor(v)) / mpmath.mpf(v) ** k) if v != 0 else 1 / float(mpmath.factorial(k))
-               for v in z]
+        ref = [
+            float((mpmath.exp(v) - taylor(v)) / mpmath.mpf(v) ** k) if v != 0 else 1 / float(mpmath.factorial(k))
+            for v in z
+        ]
         assert np.allclose(phi_numpy(k, np.array(z)), ref, rtol=1e-14, atol=0), k
 
 
@@ -115,14 +137,28 @@ def test_dpm_solver_2_order_conditions():
 def test_user_exponential_rk_is_told_its_order():
     """A user's new table is analysed before it runs, and the numbers agree with the numeric order."""
     h2 = Fr(1, 2)
-    res2s = ExponentialRK("res-2s", order=2, prediction="x0", c=(Fr(0), h2), a=(((Fr(1),),),),
-                          b=((Fr(1), Fr(-2)), (Fr(0), Fr(2))), paper="RES (Zhang et al. 2023), 2 stages")
+    res2s = ExponentialRK(
+        "res-2s",
+        order=2,
+        prediction="x0",
+        c=(Fr(0), h2),
+        a=(((Fr(1),),),),
+        b=((Fr(1), Fr(-2)), (Fr(0), Fr(2))),
+        paper="RES (Zhang et al. 2023), 2 stages",
+    )
     d = derive(res2s)
     assert (d.classical_order, d.stiff_order) == (2, 2)  # psi_2 = 0 identically: stiff order 2
+
     def third(r1, r2):  # DPM-Solver-3's pattern with the user's own nodes c = (0, r1, r2)
-        return ExponentialRK(f"mine-{r1}-{r2}", order=3, prediction="x0", c=(Fr(0), r1, r2),
-                             a=(((Fr(1),),), ((Fr(1), -r2 / r1), (Fr(0), r2 / r1))),
-                             b=((Fr(1), -1 / r2), (Fr(0),), (Fr(0), 1 / r2)), paper="user table")
+        return ExponentialRK(
+            f"mine-{r1}-{r2}",
+            order=3,
+            prediction="x0",
+            c=(Fr(0), r1, r2),
+            a=(((Fr(1),),), ((Fr(1), -r2 / r1), (Fr(0), r2 / r1))),
+            b=((Fr(1), -1 / r2), (Fr(0),), (Fr(0), 1 / r2)),
+            paper="user table",
+        )
 
     good, off = third(Fr(1, 4), Fr(2, 3)), third(Fr(1, 4), Fr(3, 4))
     d3 = derive(good)
@@ -134,9 +170,15 @@ def test_user_exponential_rk_is_told_its_order():
     assert next(c for c in d_off.conditions if c.number == "3").valuation == 0
     assert numeric_order(lambda g: off.compile(g.path, g), "random").order == 2
     r1, r2 = Fr(1, 4), Fr(2, 3)
-    broken = ExponentialRK("broken", order=3, prediction="x0", c=(Fr(0), r1, r2),
-                           a=(((Fr(1),),), ((Fr(1), Fr(0)), (Fr(0), Fr(0)))),
-                           b=((Fr(1), -1 / r2), (Fr(0),), (Fr(0), 1 / r2)), paper="user table")
+    broken = ExponentialRK(
+        "broken",
+        order=3,
+        prediction="x0",
+        c=(Fr(0), r1, r2),
+        a=(((Fr(1),),), ((Fr(1), Fr(0)), (Fr(0), Fr(0)))),
+        b=((Fr(1), -1 / r2), (Fr(0),), (Fr(0), 1 / r2)),
+        paper="user table",
+    )
     assert derive(broken).classical_order == 2  # the third stage is only first-order accurate
     assert numeric_order(lambda g: broken.compile(g.path, g), "random").order == 2
 
@@ -196,8 +238,7 @@ def test_refusals():
 
 def test_inconsistent_tables_are_refused():
     with pytest.raises(ValueError, match="sum"):
-        ExponentialRK("bad", order=2, prediction="x0", c=(Fr(0), Fr(1, 2)), a=(((Fr(1, 2),),),),
-                      b=((Fr(0),), (Fr(1),)))
+        ExponentialRK("bad", order=2, prediction="x0", c=(Fr(0), Fr(1, 2)), a=(((Fr(1, 2),),),), b=((Fr(0),), (Fr(1),)))
     with pytest.raises(ValueError, match="row 1 of a sums"):
         RungeKutta("bad-rk", order=2, c=(Fr(0), Fr(1)), a=((Fr(1, 2),),), b=(Fr(1, 2), Fr(1, 2)))
     with pytest.raises(ValueError, match="not consistent"):

@@ -31,8 +31,14 @@ def test_report_end_to_end(tmp_path):
     assert res.ok and all(r.derived == r.declared for r in res.rows)
     assert res.rows[0].stability == pytest.approx(-2 / math.expm1(0.5), rel=1e-8)
     assert all(np.isfinite(list(r.errors.values())).all() for r in res.rows)
-    for name in ("convergence.png", "errors.png", "stability.png", "guidance.png", "local_errors.png",
-                 "trajectories.png"):
+    for name in (
+        "convergence.png",
+        "errors.png",
+        "stability.png",
+        "guidance.png",
+        "local_errors.png",
+        "trajectories.png",
+    ):
         f = tmp_path / name
         assert f.exists() and f.stat().st_size > 1000, name
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -43,8 +49,7 @@ def test_report_end_to_end(tmp_path):
 
 def test_report_command_line(tmp_path, capsys):
     parser = report_mod.add_arguments(argparse.ArgumentParser())
-    args = parser.parse_args(["ddim", "--quick", "--nfe", "6", "--out", str(tmp_path), "--no-figures",
-                              "--no-progress"])
+    args = parser.parse_args(["ddim", "--quick", "--nfe", "6", "--out", str(tmp_path), "--no-figures", "--no-progress"])
     assert report_mod.run(args) == 0
     out = capsys.readouterr().out
     assert "ddim" in out and "err@6" in out and (tmp_path / "report.md").exists()

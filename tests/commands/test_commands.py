@@ -26,8 +26,9 @@ def test_console_script_entry_and_subcommands_are_one_parser():
 
 def test_python_dash_m_odesolve_runs_the_command():
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    out = subprocess.run([sys.executable, "-m", "odesolve", "methods"], capture_output=True, text=True, env=env,
-                         check=False, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "odesolve", "methods"], capture_output=True, text=True, env=env, check=False, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     import odesolve
@@ -35,23 +36,26 @@ def test_python_dash_m_odesolve_runs_the_command():
     assert [line.split()[0] for line in lines] == odesolve.methods.names()
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["sample", "--n", "0"], "--n"),
-    (["sample", "--n", "-3"], "--n"),
-    (["sample", "--batch", "0"], "--batch"),
-    (["sample", "--nfe", "0"], "--nfe"),
-    (["sample", "--nfe", "-1"], "--nfe"),
-    (["sample", "--seed", "-1"], "--seed"),
-    (["sample", "--seed", str(2**64)], "--seed"),
-    (["sample", "--device", "nonsense"], "--device"),
-    (["sample", "--device", "cuda:97"], "--device"),
-    (["sample", "--device", "meta"], "--device"),  # holds no data: nothing could be copied back
-    (["sample", "--fd", "--n", "128"], "--fd"),
-    (["sample", "--fd", "--n", "8"], "--fd"),
-    (["report", "--nfe", "0"], "--nfe"),
-    (["report", "--problem", "nope"], "--problem"),
-    (["report", "dpmpp-9m"], "dpmpp-9m"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["sample", "--n", "0"], "--n"),
+        (["sample", "--n", "-3"], "--n"),
+        (["sample", "--batch", "0"], "--batch"),
+        (["sample", "--nfe", "0"], "--nfe"),
+        (["sample", "--nfe", "-1"], "--nfe"),
+        (["sample", "--seed", "-1"], "--seed"),
+        (["sample", "--seed", str(2**64)], "--seed"),
+        (["sample", "--device", "nonsense"], "--device"),
+        (["sample", "--device", "cuda:97"], "--device"),
+        (["sample", "--device", "meta"], "--device"),  # holds no data: nothing could be copied back
+        (["sample", "--fd", "--n", "128"], "--fd"),
+        (["sample", "--fd", "--n", "8"], "--fd"),
+        (["report", "--nfe", "0"], "--nfe"),
+        (["report", "--problem", "nope"], "--problem"),
+        (["report", "dpmpp-9m"], "dpmpp-9m"),
+    ],
+)
 def test_bad_arguments_are_refused_at_once_naming_the_option(argv, option, capsys, tmp_path):
     t0 = time.perf_counter()
     status, out, err = run(argv + ["--out", str(tmp_path / "o")], capsys)
@@ -103,8 +107,10 @@ def test_checks_accept_the_edges_of_their_ranges(tmp_path):
 
 def test_fd_with_enough_samples_runs(capsys, tmp_path):
     """129 samples (one more than the 128 features) give a finite Frechet distance."""
-    status, out, err = run(["sample", "--n", "129", "--nfe", "2", "--method", "ddim", "--fd", "--no-progress",
-                            "--out", str(tmp_path)], capsys)
+    status, out, err = run(
+        ["sample", "--n", "129", "--nfe", "2", "--method", "ddim", "--fd", "--no-progress", "--out", str(tmp_path)],
+        capsys,
+    )
     assert status == 0, err
     fd = float(out.split("Frechet distance of classifier features to the data")[1])
     assert 0 < fd < 1e4

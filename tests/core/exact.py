@@ -26,8 +26,11 @@ class DiagonalGaussian:
         return fn
 
     def model(self, path, prediction="x0"):
-        return ods.Model(self.x0(path), path, "x0").with_prediction(prediction) if prediction != "x0" else \
-            ods.Model(self.x0(path), path, "x0")
+        return (
+            ods.Model(self.x0(path), path, "x0").with_prediction(prediction)
+            if prediction != "x0"
+            else ods.Model(self.x0(path), path, "x0")
+        )
 
     def flow(self, path, x, t_from, t_to):
         tf, tt = (torch.as_tensor(v, dtype=torch.float64) for v in (t_from, t_to))

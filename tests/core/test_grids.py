@@ -18,8 +18,9 @@ def test_karras_matches_the_edm_formula():
 @pytest.mark.parametrize("path", [P.VP.linear(), P.VP.cosine(), P.VP.discrete(), P.FlowMatching(), P.EDM()], ids=repr)
 def test_noise_levels_mean_the_same_on_every_path(path):
     g = G.karras(path, steps=8, sigma_min=0.01, sigma_max=10.0, to_zero=False)
-    assert torch.allclose(g.sigmas, G.karras(P.EDM(), steps=8, sigma_min=0.01, sigma_max=10.0, to_zero=False).sigmas,
-                          rtol=1e-9)
+    assert torch.allclose(
+        g.sigmas, G.karras(P.EDM(), steps=8, sigma_min=0.01, sigma_max=10.0, to_zero=False).sigmas, rtol=1e-9
+    )
 
 
 def test_uniform_lambda_has_equal_steps():
@@ -56,16 +57,19 @@ def test_grid_may_start_at_alpha_zero():
     assert float(g.alphas[0]) == 0.0 and math.isinf(float(g.sigmas[0]))
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: G.from_sigmas(P.EDM(), [1.0, 2.0, 0.5]), "decreasing"),
-    (lambda: G.from_times(P.VP.linear(), [1.5, 0.5]), "domain"),
-    (lambda: G.karras(P.EDM(), 0), "steps"),
-    (lambda: G.karras(P.VP.linear(), 10, sigma_max=1e6), "sigma_max"),
-    (lambda: G.from_sigmas(P.EDM(), [1.0, -1.0]), "sigmas"),
-    (lambda: G.uniform_lambda(P.EDM(), 5), "t_start"),
-    (lambda: G.discrete(P.VP.linear(), 5), "VPDiscrete"),
-    (lambda: G.from_times(P.EDM(), [[1.0, 0.5]]), "1-D"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: G.from_sigmas(P.EDM(), [1.0, 2.0, 0.5]), "decreasing"),
+        (lambda: G.from_times(P.VP.linear(), [1.5, 0.5]), "domain"),
+        (lambda: G.karras(P.EDM(), 0), "steps"),
+        (lambda: G.karras(P.VP.linear(), 10, sigma_max=1e6), "sigma_max"),
+        (lambda: G.from_sigmas(P.EDM(), [1.0, -1.0]), "sigmas"),
+        (lambda: G.uniform_lambda(P.EDM(), 5), "t_start"),
+        (lambda: G.discrete(P.VP.linear(), 5), "VPDiscrete"),
+        (lambda: G.from_times(P.EDM(), [[1.0, 0.5]]), "1-D"),
+    ],
+)
 def test_bad_grids_are_refused_with_the_argument_named(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()

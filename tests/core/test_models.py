@@ -14,8 +14,13 @@ KINDS = ["x0", "eps", "v", "velocity", "score"]
 def _truth(path, t, x0, eps):
     a, s = path.alpha(t)[:, None], path.sigma(t)[:, None]
     da, ds = (v[:, None] for v in path.derivatives(t))
-    return a * x0 + s * eps, {"x0": x0, "eps": eps, "v": a * eps - s * x0, "velocity": da * x0 + ds * eps,
-                              "score": -eps / s}
+    return a * x0 + s * eps, {
+        "x0": x0,
+        "eps": eps,
+        "v": a * eps - s * x0,
+        "velocity": da * x0 + ds * eps,
+        "score": -eps / s,
+    }
 
 
 @pytest.mark.parametrize("path", PATHS, ids=repr)

@@ -8,10 +8,18 @@ from hypothesis import strategies as st
 import odesolve as ods
 from odesolve import paths as P
 
-PATHS = [P.VP.linear(), P.VP.linear(beta_min=0.05, beta_max=12.0), P.VP.cosine(), P.VP.discrete(),
-         P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012),
-         P.VP.discrete("squaredcos_cap_v2"), P.VP.discrete("linear", rescale_zero_terminal_snr=True),
-         P.EDM(), P.VE(), P.FlowMatching()]
+PATHS = [
+    P.VP.linear(),
+    P.VP.linear(beta_min=0.05, beta_max=12.0),
+    P.VP.cosine(),
+    P.VP.discrete(),
+    P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012),
+    P.VP.discrete("squaredcos_cap_v2"),
+    P.VP.discrete("linear", rescale_zero_terminal_snr=True),
+    P.EDM(),
+    P.VE(),
+    P.FlowMatching(),
+]
 
 
 def _interior(path, u):
@@ -58,13 +66,19 @@ def test_zero_terminal_snr_and_clean_end():
 
 def test_discrete_schedules_match_diffusers():
     diffusers = pytest.importorskip("diffusers")
-    for kw in [dict(beta_schedule="linear"), dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-               dict(beta_schedule="squaredcos_cap_v2"),
-               dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)]:
+    for kw in [
+        dict(beta_schedule="linear"),
+        dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        dict(beta_schedule="squaredcos_cap_v2"),
+        dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True),
+    ]:
         sched = diffusers.DDPMScheduler(**kw)
-        ours = P.VP.discrete(kw["beta_schedule"], beta_start=kw.get("beta_start", 0.0001),
-                             beta_end=kw.get("beta_end", 0.02),
-                             rescale_zero_terminal_snr=kw.get("rescale_betas_zero_snr", False))
+        ours = P.VP.discrete(
+            kw["beta_schedule"],
+            beta_start=kw.get("beta_start", 0.0001),
+            beta_end=kw.get("beta_end", 0.02),
+            rescale_zero_terminal_snr=kw.get("rescale_betas_zero_snr", False),
+        )
         ref = sched.alphas_cumprod.double()
         # diffusers builds betas in float32: agreement to float32 precision
         assert torch.allclose(ours.alphas_cumprod, ref, rtol=2e-5, atol=1e-7), kw

@@ -51,9 +51,15 @@ def test_equal_plans_share_a_program_and_different_plans_never_do():
     # and they compute different things: the program of `changed` is not that of `a`
     assert not torch.equal(ods.execute(a, model, x), ods.execute(changed, model, x))
     # the key also separates what the program is prepared for
-    keys = [prepare(a, pred, shape, dt) for pred, shape, dt in
-            (("x0", x.shape, x.dtype), ("eps", x.shape, x.dtype), ("x0", (4, 4), x.dtype),
-             ("x0", x.shape, torch.float32))]
+    keys = [
+        prepare(a, pred, shape, dt)
+        for pred, shape, dt in (
+            ("x0", x.shape, x.dtype),
+            ("eps", x.shape, x.dtype),
+            ("x0", (4, 4), x.dtype),
+            ("x0", x.shape, torch.float32),
+        )
+    ]
     assert len({id(p) for p in keys}) == 4
 
 
@@ -186,11 +192,14 @@ def test_a_model_that_modifies_its_input_in_place_is_refused():
     assert torch.equal(out, ods.sample(GAUSS.model(EDM), x, grid, method="dpmpp-2m"))
 
 
-@pytest.mark.parametrize("method, options, match", [
-    (None, {}, r"method must be a registered name.*NoneType"),
-    (42, {}, r"method must be a registered name.*int 42"),
-    ("dpmpp-3m", {"lower_order_final": [True]}, r"option lower_order_final=\[True\] must be hashable"),
-])
+@pytest.mark.parametrize(
+    "method, options, match",
+    [
+        (None, {}, r"method must be a registered name.*NoneType"),
+        (42, {}, r"method must be a registered name.*int 42"),
+        ("dpmpp-3m", {"lower_order_final": [True]}, r"option lower_order_final=\[True\] must be hashable"),
+    ],
+)
 def test_bad_method_or_option_types_are_named(method, options, match):
     grid, x, model = _setup()
     with pytest.raises(TypeError, match=match):
@@ -199,13 +208,16 @@ def test_bad_method_or_option_types_are_named(method, options, match):
         ods.Sampler(model, grid, method, shape=x.shape, dtype=x.dtype, **options)
 
 
-@pytest.mark.parametrize("fn, err, match", [
-    (lambda x, t: x > 0, TypeError, r"dtype torch.bool at call 0 .*the state x is torch.float64"),
-    (lambda x, t: x.to(torch.int32), TypeError, r"dtype torch.int32 at call 0"),
-    (lambda x, t: x.to(torch.complex128), TypeError, r"dtype torch.complex128"),
-    (lambda x, t: torch.empty(x.shape, device="meta"), ValueError, r"on device meta at call 0.*on device cpu"),
-    (lambda x, t: "x0", TypeError, r"must return a torch.Tensor, got str"),
-])
+@pytest.mark.parametrize(
+    "fn, err, match",
+    [
+        (lambda x, t: x > 0, TypeError, r"dtype torch.bool at call 0 .*the state x is torch.float64"),
+        (lambda x, t: x.to(torch.int32), TypeError, r"dtype torch.int32 at call 0"),
+        (lambda x, t: x.to(torch.complex128), TypeError, r"dtype torch.complex128"),
+        (lambda x, t: torch.empty(x.shape, device="meta"), ValueError, r"on device meta at call 0.*on device cpu"),
+        (lambda x, t: "x0", TypeError, r"must return a torch.Tensor, got str"),
+    ],
+)
 def test_bad_model_outputs_are_refused_naming_the_call(fn, err, match):
     grid, x, _ = _setup()
     plan = ods.methods.get("dpmpp-2m").compile(EDM, grid)

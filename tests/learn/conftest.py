@@ -25,8 +25,10 @@ def fitted(gmm, noise):
     """Both families at NFE 4 on a Karras grid to sigma = 0."""
     _, model = gmm
     x, xv = noise
-    return {fam: learn.fit(model, x, nfe=4, family=fam, init="dpmpp-2m", x_T_val=xv, iterations=15, epochs=2)
-            for fam in learn.FAMILIES}
+    return {
+        fam: learn.fit(model, x, nfe=4, family=fam, init="dpmpp-2m", x_T_val=xv, iterations=15, epochs=2)
+        for fam in learn.FAMILIES
+    }
 
 
 @pytest.fixture(scope="session")
@@ -35,5 +37,6 @@ def fitted_finite(gmm, noise):
     prob, model = gmm
     x, xv = noise
     grid = ods.grids.karras(prob.path, 5, to_zero=False)
-    return learn.fit(model, x, nfe=5, family="coefficients", init="dpmpp-2m", grid=grid, x_T_val=xv,
-                     iterations=10, epochs=2)
+    return learn.fit(
+        model, x, nfe=5, family="coefficients", init="dpmpp-2m", grid=grid, x_T_val=xv, iterations=10, epochs=2
+    )

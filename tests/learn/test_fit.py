@@ -57,8 +57,19 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, gmm, noise, fitted, fam
     assert torch.equal(g.grid.t, f.grid.t)
     x = prob.prior(50, torch.Generator().manual_seed(99))
     assert torch.equal(ods.sample(model, x, g.grid, method=g.method), ods.sample(model, x, f.grid, method=f.method))
-    for name in ("family", "init", "nfe", "parameters", "train_loss", "val_loss", "init_val_loss", "fit_seconds",
-                 "history", "settings", "model"):
+    for name in (
+        "family",
+        "init",
+        "nfe",
+        "parameters",
+        "train_loss",
+        "val_loss",
+        "init_val_loss",
+        "fit_seconds",
+        "history",
+        "settings",
+        "model",
+    ):
         assert getattr(g, name) == getattr(f, name), name
     doc = json.loads(file.read_text())
     assert doc["grid"] == f.grid.t.tolist()  # exact float64 (repr round trip)
@@ -71,8 +82,15 @@ def test_default_validation_split_is_disjoint(gmm):
     prob, model = gmm
     x = prob.prior(40, torch.Generator().manual_seed(5))
     seen = []
-    f = learn.fit(model, x, nfe=3, family="grid", iterations=3, epochs=1,
-                  teacher=lambda z: (seen.append(z.clone()), solve(model, z, 80.0, 0.0, rtol=1e-10, atol=1e-10))[1])
+    f = learn.fit(
+        model,
+        x,
+        nfe=3,
+        family="grid",
+        iterations=3,
+        epochs=1,
+        teacher=lambda z: (seen.append(z.clone()), solve(model, z, 80.0, 0.0, rtol=1e-10, atol=1e-10))[1],
+    )
     assert f.settings["train_size"] == 30 and f.settings["val_size"] == 10
     assert len(seen) == 1 and torch.equal(seen[0], x.to(torch.float64))  # the teacher runs once, on both parts
 
@@ -136,8 +154,18 @@ def test_progress_and_callback_report_every_epoch(gmm, capsys):
     prob, model = gmm
     x = prob.prior(24, torch.Generator().manual_seed(7))
     seen = []
-    f = learn.fit(model, x, nfe=3, family="coefficients", iterations=3, epochs=3, restarts=1, progress=True,
-                  select=False, callback=lambda epoch, loss: seen.append((epoch, loss)))
+    f = learn.fit(
+        model,
+        x,
+        nfe=3,
+        family="coefficients",
+        iterations=3,
+        epochs=3,
+        restarts=1,
+        progress=True,
+        select=False,
+        callback=lambda epoch, loss: seen.append((epoch, loss)),
+    )
     assert [e for e, _ in seen] == [0, 1, 2] and tuple(v for _, v in seen) == f.history
     assert f.val_loss == pytest.approx(f.history[-1], rel=1e-12)  # without select: the last epoch
     assert "fit" in capsys.readouterr().err  # the progress bar

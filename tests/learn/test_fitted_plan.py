@@ -20,7 +20,7 @@ def test_fitted_plan_has_order_at_least_one(gmm, fitted_finite):
     f = fitted_finite
     plan = f.method.compile(prob.path, f.grid)
     init = ods.methods.get("dpmpp-2m").compile(prob.path, f.grid)
-    assert not torch.allclose(plan.update_hist[:, :init.window], init.update_hist)  # the fit changed the rows
+    assert not torch.allclose(plan.update_hist[:, : init.window], init.update_hist)  # the fit changed the rows
     ex = step_exactness(plan, max_degree=2)
     assert (ex.degrees >= 0).all() and ex.bound() >= 1  # every step exact for constants: order >= 1
     # the same rows with one coefficient moved (row sum broken) lose it: the check can fail
@@ -53,8 +53,12 @@ def test_from_plan_reproduces_registered_methods(gmm, name):
     f = FittedPlan.from_plan(m.compile(prob.path, grid), f"copy-{name}", interpolation=m.variable)
     x = prob.prior(16, torch.Generator().manual_seed(1))
     assert torch.equal(ods.sample(model, x, grid, method=f), ods.sample(model, x, grid, method=m))
-    assert (f.prediction, f.variable, f.calls_per_step, f.history) == (m.prediction, m.variable, m.calls_per_step,
-                                                                       m.history)
+    assert (f.prediction, f.variable, f.calls_per_step, f.history) == (
+        m.prediction,
+        m.variable,
+        m.calls_per_step,
+        m.history,
+    )
 
 
 def test_fitted_plan_as_a_method(gmm):

@@ -128,8 +128,21 @@ def level_ipndm(s, t):
     return s.alphas[i].double(), s.betas[i].double()
 
 
-def run_diffusers(s, steps, x, level, *, coords="vp", prediction="epsilon", edm=False, set_kwargs=None,
-                  step_kwargs=None, calls=None, after_set=None, skip_last=False):
+def run_diffusers(
+    s,
+    steps,
+    x,
+    level,
+    *,
+    coords="vp",
+    prediction="epsilon",
+    edm=False,
+    set_kwargs=None,
+    step_kwargs=None,
+    calls=None,
+    after_set=None,
+    skip_last=False,
+):
     """Run ``s`` like a pipeline from ``x`` (float64); the model is the exact denoiser at the noise
     level the scheduler itself uses for the call (``level(s, t) -> (alpha, sigma)``).
 

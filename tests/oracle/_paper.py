@@ -199,13 +199,21 @@ def dpmpp_3m(path, t, x, d2_factor=1.0, data=True, warmup="midpoint", lower_orde
             if data:
                 phi2 = _expm1(-h) / h + 1  # h phi_2(-h)
                 phi3 = -((_expm1(-h) + h) / h**2 - 0.5)  # h phi_3(-h)
-                x = (g.s[n + 1] / g.s[n] * x - g.a[n + 1] * _expm1(-h) * m + g.a[n + 1] * phi2 * D1
-                     + d2_factor * g.a[n + 1] * phi3 * D2)
+                x = (
+                    g.s[n + 1] / g.s[n] * x
+                    - g.a[n + 1] * _expm1(-h) * m
+                    + g.a[n + 1] * phi2 * D1
+                    + d2_factor * g.a[n + 1] * phi3 * D2
+                )
             else:
                 phi2 = _expm1(h) / h - 1  # h phi_2(h)
                 phi3 = (_expm1(h) - h) / h**2 - 0.5  # h phi_3(h)
-                x = (g.a[n + 1] / g.a[n] * x - g.s[n + 1] * _expm1(h) * m - g.s[n + 1] * phi2 * D1
-                     - d2_factor * g.s[n + 1] * phi3 * D2)
+                x = (
+                    g.a[n + 1] / g.a[n] * x
+                    - g.s[n + 1] * _expm1(h) * m
+                    - g.s[n + 1] * phi2 * D1
+                    - d2_factor * g.s[n + 1] * phi3 * D2
+                )
         if torch.isfinite(g.lam[n]):
             nodes.append((g.lam[n], m))
     return x
@@ -271,8 +279,11 @@ def unipc(path, t, x, p, bh="bh2", corrector=True, lower_order_final=False):
             r = [(lam - g.lam[n]) / h for lam, _ in used[1:]]
             B, a = _unipc_solve(r, h, bh, q, False)
             D = [(mm - m) / rr for rr, (_, mm) in zip(r, used[1:])]
-            x = (g.s[n + 1] / g.s[n] * x - g.a[n + 1] * torch.expm1(-h) * m
-                 - g.a[n + 1] * B * sum(ai * Di for ai, Di in zip(a, D)))
+            x = (
+                g.s[n + 1] / g.s[n] * x
+                - g.a[n + 1] * torch.expm1(-h) * m
+                - g.a[n + 1] * B * sum(ai * Di for ai, Di in zip(a, D))
+            )
         last = (n, xs, used, q)
     return x
 
@@ -309,8 +320,9 @@ def adams_rho(path, t, x, p, variable="t", lower_order_final=False):
         C = []
         for j in range(q):
             if variable == "t":  # t(rho) is smooth on a continuous path: 100-point Gauss-Legendre
-                f = lambda rho, j=j, nodes=nodes: _lagrange(nodes, j,
-                                                            path.t_of_noise_level(torch.as_tensor(rho)).numpy())
+                f = lambda rho, j=j, nodes=nodes: _lagrange(
+                    nodes, j, path.t_of_noise_level(torch.as_tensor(rho)).numpy()
+                )
                 C.append(integrate.fixed_quad(f, r0, r1, n=100)[0])
             else:
                 others = [nodes[k] for k in range(q) if k != j]
@@ -398,10 +410,16 @@ PAPER = {
     "dpmpp-3m": lambda p, t, x: dpmpp_3m(p, t, x),
     "dpm-solver-3m": lambda p, t, x: dpmpp_3m(p, t, x, data=False),
     "dpmpp-3m-corrected": lambda p, t, x: dpmpp_3m(p, t, x, d2_factor=2.0, warmup="2s"),
-    **{f"unipc-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh))
-       for bh in ("bh1", "bh2") for q in (1, 2, 3)},
-    **{f"unip-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh, corrector=False))
-       for bh in ("bh1", "bh2") for q in (1, 2, 3)},
+    **{
+        f"unipc-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh))
+        for bh in ("bh1", "bh2")
+        for q in (1, 2, 3)
+    },
+    **{
+        f"unip-{bh}-{q}": (lambda p, t, x, q=q, bh=bh: unipc(p, t, x, q, bh, corrector=False))
+        for bh in ("bh1", "bh2")
+        for q in (1, 2, 3)
+    },
     **{f"deis-{q}": (lambda p, t, x, q=q: adams_rho(p, t, x, q, "t")) for q in (1, 2, 3)},
     **{f"lms-{q}": (lambda p, t, x, q=q: adams_rho(p, t, x, q, "rho")) for q in (1, 2, 3, 4)},
     "euler": lambda p, t, x: rk(p, t, x, "euler"),

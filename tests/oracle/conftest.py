@@ -1,4 +1,1 @@
 """Oracle tests: odesolve against diffusers' schedulers, k-diffusion's samplers and the papers' formulas."""
-
-
-

@@ -91,7 +91,9 @@ def test_unipc_bh1_to_sigma_zero_declared_order(order, edm_problem):
     name = f"unipc-bh1-{order}"
     slope, errors = _order(name, edm_problem, [16, 32, 64, 128], to_zero=True)
     declared = ods.methods.get(name).order
-    assert declared - 0.2 <= slope < declared + 1, f"{name}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    assert declared - 0.2 <= slope < declared + 1, (
+        f"{name}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +118,9 @@ def test_karras_zero_length_last_step_is_merged(steps):
 def test_third_order_multistep_zero_length_last_step_declared_order(method, edm_problem):
     slope, errors = _order(method, edm_problem, [16, 32, 64, 128], duplicate_last=True)
     declared = ods.methods.get(method).order
-    assert declared - 0.2 <= slope < declared + 1, f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    assert declared - 0.2 <= slope < declared + 1, (
+        f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +130,9 @@ def test_third_order_multistep_zero_length_last_step_declared_order(method, edm_
 ZSNR = ods.paths.VP.discrete("scaled_linear", 1000, 0.00085, 0.012, rescale_zero_terminal_snr=True)
 
 
-@pytest.mark.parametrize("method", ["ipndm", "plms", "euler", "heun", "dpm-solver-2m", "deis-2", "lms-2",
-                                    "dpm-solver-2"])
+@pytest.mark.parametrize(
+    "method", ["ipndm", "plms", "euler", "heun", "dpm-solver-2m", "deis-2", "lms-2", "dpm-solver-2"]
+)
 def test_noise_form_methods_refuse_a_start_at_alpha_zero(method):
     grid = ods.grids.discrete(ZSNR, 10, spacing="trailing")
     assert float(ZSNR.alpha(grid.t[0])) == 0.0
@@ -171,7 +176,9 @@ def test_data_form_methods_from_alpha_zero_declared_order(method):
         errors.append(rel(out, ref))
     slope = convergence_slope(ns, errors)
     declared = ods.methods.get(method).order
-    assert declared - 0.2 <= slope < declared + 1, f"{method} from alpha = 0: measured order {slope:.2f} (errors {errors})"
+    assert declared - 0.2 <= slope < declared + 1, (
+        f"{method} from alpha = 0: measured order {slope:.2f} (errors {errors})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +235,9 @@ def test_plms_below_13_calls_runs():
 def test_plms_ipndm_declared_order(method, edm_problem):
     slope, errors = _order(method, edm_problem, [64, 128, 256])
     declared = ods.methods.get(method).order
-    assert declared - 0.2 <= slope < declared + 1, f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    assert declared - 0.2 <= slope < declared + 1, (
+        f"{method}: measured order {slope:.2f} (errors {errors}), declared {declared}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,19 +10,26 @@ F64 = torch.float64
 EYE = torch.eye(2, dtype=F64)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"weights": [0.5, -0.2, 0.7]}, r"weights must be non-negative"),
-    ({"weights": [0.5, 0.4, 0.2]}, r"weights must sum to 1, got sum 1.1"),
-    ({"weights": [[0.5, 0.5]]}, r"weights must be a non-empty 1-D vector"),
-    ({"weights": [float("nan"), 1.0, 0.0]}, r"weights must be finite"),
-    ({"means": torch.zeros(2, 2)}, r"means must have shape \(K, dim\) with K = 3"),
-    ({"covs": torch.stack([EYE, EYE])}, r"covs must have shape \(K, dim, dim\) = \(3, 2, 2\)"),
-    ({"covs": torch.stack([EYE, EYE, torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=F64)])},
-     r"covs must be symmetric positive definite: got asymmetry .* \(expected <= 1e-10\)"),
-    ({"covs": torch.stack([EYE, EYE, torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64)])},
-     r"covs must be symmetric positive definite: got smallest eigenvalue -1 \(expected > 0\)"),
-    ({"covs": "identity"}, r"covs must be a numeric array"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"weights": [0.5, -0.2, 0.7]}, r"weights must be non-negative"),
+        ({"weights": [0.5, 0.4, 0.2]}, r"weights must sum to 1, got sum 1.1"),
+        ({"weights": [[0.5, 0.5]]}, r"weights must be a non-empty 1-D vector"),
+        ({"weights": [float("nan"), 1.0, 0.0]}, r"weights must be finite"),
+        ({"means": torch.zeros(2, 2)}, r"means must have shape \(K, dim\) with K = 3"),
+        ({"covs": torch.stack([EYE, EYE])}, r"covs must have shape \(K, dim, dim\) = \(3, 2, 2\)"),
+        (
+            {"covs": torch.stack([EYE, EYE, torch.tensor([[1.0, 0.5], [0.0, 1.0]], dtype=F64)])},
+            r"covs must be symmetric positive definite: got asymmetry .* \(expected <= 1e-10\)",
+        ),
+        (
+            {"covs": torch.stack([EYE, EYE, torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64)])},
+            r"covs must be symmetric positive definite: got smallest eigenvalue -1 \(expected > 0\)",
+        ),
+        ({"covs": "identity"}, r"covs must be a numeric array"),
+    ],
+)
 def test_gaussian_mixture_arguments(kwargs, match):
     args = {"weights": [0.2, 0.3, 0.5], "means": torch.zeros(3, 2), "covs": torch.stack([EYE] * 3)}
     args.update(kwargs)
@@ -30,14 +37,17 @@ def test_gaussian_mixture_arguments(kwargs, match):
         GaussianMixture(**args)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"factors": torch.zeros(2, 4, 5)}, r"factors must have shape \(K, dim, r\) with K = 2 .* 1 <= r <= dim"),
-    ({"factors": torch.zeros(3, 4, 2)}, r"factors must have shape \(K, dim, r\) with K = 2"),
-    ({"noise": 0.0}, r"noise must be > 0"),
-    ({"noise": [0.1, 0.1, 0.1]}, r"noise must be a number or have shape \(K,\) = \(2,\)"),
-    ({"means": torch.zeros(2, 3)}, r"means must have shape \(K, dim\) = \(2, 4\)"),
-    ({"weights": [0.7, 0.7]}, r"weights must sum to 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"factors": torch.zeros(2, 4, 5)}, r"factors must have shape \(K, dim, r\) with K = 2 .* 1 <= r <= dim"),
+        ({"factors": torch.zeros(3, 4, 2)}, r"factors must have shape \(K, dim, r\) with K = 2"),
+        ({"noise": 0.0}, r"noise must be > 0"),
+        ({"noise": [0.1, 0.1, 0.1]}, r"noise must be a number or have shape \(K,\) = \(2,\)"),
+        ({"means": torch.zeros(2, 3)}, r"means must have shape \(K, dim\) = \(2, 4\)"),
+        ({"weights": [0.7, 0.7]}, r"weights must sum to 1"),
+    ],
+)
 def test_lowrank_arguments(kwargs, match):
     args = {"weights": [0.5, 0.5], "means": None, "factors": torch.ones(2, 4, 2), "noise": 0.1}
     args.update(kwargs)

@@ -1,7 +1,6 @@
 """Gaussian: the closed-form PF-ODE flow and reverse-SDE law, checked against the ODE itself, a
 reference integration and a Monte Carlo Euler-Maruyama simulation."""
 
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -31,8 +30,9 @@ CASES = [  # (path, t_from, t_to, prediction, check): ends at sigma = 0 and star
 ]
 
 
-@pytest.mark.parametrize("path,t_from,t_to,prediction,check", CASES,
-                         ids=[f"{type(c[0]).__name__}-{c[1]}-{c[2]}-{c[3]}" for c in CASES])
+@pytest.mark.parametrize(
+    "path,t_from,t_to,prediction,check", CASES, ids=[f"{type(c[0]).__name__}-{c[1]}-{c[2]}-{c[3]}" for c in CASES]
+)
 def test_flow_agrees_with_reference_solve(path, t_from, t_to, prediction, check):
     gauss = problems.get("gaussian").distribution  # 8-D, eigenvalues from 0.01 to 1
     x = _x(gauss, t_from, path, n=6)
@@ -53,15 +53,21 @@ def test_flow_composes_and_inverts(gauss, path, data):
     two = gauss.flow(gauss.flow(x, s, u, path), u, t, path)
     assert torch.isfinite(direct).all()
     assert (direct - two).abs().max() <= 1e-11 * (1 + direct.abs().max())
-    if path.alpha(torch.tensor(t, dtype=F64)) > 0 and path.sigma(torch.tensor(t, dtype=F64)) > 0 \
-            and path.alpha(torch.tensor(s, dtype=F64)) > 0:
+    if (
+        path.alpha(torch.tensor(t, dtype=F64)) > 0
+        and path.sigma(torch.tensor(t, dtype=F64)) > 0
+        and path.alpha(torch.tensor(s, dtype=F64)) > 0
+    ):
         back = gauss.flow(direct, t, s, path)
         assert (back - x).abs().max() <= 1e-8 * (1 + x.abs().max())
 
 
 @settings(max_examples=30, deadline=None)
-@given(gauss=ts.gaussians(dims=st.integers(1, 4)), path=ts.paths(("vp-linear", "vp-cosine", "edm", "ve", "flow")),
-       data=st.data())
+@given(
+    gauss=ts.gaussians(dims=st.integers(1, 4)),
+    path=ts.paths(("vp-linear", "vp-cosine", "edm", "ve", "flow")),
+    data=st.data(),
+)
 def test_flow_solves_the_pf_ode(gauss, path, data):
     """d/dt flow(x, s, t) = velocity(flow(x, s, t), t): the closed form satisfies the ODE (autograd in t)."""
     s = data.draw(ts.noise_times(path, 1e-2, 1e2), label="s")
@@ -86,6 +92,7 @@ def test_flow_limits_are_exact():
 
 
 # -- the reverse SDE ----------------------------------------------------------------------------------
+
 
 @settings(max_examples=40, deadline=None)
 @given(gauss=ts.gaussians(), path=ts.paths(), data=st.data())

@@ -43,7 +43,7 @@ def _naive(weights, means, covs, x, a, s):
 def test_score_is_the_gradient_of_log_p(gmm, path, data, seed):
     t = data.draw(ts.noise_times(path), label="t")
     x = _points(gmm, t, path, seed).requires_grad_(True)
-    grad, = torch.autograd.grad(gmm.log_prob(x, t, path).sum(), x)
+    (grad,) = torch.autograd.grad(gmm.log_prob(x, t, path).sum(), x)
     score = gmm.score(x.detach(), t, path)
     assert (score - grad).abs().max() <= 1e-9 * grad.abs().max() + 1e-300
 
@@ -105,16 +105,19 @@ def test_marginal_is_the_same_mixture():
 
 # -- limits ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def gmm3():
     g = torch.Generator().manual_seed(3)
     A = torch.randn(3, 3, 3, dtype=F64, generator=g)
-    return GaussianMixture([0.5, 0.3, 0.2], 3 * torch.randn(3, 3, dtype=F64, generator=g),
-                           A @ A.transpose(1, 2) / 3 + 0.05 * torch.eye(3, dtype=F64))
+    return GaussianMixture(
+        [0.5, 0.3, 0.2],
+        3 * torch.randn(3, 3, dtype=F64, generator=g),
+        A @ A.transpose(1, 2) / 3 + 0.05 * torch.eye(3, dtype=F64),
+    )
 
 
-CLEAN_ENDS = [(EDM(), 0.0), (VP.linear(), 0.0), (VP.cosine(), 0.0), (FlowMatching(), 0.0),
-              (VP.discrete(), -1.0)]
+CLEAN_ENDS = [(EDM(), 0.0), (VP.linear(), 0.0), (VP.cosine(), 0.0), (FlowMatching(), 0.0), (VP.discrete(), -1.0)]
 ZERO_SNR = [(VP.cosine(), 1.0), (FlowMatching(), 1.0), (VP.discrete(rescale_zero_terminal_snr=True), 999.0)]
 
 
@@ -172,6 +175,7 @@ def test_tiny_sigma_is_continuous(gmm3):
 
 
 # -- sampling ---------------------------------------------------------------------------------------
+
 
 def _moments(gmm):
     mean = gmm.mean

@@ -67,8 +67,12 @@ def test_d1024_is_fast_and_matches_dense_on_a_subset():
     assert elapsed < 10.0, elapsed
     # against the dense mixture: eigh of 1024 x 1024 covariances is the slow part, so two components
     g = torch.Generator().manual_seed(3)
-    small = LowRankMixture([0.3, 0.7], torch.randn(2, 1024, dtype=F64, generator=g),
-                           torch.randn(2, 1024, 8, dtype=F64, generator=g) / 8, noise=[0.05, 0.2])
+    small = LowRankMixture(
+        [0.3, 0.7],
+        torch.randn(2, 1024, dtype=F64, generator=g),
+        torch.randn(2, 1024, 8, dtype=F64, generator=g) / 8,
+        noise=[0.05, 0.2],
+    )
     dense = small.dense()
     for path, t in [(EDM(), 0.5), (VP.cosine(), 0.9), (FlowMatching(), 0.01)]:
         xs = small.sample_marginal(3, t, path, g)

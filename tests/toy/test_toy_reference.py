@@ -37,8 +37,9 @@ def test_torchdiffeq_backend_agrees(gauss):
     path = FlowMatching()
     x = gauss.sample_prior(4, path, t=0.99, generator=torch.Generator().manual_seed(1))
     exact = gauss.flow(x, 0.99, 0.0, path)
-    out = reference.solve(gauss.model(path, "eps"), x, 0.99, 0.0, backend="torchdiffeq", rtol=1e-10, atol=1e-10,
-                          check="off")
+    out = reference.solve(
+        gauss.model(path, "eps"), x, 0.99, 0.0, backend="torchdiffeq", rtol=1e-10, atol=1e-10, check="off"
+    )
     assert (out - exact).abs().max() <= 1e-8 * max(1.0, exact.abs().max().item())
 
 
@@ -54,8 +55,9 @@ def test_mixture_against_an_independent_integration():
         xx = torch.from_numpy(y).view(8, 2)
         return ((xx - gmm.denoiser(xx, sig, path)) / sig).reshape(-1).numpy()
 
-    sol = scipy.integrate.solve_ivp(f, (80.0, 0.05), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12,
-                                    atol=1e-12, t_eval=[0.05])
+    sol = scipy.integrate.solve_ivp(
+        f, (80.0, 0.05), x.reshape(-1).numpy(), method="DOP853", rtol=1e-12, atol=1e-12, t_eval=[0.05]
+    )
     theirs = torch.from_numpy(np.ascontiguousarray(sol.y[:, -1])).view(8, 2)
     assert (ours - theirs).abs().max() <= 1e-8 * (1 + theirs.abs().max())
 

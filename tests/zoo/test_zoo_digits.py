@@ -19,6 +19,7 @@ FD_BOUND = 2.5  # what 400 real digits drawn from the data set get: 2.43 (test s
 SOLVER_RMS_NFE10 = 0.072  # RMS error of BEST at NFE 10 against the reference, trailing grid (400 samples)
 BF16_UNIT_ROUNDOFF = 2.0**-8
 
+
 def confidence(clf, x):
     """Mean over images of the classifier's largest class probability."""
     return float(clf.probabilities(x).max(1).values.mean())

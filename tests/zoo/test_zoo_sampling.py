@@ -46,14 +46,17 @@ def test_sample_reports_bad_arguments(tmp_path, capsys):
     assert sampling.run(args_for(tmp_path, method="dpm-solver-3", nfe=0)) == 2
 
 
-@pytest.mark.parametrize("method, nfe, steps, calls", [
-    ("dpmpp-3m", 10, 10, 10),             # multistep: one call a step
-    ("dpm-solver-3", 10, 4, 10),          # 3 + 3 + 3 + 1: the step to sigma = 0 is one DDIM call
-    ("dpm-solver-3", 5, 2, 4),            # 3 + 1
-    ("heun", 10, 5, 9),                   # 2 * 4 + 1; 6 steps would need 11
-    ("dpmpp-3m-corrected", 10, 9, 10),    # its DPM-Solver++(2S) warm-up step costs one extra call
-    ("ddim", 1, 1, 1),
-])
+@pytest.mark.parametrize(
+    "method, nfe, steps, calls",
+    [
+        ("dpmpp-3m", 10, 10, 10),  # multistep: one call a step
+        ("dpm-solver-3", 10, 4, 10),  # 3 + 3 + 3 + 1: the step to sigma = 0 is one DDIM call
+        ("dpm-solver-3", 5, 2, 4),  # 3 + 1
+        ("heun", 10, 5, 9),  # 2 * 4 + 1; 6 steps would need 11
+        ("dpmpp-3m-corrected", 10, 9, 10),  # its DPM-Solver++(2S) warm-up step costs one extra call
+        ("ddim", 1, 1, 1),
+    ],
+)
 def test_steps_for_nfe_fills_the_budget(method, nfe, steps, calls):
     path = zoo.load("digits").path
     assert sampling.steps_for_nfe(path, method, nfe) == steps

@@ -93,6 +93,8 @@ def derive(table: object, *, max_order: int | None = None, timeout: float | None
         raise ValueError(f"max_order must be a positive integer, got {max_order!r}")
     derivation = getattr(table, "derivation", None)
     if not callable(derivation):
-        raise TypeError(f"derive does not know tables of type {type(table).__name__}: a table provides "
-                        "derivation(max_order, budget) (use numeric_order for any compiled plan)")
+        raise TypeError(
+            f"derive does not know tables of type {type(table).__name__}: a table provides "
+            "derivation(max_order, budget) (use numeric_order for any compiled plan)"
+        )
     return derivation(max_order, _Budget(timeout, f"derive({getattr(table, 'name', table)!r})"))

@@ -24,8 +24,10 @@ class _Budget:
 
     def check(self):
         if time.perf_counter() - self.t0 > self.limit:
-            raise SymbolicLimitError(f"{self.what} exceeded the symbolic time budget of {self.limit:g} s "
-                                     "(odesolve.analysis.symbolic.TIME_LIMIT or timeout=); use numeric_order")
+            raise SymbolicLimitError(
+                f"{self.what} exceeded the symbolic time budget of {self.limit:g} s "
+                "(odesolve.analysis.symbolic.TIME_LIMIT or timeout=); use numeric_order"
+            )
 
 
 def _limit() -> float:

@@ -58,8 +58,11 @@ class AdamsDerivation(_Derivation):
         if which == "predictor":
             return self.predictor if q == self.table.nodes else _adams_coefficients(self.table, q, False)[0]
         if which == "corrector":
-            return (self.corrector if q == self.table.nodes and self.corrector is not None
-                    else _adams_coefficients(self.table, q, True)[0])
+            return (
+                self.corrector
+                if q == self.table.nodes and self.corrector is not None
+                else _adams_coefficients(self.table, q, True)[0]
+            )
         raise ValueError(f"which must be 'predictor' or 'corrector', got {which!r}")
 
     def summary(self) -> str:
@@ -67,8 +70,13 @@ class AdamsDerivation(_Derivation):
         kind = f"exponential Adams, {t.nodes} nodes in {t.variable}, {t.prediction} prediction"
         if t.corrector:
             kind += ", UniC corrector (PEC)"
-        lines = [f"{t.name}: {kind}", (f"  order {self.order} (declared {t.order}) from the rule min(p_int + 1, "
-                 f"p_b + 2) with p_int = {self.rule[0]}, p_b = {self.rule[1]}")]
+        lines = [
+            f"{t.name}: {kind}",
+            (
+                f"  order {self.order} (declared {t.order}) from the rule min(p_int + 1, "
+                f"p_b + 2) with p_int = {self.rule[0]}, p_b = {self.rule[1]}"
+            ),
+        ]
         for k, v in self.degrees.items():
             lines.append(f"  degree {v}: {k}")
         names = ", ".join(f"c_{j}" for j in range(len(self.predictor)))
@@ -155,8 +163,9 @@ def _adams_degree(table, q: int, corrector: bool, rng) -> int:
 
 def _weight_sympy(w, h, zeta):
     """A weight row ``h_coeff h + sum_l chi_l`` with chi_l(h) = h phi_l(zeta), in sympy."""
-    return sp.Rational(w.h) * h + sum((sp.Rational(cf) * h * phi(l, zeta) for l, cf in enumerate(w.chi, start=1)
-                                       if cf), sp.Integer(0))
+    return sp.Rational(w.h) * h + sum(
+        (sp.Rational(cf) * h * phi(l, zeta) for l, cf in enumerate(w.chi, start=1) if cf), sp.Integer(0)
+    )
 
 
 def _weight_series(w, sign: int) -> Series:
@@ -170,13 +179,17 @@ def exponential_adams(table, max_order: int | None = None, budget=None) -> Adams
         raise SymbolicLimitError(f"order {max_order} is beyond the exponential Adams analysis (<= 5)")
     budget = budget_for(budget, f"derive({table.name!r})")
     if table.variable == "t":
-        raise SymbolicLimitError(f"{table.name} interpolates in the path's time t (DEIS tAB): its weights are "
-                                 "path-dependent integrals with no closed form; use numeric_order, or the "
-                                 "rho-interpolating lms-k (identical on EDM paths, where t = rho)")
+        raise SymbolicLimitError(
+            f"{table.name} interpolates in the path's time t (DEIS tAB): its weights are "
+            "path-dependent integrals with no closed form; use numeric_order, or the "
+            "rho-interpolating lms-k (identical on EDM paths, where t = rho)"
+        )
     q = table.nodes
     if q + int(table.corrector) > MAX_ADAMS_NODES:
-        raise SymbolicLimitError(f"{table.name}: {q + int(table.corrector)} nodes exceed the symbolic limit of "
-                                 f"{MAX_ADAMS_NODES} (the Vandermonde inverse grows factorially)")
+        raise SymbolicLimitError(
+            f"{table.name}: {q + int(table.corrector)} nodes exceed the symbolic limit of "
+            f"{MAX_ADAMS_NODES} (the Vandermonde inverse grows factorially)"
+        )
     pred, h, r = _adams_coefficients(table, q, False)
     budget.check()
     corr = _adams_coefficients(table, q, True)[0] if table.corrector else None

@@ -29,7 +29,7 @@ def _grow(t) -> set:
     out = {tuple(sorted(t + ((),)))}
     for i, u in enumerate(t):
         for g in _grow(u):
-            out.add(tuple(sorted(t[:i] + (g,) + t[i + 1:])))
+            out.add(tuple(sorted(t[:i] + (g,) + t[i + 1 :])))
     return out
 
 
@@ -69,11 +69,18 @@ class RKDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        lines = [(f"{t.name}: Runge-Kutta, {len(t.c)} stages, order {self.order} (declared {t.order}; trees "
-                 f"checked to order {self.checked_to})"), f"  R(z) = {self.stability_function}"]
+        lines = [
+            (
+                f"{t.name}: Runge-Kutta, {len(t.c)} stages, order {self.order} (declared {t.order}; trees "
+                f"checked to order {self.checked_to})"
+            ),
+            f"  R(z) = {self.stability_function}",
+        ]
         for tree, q, Phi, g, ok in self.conditions:
-            lines.append(f"  order {q} tree {_tree_str(tree):<16} b.Phi = {Phi!s:<10} 1/gamma = {g!s:<8} "
-                         f"{'ok' if ok else 'FAILS'}")
+            lines.append(
+                f"  order {q} tree {_tree_str(tree):<16} b.Phi = {Phi!s:<10} 1/gamma = {g!s:<8} "
+                f"{'ok' if ok else 'FAILS'}"
+            )
         return "\n".join(lines)
 
 
@@ -86,9 +93,11 @@ def tree_order_conditions(table, max_order: int | None = None, budget=None) -> R
     max_order = max_order or 5
     budget = budget_for(budget, f"derive({table.name!r})")
     if max_order > MAX_RK_ORDER:
-        raise SymbolicLimitError(f"rooted-tree order conditions are generated up to order {MAX_RK_ORDER} "
-                                 f"({sum(len(rooted_trees(q)) for q in range(1, MAX_RK_ORDER + 1))} trees); "
-                                 f"order {max_order} was requested")
+        raise SymbolicLimitError(
+            f"rooted-tree order conditions are generated up to order {MAX_RK_ORDER} "
+            f"({sum(len(rooted_trees(q)) for q in range(1, MAX_RK_ORDER + 1))} trees); "
+            f"order {max_order} was requested"
+        )
     s = len(table.c)
     cost = sum(len(rooted_trees(q)) * s * q for q in range(1, max_order + 1))
     if cost > 2e5:

@@ -72,9 +72,13 @@ class ERKDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        lines = [(f"{t.name}: exponential RK, {len(t.c)} stages, c = {[str(c) for c in t.c]}, {t.prediction} "
-                 f"(zeta = {self.zeta})"),
-                 f"  classical order {self.classical_order}, stiff order {self.stiff_order} (declared {t.order})"]
+        lines = [
+            (
+                f"{t.name}: exponential RK, {len(t.c)} stages, c = {[str(c) for c in t.c]}, {t.prediction} "
+                f"(zeta = {self.zeta})"
+            ),
+            f"  classical order {self.classical_order}, stiff order {self.stiff_order} (declared {t.order})",
+        ]
         if not all(self.row_sum):
             bad = [i + 1 for i, ok in enumerate(self.row_sum) if not ok]
             lines.append(f"  row-sum condition (C) fails for stages {bad}: orders above 2 are not certified")
@@ -92,10 +96,12 @@ def stiff_order_conditions(table, max_order: int | None = None, budget=None) -> 
     max_order = max_order or MAX_ERK_ORDER
     budget = budget_for(budget, f"derive({table.name!r})")
     if max_order > MAX_ERK_ORDER:
-        raise SymbolicLimitError(f"the stiff order conditions are implemented up to order {MAX_ERK_ORDER} "
-                                 f"(Hochbruck & Ostermann 2005, 8 conditions); order {max_order} needs the 16 "
-                                 "conditions of order 5 (Luan & Ostermann 2014), which this module does not "
-                                 "derive. Use numeric_order for the measured order.")
+        raise SymbolicLimitError(
+            f"the stiff order conditions are implemented up to order {MAX_ERK_ORDER} "
+            f"(Hochbruck & Ostermann 2005, 8 conditions); order {max_order} needs the 16 "
+            "conditions of order 5 (Luan & Ostermann 2014), which this module does not "
+            "derive. Use numeric_order for the measured order."
+        )
     s = len(table.c)
     if s > 8:
         raise SymbolicLimitError(f"{table.name}: {s} stages exceed the symbolic limit of 8")
@@ -118,25 +124,34 @@ def stiff_order_conditions(table, max_order: int | None = None, budget=None) -> 
     def a_sym(i, j):
         if (i, j) not in A:
             return sp.Integer(0)
-        return sum((sp.Rational(Av) * sp.Rational(c[i]) * phi(l + 1, sp.Rational(c[i]) * zeta)
-                    for l, Av in enumerate(A[i, j])), sp.Integer(0))
+        return sum(
+            (
+                sp.Rational(Av) * sp.Rational(c[i]) * phi(l + 1, sp.Rational(c[i]) * zeta)
+                for l, Av in enumerate(A[i, j])
+            ),
+            sp.Integer(0),
+        )
 
     b_ser = [sum((Series.phi(l + 1, Fr(sign)) * Bv for l, Bv in enumerate(B[i])), Series.const(0)) for i in range(s)]
     b_sym = [sum((sp.Rational(Bv) * phi(l + 1, zeta) for l, Bv in enumerate(B[i])), sp.Integer(0)) for i in range(s)]
     a_rows = tuple(tuple(a_sym(i, j) for j in range(i)) for i in range(1, s))
 
     def psi_j(j):
-        ser = Series.phi(j, Fr(sign)) - sum((b_ser[i] * (c[i] ** (j - 1) / math.factorial(j - 1)) for i in range(s)),
-                                             Series.const(0))
-        sym = phi(j, zeta) - sum((b_sym[i] * sp.Rational(c[i] ** (j - 1), math.factorial(j - 1)) for i in range(s)),
-                                 sp.Integer(0))
+        ser = Series.phi(j, Fr(sign)) - sum(
+            (b_ser[i] * (c[i] ** (j - 1) / math.factorial(j - 1)) for i in range(s)), Series.const(0)
+        )
+        sym = phi(j, zeta) - sum(
+            (b_sym[i] * sp.Rational(c[i] ** (j - 1), math.factorial(j - 1)) for i in range(s)), sp.Integer(0)
+        )
         return ser, sym
 
     def psi_ji(j, i):
         ser = Series.phi(j, sign * c[i]) * (c[i] ** j) - sum(
-            (a_ser(i, k) * (c[k] ** (j - 1) / math.factorial(j - 1)) for k in range(i)), Series.const(0))
+            (a_ser(i, k) * (c[k] ** (j - 1) / math.factorial(j - 1)) for k in range(i)), Series.const(0)
+        )
         sym = phi(j, sp.Rational(c[i]) * zeta) * sp.Rational(c[i] ** j) - sum(
-            (a_sym(i, k) * sp.Rational(c[k] ** (j - 1), math.factorial(j - 1)) for k in range(i)), sp.Integer(0))
+            (a_sym(i, k) * sp.Rational(c[k] ** (j - 1), math.factorial(j - 1)) for k in range(i)), sp.Integer(0)
+        )
         return ser, sym
 
     conds = []
@@ -152,24 +167,47 @@ def stiff_order_conditions(table, max_order: int | None = None, budget=None) -> 
             add(str(j), q, f"psi_{j} = 0", *psi_j(j))
     if not all(row_sum) and max_order >= 2:
         p1 = [psi_ji(1, i) for i in range(s)]
-        add("C", 2, "sum_i b_i J psi_{1,i} = 0", sum((b_ser[i] * p1[i][0] for i in range(s)), Series.const(0)),
-            sum((b_sym[i] * p1[i][1] for i in range(s)), sp.Integer(0)))
+        add(
+            "C",
+            2,
+            "sum_i b_i J psi_{1,i} = 0",
+            sum((b_ser[i] * p1[i][0] for i in range(s)), Series.const(0)),
+            sum((b_sym[i] * p1[i][1] for i in range(s)), sp.Integer(0)),
+        )
     if max_order >= 3:
         add("3", 3, "psi_3 = 0", *psi_j(3))
         p2 = [psi_ji(2, i) for i in range(s)]
-        add("4", 3, "sum_i b_i J psi_{2,i} = 0", sum((b_ser[i] * p2[i][0] for i in range(s)), Series.const(0)),
-            sum((b_sym[i] * p2[i][1] for i in range(s)), sp.Integer(0)))
+        add(
+            "4",
+            3,
+            "sum_i b_i J psi_{2,i} = 0",
+            sum((b_ser[i] * p2[i][0] for i in range(s)), Series.const(0)),
+            sum((b_sym[i] * p2[i][1] for i in range(s)), sp.Integer(0)),
+        )
     if max_order >= 4:
         add("5", 4, "psi_4 = 0", *psi_j(4))
         p3 = [psi_ji(3, i) for i in range(s)]
-        add("6", 4, "sum_i b_i J psi_{3,i} = 0", sum((b_ser[i] * p3[i][0] for i in range(s)), Series.const(0)),
-            sum((b_sym[i] * p3[i][1] for i in range(s)), sp.Integer(0)))
+        add(
+            "6",
+            4,
+            "sum_i b_i J psi_{3,i} = 0",
+            sum((b_ser[i] * p3[i][0] for i in range(s)), Series.const(0)),
+            sum((b_sym[i] * p3[i][1] for i in range(s)), sp.Integer(0)),
+        )
         inner_ser = [sum((a_ser(i, k) * p2[k][0] for k in range(i)), Series.const(0)) for i in range(s)]
         inner_sym = [sum((a_sym(i, k) * p2[k][1] for k in range(i)), sp.Integer(0)) for i in range(s)]
-        add("7", 4, "sum_i b_i J sum_k a_ik J psi_{2,k} = 0",
+        add(
+            "7",
+            4,
+            "sum_i b_i J sum_k a_ik J psi_{2,k} = 0",
             sum((b_ser[i] * inner_ser[i] for i in range(s)), Series.const(0)),
-            sum((b_sym[i] * inner_sym[i] for i in range(s)), sp.Integer(0)))
-        add("8", 4, "sum_i b_i c_i K psi_{2,i} = 0",
+            sum((b_sym[i] * inner_sym[i] for i in range(s)), sp.Integer(0)),
+        )
+        add(
+            "8",
+            4,
+            "sum_i b_i c_i K psi_{2,i} = 0",
             sum((b_ser[i] * p2[i][0] * c[i] for i in range(s)), Series.const(0)),
-            sum((b_sym[i] * sp.Rational(c[i]) * p2[i][1] for i in range(s)), sp.Integer(0)))
+            sum((b_sym[i] * sp.Rational(c[i]) * p2[i][1] for i in range(s)), sp.Integer(0)),
+        )
     return ERKDerivation(table.name, table, zeta, tuple(b_sym), a_rows, tuple(conds), row_sum)

@@ -22,8 +22,10 @@ class LMMDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        return (f"{t.name}: {t.steps}-step linear multistep, order {t.order}, error constant {t.error_constant}\n"
-                f"  C_q = {[str(c) for c in self.conditions]}")
+        return (
+            f"{t.name}: {t.steps}-step linear multistep, order {t.order}, error constant {t.error_constant}\n"
+            f"  C_q = {[str(c) for c in self.conditions]}"
+        )
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,14 @@ class FixedAdamsDerivation(_Derivation):
 
     def summary(self) -> str:
         t = self.table
-        lines = [f"{t.name}: fixed-coefficient Adams-Bashforth (AB{t.steps_back}) in rho, warm-up {t.warmup!r}",
-                 (f"  global order: uniform grid {self.orders['uniform']}, smooth grid {self.orders['smooth']}, "
-                 f"arbitrary grid {self.orders['any']} (declared {t.order}, grid_requirement "
-                 f"{t.grid_requirement!r})")]
+        lines = [
+            f"{t.name}: fixed-coefficient Adams-Bashforth (AB{t.steps_back}) in rho, warm-up {t.warmup!r}",
+            (
+                f"  global order: uniform grid {self.orders['uniform']}, smooth grid {self.orders['smooth']}, "
+                f"arbitrary grid {self.orders['any']} (declared {t.order}, grid_requirement "
+                f"{t.grid_requirement!r})"
+            ),
+        ]
         for f in self.formulas:
             lines.append(f"  {f.name}: beta = {[str(v) for v in f.beta[:-1][::-1]]}, order {f.order}")
         return "\n".join(lines)

@@ -77,6 +77,7 @@ def phi_numpy(k, z):
 
 # -- exact truncated power series in h -------------------------------------------------------------
 
+
 class Series:
     """Truncated power series in h with Fraction coefficients."""
 
