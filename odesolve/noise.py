@@ -31,6 +31,7 @@ exactly Brownian at the dyadic points of level ``depth`` and linear between them
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 
@@ -59,6 +60,7 @@ def _mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _key(*words: int) -> int:
     """One 64-bit key from a tuple of integers."""
     h = 0
@@ -120,7 +122,7 @@ class NoiseSource:
 
     brownian = False  # answers Brownian increments (correlated across the calls of a plan)
 
-    def __init__(self, seeds: Iterable[int]):
+    def __init__(self, seeds):
         self.seeds = _seeds(seeds)
 
     def __len__(self) -> int:
@@ -169,7 +171,7 @@ class BrownianPaths(NoiseSource):
 
     brownian = True
 
-    def __init__(self, seeds: Iterable[int], depth: int = 32):
+    def __init__(self, seeds, depth: int = 32):
         super().__init__(seeds)
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 52:
             raise ValueError(f"depth must be an integer in [1, 52], got {depth!r}")
@@ -210,6 +212,8 @@ class BrownianPaths(NoiseSource):
         s, t = float(s), float(t)
         if not (math.isfinite(s) and math.isfinite(t)):
             raise ValueError(f"a Brownian increment needs finite times, got [{s}, {t}]")
+        if s > t:  # W(s) - W(t) = -(W(t) - W(s)) exactly
+            return -self.increment(t, s, shape, dtype, device)
         terms: dict = {}
         self._terms(t, 1.0, terms)
         self._terms(s, -1.0, terms)
