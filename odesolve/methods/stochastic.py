@@ -170,9 +170,10 @@ class EulerMaruyama(_Stochastic):
 DDPM = ExponentialSDE("ddpm", order=1, strong_order=1.0, weak_order=1, nodes=1, noise="ancestral",
                       paper="Ho et al., DDPM, NeurIPS 2020; DDIM with eta (Song et al., ICLR 2021, eq. 16); "
                             "= DPM-Solver++(1) SDE (Lu et al. 2022) and Euler ancestral (Karras et al. 2022)")
-DPMPP_2M_SDE = ExponentialSDE("dpmpp-2m-sde", order=1, strong_order=1.0, weak_order=1, nodes=2, noise="exponential",
+# The 2M SDE steps: weak order 2 measured (tests/sde, exact laws on the Gaussian toy), strong order 1
+DPMPP_2M_SDE = ExponentialSDE("dpmpp-2m-sde", order=2, strong_order=1.0, weak_order=2, nodes=2, noise="exponential",
                               variant="midpoint", paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (midpoint)")
-DPMPP_2M_SDE_HEUN = ExponentialSDE("dpmpp-2m-sde-heun", order=1, strong_order=1.0, weak_order=1, nodes=2,
+DPMPP_2M_SDE_HEUN = ExponentialSDE("dpmpp-2m-sde-heun", order=2, strong_order=1.0, weak_order=2, nodes=2,
                                    noise="exponential", variant="heun",
                                    paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (exact linear weight)")
 EULER_MARUYAMA = EulerMaruyama("euler-maruyama", order=1, strong_order=1.0, weak_order=1,
