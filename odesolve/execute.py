@@ -66,8 +66,8 @@ from torch import Tensor
 
 from . import methods as _methods
 from .grids import Grid
-from .noise import BrownianPaths, NoiseSource
 from .models import PREDICTIONS, Model, conversion
+from .noise import BrownianPaths, NoiseSource
 from .plan import Plan
 
 __all__ = [
@@ -435,7 +435,7 @@ class Program:
                                interval=self._interval[k], shape=self.shape).view(self.shape)
 
     def _interpret(self, x: Tensor, generator, step_ends: bool, check: bool, noise=None):
-        shape, N, W, wd, dev = self.shape, self.numel, self.window, self.working_dtype, self.device
+        shape, W, wd, dev = self.shape, self.window, self.working_dtype, self.device
         grad, identity, rows, times = self.differentiable, self.identity, self._rows, self._t
         s = x.to(wd, memory_format=torch.contiguous_format, copy=True)  # the run's own state, never x itself
         if grad:

@@ -24,7 +24,6 @@ Coefficients are float64 torch tensors, so gradients flow from them to the grid.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Literal
 

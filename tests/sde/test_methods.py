@@ -15,7 +15,6 @@ from odesolve import grids as G
 from odesolve import noise as N
 from odesolve import paths as P
 from odesolve.plan import Rows
-from odesolve.toy.gaussian import Gaussian
 from odesolve.toy.gmm import GaussianMixture
 
 EDM = P.EDM()
@@ -149,7 +148,7 @@ def test_same_noise_same_samples_as_k_diffusion(ours, theirs, kwargs, eta):
     model = MIXTURE.model(EDM, "x0")
     x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 40.0
     src = N.BrownianPaths(range(5))
-    noise = lambda s, sn: src.standard_normal(0, (float(s), float(sn)), x.shape)  # noqa: E731
+    noise = lambda s, sn: src.standard_normal(0, (float(s), float(sn)), x.shape)
     want = K.__dict__[theirs](lambda xx, s: model(xx, s), x, sigmas, disable=True, eta=eta, noise_sampler=noise,
                               **kwargs)
     got = ods.sample(model, x, grid, method=ours, noise=src, eta=eta)
@@ -208,7 +207,7 @@ def test_seeds_is_brownian_paths_and_generator_keeps_torchs_stream():
     a = ods.sample(model, x, grid, method="dpmpp-2m-sde", seeds=[7, 8, 9, 10])
     assert torch.equal(a, ods.sample(model, x, grid, method="dpmpp-2m-sde", noise=N.BrownianPaths([7, 8, 9, 10])))
     assert not torch.equal(a, ods.sample(model, x, grid, method="dpmpp-2m-sde", noise=N.PerSampleNormal([7, 8, 9, 10])))
-    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(5)
     b = ods.sample(model, x, grid, method="dpmpp-2m-sde", generator=g())
     assert torch.equal(b, ods.sample(model, x, grid, method="dpmpp-2m-sde", generator=g()))
     plan = ods.methods.get("dpmpp-2m-sde").compile(EDM, grid)  # execute takes the same arguments
@@ -250,7 +249,7 @@ def test_a_plan_names_its_brownian_increments():
     out = ods.execute(plan, model, x, noise=src)
     w1, w0 = src.increment(1.0, 0.5, x.shape), src.increment(1.0, 0.0, x.shape)
     assert torch.allclose(out, 2.0 * w1 / math.sqrt(0.5) + 3.0 * w0, rtol=1e-14, atol=1e-14)
-    for bad in (dict(generator=torch.Generator()), dict(noise=N.PerSampleNormal([1, 2, 3]))):
+    for bad in ({"generator": torch.Generator()}, {"noise": N.PerSampleNormal([1, 2, 3])}):
         with pytest.raises(ValueError, match="correlated Brownian increments"):
             ods.execute(plan, model, x, **bad)
     plain = ods.methods.get("ddpm").compile(EDM, G.karras(EDM, 6))
@@ -286,7 +285,7 @@ def test_a_refined_grid_follows_the_same_brownian_path():
     t = coarse.t
     fine_t = torch.cat([torch.stack([t[:-1] + (t[1:] - t[:-1]) * j / 4 for j in range(4)], 1).flatten(), t[-1:]])
     fine = G.from_sigmas(EDM, fine_t)
-    grid, x, model = _setup()
+    _, x, model = _setup()
     a, b = _Recording(range(4)), _Recording(range(4))
     ods.sample(model, x, coarse, method="ddpm", noise=a)
     ods.sample(model, x, fine, method="ddpm", noise=b)

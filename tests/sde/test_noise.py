@@ -4,6 +4,7 @@ Statistical tolerances are 5 standard errors of the estimate (a false failure ab
 3.5 million runs); every draw is deterministic (counter-based), so a run that passes always passes.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -119,10 +120,10 @@ def test_increments_add_up_whatever_the_partition(points, seed):
     pts = sorted(points)
     src = N.BrownianPaths([seed, seed + 1])
     whole = src.increment(pts[0], pts[-1], (2, 3))
-    parts = sum(src.increment(a, b, (2, 3)) for a, b in zip(pts[:-1], pts[1:]))
+    parts = sum(src.increment(a, b, (2, 3)) for a, b in itertools.pairwise(pts))
     assert torch.allclose(parts, whole, rtol=0, atol=1e-11 * (1 + abs(pts[-1]) + abs(pts[0])))
     fresh = N.BrownianPaths([seed, seed + 1])
-    for a, b in reversed(list(zip(pts[:-1], pts[1:]))):  # another object, another order
+    for a, b in reversed(list(itertools.pairwise(pts))):  # another object, another order
         assert torch.equal(fresh.increment(a, b, (2, 3)), src.increment(a, b, (2, 3)))
     assert torch.equal(src.increment(pts[-1], pts[0], (2, 3)), -whole)
 
