@@ -176,6 +176,7 @@ class BrownianPaths(NoiseSource):
         if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 52:
             raise ValueError(f"depth must be an integer in [1, 52], got {depth!r}")
         self.depth = depth
+        self._cache: dict = {}
 
     def _terms(self, t: float, sign: float, into: dict):
         """Add ``sign * W(t)`` to ``into`` as {node key: weight of its normal}."""
@@ -205,31 +206,37 @@ class BrownianPaths(NoiseSource):
                 k = _key(_BROWNIAN, side, block, level, node)
                 into[k] = into.get(k, 0.0) + sign * tent
 
+    def value(self, t: float, shape, dtype=torch.float64, device="cpu") -> Tensor:
+        """``W(t)`` of every sample, shape ``shape`` (batch first; ``W(0) = 0``): a sum over the
+        construction's nodes in a fixed order, elementwise (no result depends on the batch). The
+        last few values are kept, so a grid's consecutive increments share their common end."""
+        shape, device = torch.Size(shape), torch.device(device)
+        self._check_batch(shape)
+        t = float(t)
+        if not math.isfinite(t):
+            raise ValueError(f"a Brownian path is queried at finite times, got {t}")
+        key = (t, shape, device)
+        w = self._cache.get(key)
+        if w is None:
+            terms: dict = {}
+            self._terms(t, 1.0, terms)
+            keys = list(terms)
+            if keys:
+                z = _normals(self._bases(keys, device), math.prod(shape[1:]))  # (batch, terms, d)
+                w = z[:, 0] * terms[keys[0]]
+                for i in range(1, len(keys)):
+                    w = w + z[:, i] * terms[keys[i]]
+                w = w.view(shape)
+            else:
+                w = torch.zeros(shape, dtype=torch.float64, device=device)
+            self._cache[key] = w
+            while len(self._cache) > 4:
+                self._cache.pop(next(iter(self._cache)))
+        return w.to(dtype, copy=True)
+
     def increment(self, s: float, t: float, shape, dtype=torch.float64, device="cpu") -> Tensor:
         """``W(t) - W(s)`` of every sample, shape ``shape`` (batch first)."""
-        shape = torch.Size(shape)
-        self._check_batch(shape)
-        s, t = float(s), float(t)
-        if not (math.isfinite(s) and math.isfinite(t)):
-            raise ValueError(f"a Brownian increment needs finite times, got [{s}, {t}]")
-        if s > t:  # W(s) - W(t) = -(W(t) - W(s)) exactly
-            return -self.increment(t, s, shape, dtype, device)
-        terms: dict = {}
-        self._terms(t, 1.0, terms)
-        self._terms(s, -1.0, terms)
-        terms = {k: c for k, c in terms.items() if c != 0.0}
-        if not terms:
-            return torch.zeros(shape, dtype=dtype, device=device)
-        keys = list(terms)
-        z = _normals(self._bases(keys, device), math.prod(shape[1:]))  # (batch, terms, d)
-        acc = z[:, 0] * terms[keys[0]]
-        for i in range(1, len(keys)):  # elementwise, in a fixed order: no result depends on the batch
-            acc = acc + z[:, i] * terms[keys[i]]
-        return acc.view(shape).to(dtype)
-
-    def value(self, t: float, shape, dtype=torch.float64, device="cpu") -> Tensor:
-        """``W(t)`` of every sample (``W(0) = 0``)."""
-        return self.increment(0.0, t, shape, dtype, device)
+        return (self.value(t, shape, torch.float64, device) - self.value(s, shape, torch.float64, device)).to(dtype)
 
     def standard_normal(self, call, interval, shape, dtype=torch.float64, device="cpu") -> Tensor:
         if interval is None:

@@ -294,3 +294,17 @@ def test_a_refined_grid_follows_the_same_brownian_path():
         parts = sum(d for _, d in b.seen[4 * i:4 * i + 4])
         assert interval == (float(t[i]), float(t[i + 1]))
         assert torch.allclose(parts, dw, rtol=0, atol=1e-12)
+
+
+def test_gradients_flow_through_a_stochastic_sample():
+    """With x0 = 0 the sample is prod_n A_n x_T + noise: d(sum out)/d x_T = prod_n A_n (update_state)."""
+    grid = G.karras(EDM, 6, sigma_min=0.05, sigma_max=10.0, to_zero=False)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    model = ods.Model(lambda x, t: torch.zeros_like(x), EDM, "x0")
+    for name in STOCHASTIC:
+        out = ods.sample(model, x, grid, method=name, seeds=range(3))
+        (g,) = torch.autograd.grad(out.sum(), x)
+        want = torch.prod(ods.methods.get(name).compile(EDM, grid).update_state)
+        assert torch.allclose(g, torch.full_like(g, float(want)), rtol=1e-12), name
+        with torch.no_grad():
+            assert torch.allclose(out, ods.sample(model, x.detach(), grid, method=name, seeds=range(3)), rtol=1e-13)
