@@ -22,7 +22,7 @@ import torch
 
 from ..paths import check_real
 from ..plan import Rows
-from .base import Method, table
+from .base import Method, refuse_alpha_zero_start, table
 
 
 @table
@@ -68,6 +68,13 @@ class ExponentialSDE(_Stochastic):
     the last two outputs, ``w (h_n / h_{n-1}) (D_n - D_{n-1})`` with ``w = (1 - e^{-z}) / 2``
     ("midpoint") or ``w = 1 - (1 - e^{-z}) / z`` ("heun": the exact weight of the linear
     interpolant). Steps of infinite length (to sigma = 0, from alpha = 0) take the one-node update.
+
+    ``prediction="eps"`` (``nodes = 1``, eta = 1): SDE-DPM-Solver-1 (Lu et al. 2022, DPM-Solver++,
+    eq. 13 in noise form), exponential Euler-Maruyama with eps held constant over the step:
+
+        x_{n+1} = alpha_{n+1}/alpha_n x_n - 2 sigma_{n+1} (e^h - 1) eps_n + sigma_{n+1} sqrt(e^{2h} - 1) xi.
+
+    Its step to sigma = 0 keeps noise, ``alpha_N rho_{N-1} xi`` (it does not end on a denoised sample).
     """
 
     nodes: int = 1
@@ -83,8 +90,8 @@ class ExponentialSDE(_Stochastic):
             raise ValueError(f"{self.name}: nodes must be 1, or 2 with noise='exponential', got {self.nodes!r}")
         if self.variant not in ("midpoint", "heun"):
             raise ValueError(f"{self.name}: variant must be 'midpoint' or 'heun', got {self.variant!r}")
-        if self.prediction != "x0":
-            raise ValueError(f"{self.name}: the exponential SDE steps keep x0 (prediction='x0')")
+        if self.prediction == "eps" and (self.nodes != 1 or self.noise != "ancestral" or self.eta != 1):
+            raise ValueError(f"{self.name}: the noise form (prediction='eps') is the one-node step with eta = 1")
 
     @property
     def history(self) -> int:
@@ -92,6 +99,8 @@ class ExponentialSDE(_Stochastic):
 
     def _rows(self, g, eta=None) -> Rows:
         eta = self._option_eta(eta)
+        if self.prediction == "eps":
+            return self._noise_form_rows(g, eta)
         N = g.steps
         n = torch.arange(N)
         h = g.h
@@ -128,6 +137,24 @@ class ExponentialSDE(_Stochastic):
             rows.update(m, m, slope)
             rows.update(m, m - 1, -slope)
         rows.noise(n, c, g.t[:-1], g.t[1:])
+        return rows
+
+    def _noise_form_rows(self, g, eta: float) -> Rows:
+        refuse_alpha_zero_start(self, g)
+        if eta != 1:
+            raise ValueError(f"eta: {self.name!r} (the noise form) is defined for eta = 1, got {eta}")
+        n = torch.arange(g.steps)
+        h = g.h
+        finite = torch.isfinite(h)
+        hf = torch.where(finite, h, torch.ones_like(h))
+        la0, la1, ls0, ls1 = g.log_alpha[:-1], g.log_alpha[1:], g.log_sigma[:-1], g.log_sigma[1:]
+        s1, big = torch.exp(ls1), torch.exp(la1 + ls0 - la0)  # sigma_{n+1}, sigma_{n+1} e^h = alpha_{n+1} rho_n
+        rows = Rows(g.steps)
+        rows.call(n, n, g.t[:-1])
+        rows.update_state(n, torch.exp(la1 - la0))
+        rows.update(n, n, torch.where(finite, -2 * s1 * torch.expm1(hf), -2 * (big - s1)))
+        rows.noise(n, torch.where(finite, s1 * torch.sqrt(torch.expm1(2 * hf)), torch.sqrt((big - s1) * (big + s1))),
+                   g.t[:-1], g.t[1:])
         return rows
 
 
@@ -176,10 +203,12 @@ DPMPP_2M_SDE = ExponentialSDE("dpmpp-2m-sde", order=2, strong_order=1.0, weak_or
 DPMPP_2M_SDE_HEUN = ExponentialSDE("dpmpp-2m-sde-heun", order=2, strong_order=1.0, weak_order=2, nodes=2,
                                    noise="exponential", variant="heun",
                                    paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (exact linear weight)")
+SDE_DPM_SOLVER_1 = ExponentialSDE("sde-dpm-solver-1", order=1, strong_order=1.0, weak_order=1, prediction="eps",
+                                  paper="Lu et al., DPM-Solver++, 2022, eq. 13 (SDE-DPM-Solver-1, noise form)")
 EULER_MARUYAMA = EulerMaruyama("euler-maruyama", order=1, strong_order=1.0, weak_order=1,
                                paper="Song et al., Score-SDE, ICLR 2021 (reverse diffusion); Maruyama 1955")
 
-TABLES = [DDPM, DPMPP_2M_SDE, DPMPP_2M_SDE_HEUN, EULER_MARUYAMA]
+TABLES = [DDPM, DPMPP_2M_SDE, DPMPP_2M_SDE_HEUN, SDE_DPM_SOLVER_1, EULER_MARUYAMA]
 # Euler ancestral is DDIM with eta for every eta (see ExponentialSDE): the same table under its name
 ALIASED = [(ExponentialSDE("euler-ancestral", order=1, strong_order=1.0, weak_order=1, nodes=1, noise="ancestral",
                            paper="Karras et al., EDM, 2022 (k-diffusion's Euler ancestral)"), "ddpm")]

@@ -25,7 +25,7 @@ MIXTURE = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]], [[[0.2, 0.05],
 
 
 def test_the_stochastic_tables_are_registered_with_their_orders():
-    assert set(STOCHASTIC) == {"ddpm", "dpmpp-2m-sde", "dpmpp-2m-sde-heun", "euler-maruyama"}
+    assert set(STOCHASTIC) == {"ddpm", "dpmpp-2m-sde", "dpmpp-2m-sde-heun", "sde-dpm-solver-1", "euler-maruyama"}
     assert ods.methods.aliases()["euler-ancestral"] == "ddpm"
     for name in STOCHASTIC:
         m = ods.methods.get(name)
@@ -39,6 +39,10 @@ def test_the_stochastic_tables_are_registered_with_their_orders():
         ods.methods.get("ddpm").compile(EDM, G.karras(EDM, 5), eta=-0.1)
     with pytest.raises(TypeError, match="eta"):
         ods.methods.get("ddpm").compile(EDM, G.karras(EDM, 5), eta="1")
+    with pytest.raises(ValueError, match="eta = 1"):
+        ods.methods.get("sde-dpm-solver-1").compile(EDM, G.karras(EDM, 5), eta=0.5)
+    with pytest.raises(ValueError, match="noise form"):
+        ods.methods.stochastic.ExponentialSDE("x", order=1, prediction="eps", eta=0.5, paper="x")
 
 
 # -- the papers' formulas -------------------------------------------------------------------------
@@ -89,6 +93,25 @@ def test_ddpm_and_the_first_2m_sde_step_are_dpmpp_1_sde():
             p = ods.methods.get(name).compile(path, grid)
             assert torch.allclose(p.update_state, state, rtol=1e-12) and torch.allclose(p.update_noise, c, rtol=1e-12)
             assert math.isclose(float(p.update_hist[0, 0]), float(w[0]), rel_tol=1e-12)
+
+
+def test_sde_dpm_solver_1_is_the_noise_form_of_exponential_euler_maruyama():
+    """Lu et al. (2022), eq. 13: x_t = alpha_t/alpha_s x_s - 2 sigma_t (e^h - 1) eps + sigma_t sqrt(e^{2h} - 1) z,
+    e^h = alpha_t sigma_s / (alpha_s sigma_t); on a VP schedule and on EDM, where it is
+    x_t = x_s - 2 (sigma_s - sigma_t) eps + sqrt(sigma_s^2 - sigma_t^2) z."""
+    grid = G.discrete(DISCRETE, 11, spacing="trailing")
+    plan = ods.methods.get("sde-dpm-solver-1").compile(DISCRETE, grid)
+    a0, a1 = DISCRETE.alpha(grid.t[:-1]), DISCRETE.alpha(grid.t[1:])
+    s0, s1 = DISCRETE.sigma(grid.t[:-1]), DISCRETE.sigma(grid.t[1:])
+    eh = a1 * s0 / (a0 * s1)
+    assert torch.allclose(plan.update_state, a1 / a0, rtol=1e-12)
+    ok = s1 > 0
+    assert torch.allclose(plan.update_hist[ok, 0], (-2 * s1 * (eh - 1))[ok], rtol=1e-9)
+    assert torch.allclose(plan.update_noise[ok], (s1 * torch.sqrt(eh**2 - 1))[ok], rtol=1e-9)
+    sig = torch.tensor([80.0, 9.0, 1.0, 0.1, 0.0], dtype=torch.float64)
+    edm = ods.methods.get("sde-dpm-solver-1").compile(EDM, G.from_sigmas(EDM, sig))
+    assert torch.allclose(edm.update_hist[:, 0], -2 * (sig[:-1] - sig[1:]), rtol=1e-12)
+    assert torch.allclose(edm.update_noise, torch.sqrt(sig[:-1] ** 2 - sig[1:] ** 2), rtol=1e-12)
 
 
 def test_the_2m_sde_at_eta_zero_is_dpmpp_2m():
@@ -166,7 +189,7 @@ def test_zero_terminal_snr_start_and_the_step_to_sigma_zero(name):
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model = MIXTURE.model(ZSNR, "x0")
     src = N.BrownianPaths(range(6))
-    if name == "euler-maruyama":
+    if name in ("euler-maruyama", "sde-dpm-solver-1"):  # undefined at alpha = 0: refused
         with pytest.raises(ValueError, match="alpha = 0"):
             ods.sample(model, x, grid, method=name, noise=src)
         grid = G.discrete(DISCRETE, 8, spacing="trailing")
@@ -190,7 +213,8 @@ def test_steps_to_sigma_zero_on_the_edm_path(name):
     model = MIXTURE.model(EDM, "x0")
     out, traj = ods.sample(model, x, grid, method=name, seeds=range(8), return_trajectory=True)
     assert bool(torch.isfinite(traj).all())
-    if name != "euler-maruyama":  # exponential steps take the x0 limit
+    m = ods.methods.get(name)
+    if m.prediction == "x0" and m.variable == "lambda":  # exponential x0 steps take the x0 limit
         assert torch.allclose(out, model.x0(traj[-2], grid.t[-2]), rtol=1e-12, atol=1e-12)
 
 
@@ -297,11 +321,11 @@ def test_a_refined_grid_follows_the_same_brownian_path():
 
 
 def test_gradients_flow_through_a_stochastic_sample():
-    """With x0 = 0 the sample is prod_n A_n x_T + noise: d(sum out)/d x_T = prod_n A_n (update_state)."""
+    """With a zero output in the plan's buffer the sample is prod_n A_n x_T + noise: d(sum out)/d x_T = prod_n A_n."""
     grid = G.karras(EDM, 6, sigma_min=0.05, sigma_max=10.0, to_zero=False)
     x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
-    model = ods.Model(lambda x, t: torch.zeros_like(x), EDM, "x0")
     for name in STOCHASTIC:
+        model = ods.Model(lambda x, t: torch.zeros_like(x), EDM, ods.methods.get(name).prediction)  # F = 0
         out = ods.sample(model, x, grid, method=name, seeds=range(3))
         (g,) = torch.autograd.grad(out.sum(), x)
         want = torch.prod(ods.methods.get(name).compile(EDM, grid).update_state)

@@ -84,7 +84,9 @@ def test_measured_weak_order(name, where):
     alone measures the weak order here."""
     path, make = GRIDS[where]
     m = ods.methods.get(name)
-    ns = (64, 128, 256, 512)
+    # the noise form (eps held constant over a step) reaches its asymptotic slope late: at 64..512
+    # steps its variance error falls with slope 1.36 on EDM, its mean error with 0.77 on VP
+    ns = (256, 512, 1024, 2048) if m.prediction == "eps" else (64, 128, 256, 512)
     errors = [weak_errors(name, path, make(n)) for n in ns]
     means, variances = [e[0] for e in errors], [e[1] for e in errors]
     assert abs(slope(ns, variances) - m.weak_order) <= 0.15, (name, variances)
