@@ -3,12 +3,15 @@ executor's noise arguments (per-sample seeds, Brownian intervals, generator)."""
 
 import importlib.util
 import math
+import os
 import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import odesolve as ods
 from odesolve import grids as G
@@ -332,3 +335,32 @@ def test_gradients_flow_through_a_stochastic_sample():
         assert torch.allclose(g, torch.full_like(g, float(want)), rtol=1e-12), name
         with torch.no_grad():
             assert torch.allclose(out, ods.sample(model, x.detach(), grid, method=name, seeds=range(3)), rtol=1e-13)
+
+
+_PATHS = {"edm": EDM, "vp-linear": P.VP.linear(), "vp-cosine": P.VPCosine(), "flow": P.FlowMatching(),
+          "discrete": DISCRETE, "zsnr": ZSNR}
+
+
+@given(name=st.sampled_from(STOCHASTIC), path=st.sampled_from(sorted(_PATHS)), steps=st.integers(2, 16),
+       to_end=st.booleans(), seed=st.integers(0, 2**31))
+@settings(max_examples=400 if os.environ.get("ODESOLVE_FULL", "0") == "1" else 40, deadline=None, derandomize=True)
+def test_every_stochastic_table_on_every_path_is_finite_or_refused(name, path, steps, to_end, seed):
+    """Random path, grid and seed: finite coefficients and a finite sample, or (only at an alpha = 0
+    start, for the tables undefined there) a ValueError that says so."""
+    path = _PATHS[path]
+    if isinstance(path, P.VPDiscrete):
+        grid = G.discrete(path, steps, spacing="trailing")
+    elif isinstance(path, P.EDM):
+        grid = G.karras(path, steps, to_zero=to_end)
+    else:
+        grid = G.uniform_time(path, steps, path.t_max, path.t_min if to_end else path.t_min + 0.01)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    model = MIXTURE.model(path, "x0")
+    try:
+        plan = ods.methods.get(name).compile(path, grid)
+    except ValueError as err:
+        assert "alpha = 0" in str(err) and float(path.alpha(grid.t[0])) == 0.0
+        return
+    assert all(bool(torch.isfinite(getattr(plan, f)).all()) for f in ("update_state", "update_hist", "update_noise"))
+    out = ods.sample(model, x * float(path.sigma(grid.t[0])), grid, method=plan, seeds=[seed, seed + 1, seed + 2])
+    assert bool(torch.isfinite(out).all())
