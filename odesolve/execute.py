@@ -399,7 +399,8 @@ class Program:
         self.stochastic = plan.stochastic
         self.correlated_noise = plan.correlated_noise
         iv = None if plan.noise_interval is None else plan.noise_interval.detach().tolist()
-        self._interval = tuple(None if iv is None or noise_v[k] == 0 else tuple(iv[k]) for k in range(K))
+        self._interval = tuple(None if iv is None or noise_v[k] == 0 or not all(map(math.isfinite, iv[k]))
+                               else tuple(iv[k]) for k in range(K))
 
     def __repr__(self):
         return (f"Program({self.plan!r}, prediction={self.prediction!r}, shape={tuple(self.shape)}, "

@@ -77,11 +77,11 @@ class Plan:
             if not isinstance(iv, Tensor) or iv.shape != (K, 2) or iv.dtype != torch.float64:
                 raise ValueError(f"plan.noise_interval must be a float64 tensor of shape ({K}, 2), got "
                                  f"{getattr(iv, 'dtype', type(iv).__name__)} {tuple(getattr(iv, 'shape', ()))}")
-            noisy = self.update_noise != 0
-            bad = noisy & ~(torch.isfinite(iv).all(1) & (iv[:, 0] != iv[:, 1]))
+            named, unnamed = torch.isfinite(iv).all(1), torch.isnan(iv).all(1)  # NaN rows: independent normals
+            bad = (self.update_noise != 0) & ~((named & (iv[:, 0] != iv[:, 1])) | unnamed)
             if bool(bad.any()):
                 raise ValueError(f"plan.noise_interval of {self.method!r}: noisy call {int(torch.nonzero(bad)[0])} "
-                                 "needs a finite interval of positive length")
+                                 "needs a finite interval of positive length (or NaN, NaN: an independent normal)")
 
     @property
     def calls(self) -> int:
@@ -102,7 +102,8 @@ class Plan:
         only a Brownian noise source draws them in law)."""
         if self.noise_interval is None:
             return False
-        iv = self.noise_interval.detach()[self.update_noise != 0]
+        iv = self.noise_interval.detach()
+        iv = iv[(self.update_noise != 0) & torch.isfinite(iv).all(1)]
         lo, hi = iv.min(1).values, iv.max(1).values
         order = torch.argsort(lo)
         return bool((hi[order][:-1] > lo[order][1:]).any())
@@ -117,7 +118,8 @@ class Plan:
             inp = " ".join(f(v) for v in [self.input_state[k], *self.input_hist[k, 1:]])
             up = " ".join(f(v) for v in [self.update_state[k], *self.update_hist[k]])
             noise = f"  noise {f(self.update_noise[k])}" if self.stochastic else ""
-            if self.stochastic and self.noise_interval is not None and self.update_noise[k] != 0:
+            if self.stochastic and self.noise_interval is not None and self.update_noise[k] != 0 \
+                    and bool(torch.isfinite(self.noise_interval[k]).all()):
                 noise += f" dW[{float(self.noise_interval[k, 0]):.6g}, {float(self.noise_interval[k, 1]):.6g}]"
             lines.append(f"{k:>3} {int(self.step[k]):>4} {float(self.times[k]):>12.6g} | {inp} | {up}{noise}")
         return "\n".join(lines)

@@ -291,6 +291,18 @@ def test_plans_refuse_bad_noise_intervals():
         dataclasses.replace(plan, noise_interval=torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="noisy call 1 needs a finite interval"):
         dataclasses.replace(plan, noise_interval=torch.tensor([[1.0, 0.5], [0.3, 0.3]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="noisy call 0 needs a finite interval"):
+        dataclasses.replace(plan, noise_interval=torch.tensor([[1.0, math.nan], [1.0, 0.0]], dtype=torch.float64))
+    # a call without an interval (NaN, NaN) draws an independent normal: with one named interval
+    # left, nothing overlaps, and a Brownian source answers the named call and the other alike
+    mixed = dataclasses.replace(plan, noise_interval=torch.tensor([[math.nan, math.nan], [1.0, 0.0]],
+                                                                  dtype=torch.float64))
+    assert not mixed.correlated_noise
+    x = torch.zeros(2, 1, dtype=torch.float64)
+    src = N.BrownianPaths([5, 6])
+    out = ods.execute(mixed, ods.Model(lambda x, t: torch.zeros_like(x), EDM, "x0"), x, noise=src)
+    want = 2.0 * N.PerSampleNormal([5, 6]).standard_normal(0, None, x.shape) + 3.0 * src.increment(1.0, 0.0, x.shape)
+    assert torch.allclose(out, want, rtol=1e-14, atol=1e-14)
     with pytest.raises(ValueError, match="both ends"):
         Rows(1).noise(0, 1.0, 0.5)
 
