@@ -1,10 +1,24 @@
 """odesolve: diffusion ODE solvers as coefficient tables, compiled into plans, run by one executor."""
 
-from . import grids, learn, methods, models, paths
+from . import grids, learn, methods, models, noise, paths
 from .execute import NonFiniteError, Sampler, execute, sample
 from .grids import Grid
 from .models import Model
 from .plan import Plan
 
-__all__ = ["paths", "grids", "models", "methods", "learn", "Model", "Grid", "Plan", "sample", "execute", "Sampler", "NonFiniteError"]
+__all__ = [
+    "Grid",
+    "Model",
+    "NonFiniteError",
+    "Plan",
+    "Sampler",
+    "execute",
+    "grids",
+    "learn",
+    "methods",
+    "models",
+    "noise",
+    "paths",
+    "sample",
+]
 __version__ = "0.1.0"

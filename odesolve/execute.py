@@ -33,9 +33,10 @@ receives the model's raw output. Every driver drives it one call at a time::
 - Each output is validated (a real floating tensor of ``x``'s shape on ``x``'s device; TypeError or
   ValueError naming the call) and checked for NaN/Inf: at once on CPU, after the last call on
   other devices (no synchronisation per call); :class:`NonFiniteError` names the call.
-- Noise: call ``k`` adds ``update_noise[k] * xi_k``, ``xi_k`` standard normal drawn from
-  ``generator`` (None: torch's default stream) in :func:`standard_normal`, the one place noise is
-  drawn.
+- Noise: call ``k`` adds ``update_noise[k] * xi_k``, drawn in :func:`standard_normal`, the one
+  place noise is drawn: from ``noise`` (an :mod:`odesolve.noise` source: per sample, keyed by
+  seeds; a Brownian source answers the call's ``plan.noise_interval``), else from ``generator``
+  (torch's stream; independent normals, refused for a plan whose noise intervals overlap).
 
 Drivers: :meth:`Program.run` (what :func:`execute`, :func:`sample` and :class:`Sampler` use: model
 calls, callback, trajectory, progress, and a guard against models that modify their input in place:
@@ -66,6 +67,7 @@ from torch import Tensor
 from . import methods as _methods
 from .grids import Grid
 from .models import PREDICTIONS, Model, conversion
+from .noise import BrownianPaths, NoiseSource
 from .plan import Plan
 
 __all__ = [
@@ -95,9 +97,32 @@ class StepEnd(NamedTuple):
     denoised: Tensor
 
 
-def standard_normal(generator: torch.Generator | None, n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """xi_k ~ N(0, I) of ``n`` elements: the one place the executor draws noise."""
+def standard_normal(generator: torch.Generator | None, n: int, device: torch.device, dtype: torch.dtype, *,
+                    noise: NoiseSource | None = None, call: int = 0, interval: tuple[float, float] | None = None,
+                    shape=None) -> Tensor:
+    """xi_k ~ N(0, I) of ``n`` elements: the one place the executor draws noise. With ``noise`` (a
+    per-sample source) the normals of call ``call`` for a state of ``shape``, normalised Brownian
+    increments over ``interval`` where the plan names one; otherwise from ``generator``."""
+    if noise is not None:
+        return noise.standard_normal(call, interval, shape, dtype, device).reshape(n)
     return torch.randn(n, generator=generator, device=device, dtype=dtype)
+
+
+def _noise_source(noise, seeds, generator, batch: int) -> NoiseSource | None:
+    """The noise source of a run: ``noise``, or ``BrownianPaths(seeds)``; at most one of
+    ``noise``, ``seeds`` and ``generator``."""
+    given = [n for n, v in (("noise", noise), ("seeds", seeds), ("generator", generator)) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"pass one of noise=, seeds= and generator=, got {' and '.join(given)}")
+    if seeds is not None:
+        noise = BrownianPaths(seeds)
+    if noise is not None:
+        if not isinstance(noise, NoiseSource):
+            raise TypeError(f"noise must be an odesolve.noise source (PerSampleNormal, BrownianPaths), got "
+                            f"{type(noise).__name__}")
+        if len(noise) != batch:
+            raise ValueError(f"noise: {len(noise)} seeds for a batch of {batch} samples (one seed per sample)")
+    return noise
 
 
 # -- the public entry points ---------------------------------------------------------------------
@@ -105,7 +130,7 @@ def standard_normal(generator: torch.Generator | None, n: int, device: torch.dev
 
 def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="dpmpp-2m", *,
            return_trajectory: bool = False, callback: Callable[[dict], None] | None = None, progress: bool = False,
-           generator: torch.Generator | None = None, **options):
+           generator: torch.Generator | None = None, noise: NoiseSource | None = None, seeds=None, **options):
     """Integrate from ``x`` (the state at ``grid.t[0]``, in the path's coordinates) along ``grid``.
 
     ``method`` is a registered name (:func:`odesolve.methods.names`), a method table, or a compiled
@@ -113,6 +138,10 @@ def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="
     Returns the state at ``grid.t[-1]``, and with ``return_trajectory`` also the states at every
     grid time, stacked on a new first axis. ``callback`` receives, after every grid step, a dict
     with ``step`` (= ``i``), ``t``, ``x`` (a copy of the state) and ``denoised``.
+
+    Stochastic methods draw their noise from ``noise`` (an :mod:`odesolve.noise` source, one seed
+    per sample), ``seeds`` (shorthand for ``noise=odesolve.noise.BrownianPaths(seeds)``) or
+    ``generator`` (torch's stream: the noise then depends on the batch); one of them is required.
     """
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be an odesolve.grids.Grid, got {type(grid).__name__}")
@@ -125,20 +154,20 @@ def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="
         program = prepare(method, model.prediction, x.shape, x.dtype, x.device, differentiable=_needs_grad(method, x))
     else:
         program = _prepare_compiled(_as_method(method), grid, options, model.prediction, x)
-    return program.run(model, x, generator=generator, return_trajectory=return_trajectory, callback=callback,
-                       progress=progress)
+    return program.run(model, x, generator=generator, noise=_noise_source(noise, seeds, generator, x.shape[0]),
+                       return_trajectory=return_trajectory, callback=callback, progress=progress)
 
 
 def execute(plan: Plan, model: Model, x: Shaped[Tensor, "batch *shape"], *, return_trajectory: bool = False,
             callback: Callable[[dict], None] | None = None, progress: bool = False,
-            generator: torch.Generator | None = None):
+            generator: torch.Generator | None = None, noise: NoiseSource | None = None, seeds=None):
     """Run ``plan`` with ``model`` from ``x``. See :func:`sample`."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be an odesolve.Plan, got {type(plan).__name__}")
     _check_inputs(model, x, plan.path)
     program = prepare(plan, model.prediction, x.shape, x.dtype, x.device, differentiable=_needs_grad(plan, x))
-    return program.run(model, x, generator=generator, return_trajectory=return_trajectory, callback=callback,
-                       progress=progress)
+    return program.run(model, x, generator=generator, noise=_noise_source(noise, seeds, generator, x.shape[0]),
+                       return_trajectory=return_trajectory, callback=callback, progress=progress)
 
 
 def _as_method(method) -> _methods.Method:
@@ -214,7 +243,7 @@ def plan_fingerprint(plan: Plan) -> tuple:
     equal: method name, path, prediction, sizes, and the bytes of every coefficient, time and
     step index and of the grid."""
     tensors = (plan.times, plan.step, plan.input_state, plan.input_hist, plan.update_state, plan.update_hist,
-               plan.update_noise, plan.grid.t)
+               plan.update_noise, plan.grid.t, *(() if plan.noise_interval is None else (plan.noise_interval,)))
     data = b"".join(t.detach().cpu().numpy().tobytes() for t in tensors)
     return (plan.method, plan.prediction, plan.path, plan.calls, plan.window, plan.grid.steps,
             tuple(t.dtype for t in tensors), data)
@@ -368,6 +397,10 @@ class Program:
         self._grid_t = tuple(gt.unbind(0))
         self._needs_xin = not grad and not all(self.plain_input)
         self.stochastic = plan.stochastic
+        self.correlated_noise = plan.correlated_noise
+        iv = None if plan.noise_interval is None else plan.noise_interval.detach().tolist()
+        self._interval = tuple(None if iv is None or noise_v[k] == 0 or not all(map(math.isfinite, iv[k]))
+                               else tuple(iv[k]) for k in range(K))
 
     def __repr__(self):
         return (f"Program({self.plan!r}, prediction={self.prediction!r}, shape={tuple(self.shape)}, "
@@ -375,11 +408,13 @@ class Program:
 
     # -- the interpreter ---------------------------------------------------------------------
     def steps(self, x: Tensor, generator: torch.Generator | None = None, *, step_ends: bool = False,
-              check: bool = True) -> Generator:
+              check: bool = True, noise: NoiseSource | None = None) -> Generator:
         """The interpreter, driven one model call at a time (protocol in the module docstring).
 
         ``step_ends``: report every completed grid step (:class:`StepEnd`). ``check=False`` skips
-        the NaN/Inf check of the outputs (for captured loops, which check their result instead)."""
+        the NaN/Inf check of the outputs (for captured loops, which check their result instead).
+        ``noise``: a per-sample :mod:`odesolve.noise` source for the plan's noise (instead of
+        ``generator``)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.shape != self.shape or x.dtype != self.dtype or x.device != self.device:
@@ -387,10 +422,21 @@ class Program:
                              f"(those the program was prepared for), got {tuple(x.shape)}, {x.dtype}, {x.device}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        return self._interpret(x, generator, bool(step_ends), bool(check))
+        if noise is not None:
+            if generator is not None:
+                raise ValueError("pass one of noise= and generator=, not both")
+            noise = _noise_source(noise, None, None, self.shape[0])
+        if self.correlated_noise and not (noise is not None and noise.brownian):
+            raise ValueError(f"noise: {self.plan.method!r} consumes correlated Brownian increments (overlapping "
+                             "noise intervals); pass noise=odesolve.noise.BrownianPaths(seeds) or seeds=")
+        return self._interpret(x, generator, bool(step_ends), bool(check), noise)
 
-    def _interpret(self, x: Tensor, generator, step_ends: bool, check: bool):
-        shape, N, W, wd, dev = self.shape, self.numel, self.window, self.working_dtype, self.device
+    def _draw(self, k: int, generator, noise) -> Tensor:
+        return standard_normal(generator, self.numel, self.device, self.working_dtype, noise=noise, call=k,
+                               interval=self._interval[k], shape=self.shape).view(self.shape)
+
+    def _interpret(self, x: Tensor, generator, step_ends: bool, check: bool, noise=None):
+        shape, W, wd, dev = self.shape, self.window, self.working_dtype, self.device
         grad, identity, rows, times = self.differentiable, self.identity, self._rows, self._t
         s = x.to(wd, memory_format=torch.contiguous_format, copy=True)  # the run's own state, never x itself
         if grad:
@@ -442,11 +488,11 @@ class Program:
                 if grad:
                     s = _combination(row.a_up, s, row.up_terms, ring)
                     if row.noise:
-                        s = s + standard_normal(generator, N, dev, wd).view(shape) * row.noise
+                        s = s + self._draw(k, generator, noise) * row.noise
                 else:
                     _combination_(s, row.a_up, s, row.up_terms, ring)
                     if row.noise:
-                        s.add_(standard_normal(generator, N, dev, wd).view(shape), alpha=row.noise)
+                        s.add_(self._draw(k, generator, noise), alpha=row.noise)
             if step_ends and row.last:
                 end = StepEnd(row.step, self._grid_t[row.step + 1], s if grad else s.clone(), denoised)
         if sums:  # other devices: one synchronisation per run
@@ -475,18 +521,18 @@ class Program:
     def run(self, model: Model | Callable[[Tensor, Tensor], Tensor], x: Tensor, *,
             generator: torch.Generator | None = None, return_trajectory: bool = False,
             callback: Callable[[dict], None] | None = None, progress: bool = False, check: bool = True,
-            guard: bool = True):
+            guard: bool = True, noise: NoiseSource | None = None):
         """Drive :meth:`steps` with ``model`` to the end; returns the final state (and with
         ``return_trajectory`` the states at every grid time). ``guard``: refuse a model that
         modifies its input in place (read from the tensor's version counter around each call)."""
-        if self.stochastic and generator is None:
-            raise ValueError(f"generator: {self.plan.method!r} injects noise; pass a torch.Generator for "
-                             "reproducibility")
+        if self.stochastic and generator is None and noise is None:
+            raise ValueError(f"generator: {self.plan.method!r} injects noise; pass seeds= (one per sample), "
+                             "noise= (an odesolve.noise source) or a torch.Generator for reproducibility")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable with a dict, got {type(callback).__name__}")
         traj = [x.to(self.working_dtype)] if return_trajectory else None
         bar = _progress(self.calls, self.plan) if progress else None
-        run = self.steps(x, generator, step_ends=traj is not None or callback is not None, check=check)
+        run = self.steps(x, generator, step_ends=traj is not None or callback is not None, check=check, noise=noise)
         K = self.calls
         try:
             k, X, t, end = next(run)

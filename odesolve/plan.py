@@ -10,15 +10,25 @@ and a ring of the last ``window`` model outputs ``F``, converted to the plan's `
 
 and the result is the final ``s``. Every deterministic sampler in the literature is of this form
 (its coefficients depend only on the grid); SDE samplers add the Gaussian inputs ``xi_k``.
+
+Noise: ``xi_k`` is standard normal, independent across calls, unless the plan names the Brownian
+increment it is: ``noise_interval[k] = (a, b)`` (in the path's time) makes
+``xi_k = (W(b) - W(a)) / sqrt(|b - a|)`` for one Brownian motion W per sample, so that a method
+may consume correlated increments (several sub-intervals of one step) and a Brownian noise source
+(:class:`odesolve.noise.BrownianPaths`) follows one path whatever the grid. Independent normals
+are the law of these increments exactly when the noisy intervals do not overlap
+(``not plan.correlated_noise``).
 Coefficients are float64 torch tensors, so gradients flow from them to the grid.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from jaxtyping import Float64, Int64
 from torch import Tensor
 
 from .grids import Grid
@@ -35,14 +45,15 @@ class Plan:
     path: Path
     grid: Grid
     prediction: Literal["x0", "eps"]
-    times: Tensor  # (K,) model-call times, in the path's time
-    step: Tensor  # (K,) grid step of each call (int64)
-    input_state: Tensor  # (K,)
-    input_hist: Tensor  # (K, W); column 0 is always 0
-    update_state: Tensor  # (K,)
-    update_hist: Tensor  # (K, W)
-    update_noise: Tensor  # (K,)
+    times: Float64[Tensor, " calls"]  # model-call times, in the path's time
+    step: Int64[Tensor, " calls"]  # grid step of each call
+    input_state: Float64[Tensor, " calls"]
+    input_hist: Float64[Tensor, "calls window"]  # column 0 is always 0
+    update_state: Float64[Tensor, " calls"]
+    update_hist: Float64[Tensor, "calls window"]
+    update_noise: Float64[Tensor, " calls"]
     meta: dict = field(default_factory=dict)
+    noise_interval: Float64[Tensor, "calls 2"] | None = None  # Brownian interval (a, b) of each noisy call
 
     def __post_init__(self):
         K = self.times.numel()
@@ -62,6 +73,16 @@ class Plan:
                 raise ValueError(f"plan.{name} of {self.method!r} has a non-finite coefficient at index {bad}")
         if bool((self.input_hist[:, 0] != 0).any()):
             raise ValueError("plan.input_hist[:, 0] must be 0: a call cannot use its own output")
+        if self.noise_interval is not None:
+            iv = self.noise_interval
+            if not isinstance(iv, Tensor) or iv.shape != (K, 2) or iv.dtype != torch.float64:
+                raise ValueError(f"plan.noise_interval must be a float64 tensor of shape ({K}, 2), got "
+                                 f"{getattr(iv, 'dtype', type(iv).__name__)} {tuple(getattr(iv, 'shape', ()))}")
+            named, unnamed = torch.isfinite(iv).all(1), torch.isnan(iv).all(1)  # NaN rows: independent normals
+            bad = (self.update_noise != 0) & ~((named & (iv[:, 0] != iv[:, 1])) | unnamed)
+            if bool(bad.any()):
+                raise ValueError(f"plan.noise_interval of {self.method!r}: noisy call {int(torch.nonzero(bad)[0])} "
+                                 "needs a finite interval of positive length (or NaN, NaN: an independent normal)")
 
     @property
     def calls(self) -> int:
@@ -76,6 +97,18 @@ class Plan:
     def stochastic(self) -> bool:
         return bool((self.update_noise != 0).any())
 
+    @property
+    def correlated_noise(self) -> bool:
+        """Whether two noisy calls name overlapping Brownian intervals (their ``xi`` are correlated:
+        only a Brownian noise source draws them in law)."""
+        if self.noise_interval is None:
+            return False
+        iv = self.noise_interval.detach()
+        iv = iv[(self.update_noise != 0) & torch.isfinite(iv).all(1)]
+        lo, hi = iv.min(1).values, iv.max(1).values
+        order = torch.argsort(lo)
+        return bool((hi[order][:-1] > lo[order][1:]).any())
+
     def table(self, digits: int = 6) -> str:
         """The coefficients as a readable table, one line per model call."""
         W = self.window
@@ -86,6 +119,9 @@ class Plan:
             inp = " ".join(f(v) for v in [self.input_state[k], *self.input_hist[k, 1:]])
             up = " ".join(f(v) for v in [self.update_state[k], *self.update_hist[k]])
             noise = f"  noise {f(self.update_noise[k])}" if self.stochastic else ""
+            if self.stochastic and self.noise_interval is not None and self.update_noise[k] != 0 \
+                    and bool(torch.isfinite(self.noise_interval[k]).all()):
+                noise += f" dW[{float(self.noise_interval[k, 0]):.6g}, {float(self.noise_interval[k, 1]):.6g}]"
             lines.append(f"{k:>3} {int(self.step[k]):>4} {float(self.times[k]):>12.6g} | {inp} | {up}{noise}")
         return "\n".join(lines)
 
@@ -104,7 +140,9 @@ class Rows:
     - ``call(k, step, t)``: calls k are made at times t in grid steps ``step``;
     - ``input_state(k, c)`` / ``update_state(k, c)``: the factor of the state (default 1);
     - ``input(k, j, c)`` / ``update(k, j, c)``: add c F_j to the input / update row of call k
-      (entries of one (k, j) add up).
+      (entries of one (k, j) add up);
+    - ``noise(k, c, a, b)``: call k's update adds ``c xi_k``, ``xi_k`` the normalised Brownian
+      increment over ``[a, b]`` (path time); without ``a, b`` an independent normal.
 
     :meth:`plan` builds the dense :class:`Plan` (window = the largest k - j + 1); every coefficient
     stays differentiable.
@@ -113,6 +151,7 @@ class Rows:
     def __init__(self, K: int):
         self.K = int(K)
         self._times, self._step, self._in_s, self._up_s, self._in, self._up = [], [], [], [], [], []
+        self._noise, self._interval = [], []
 
     @staticmethod
     def _idx(k) -> Tensor:
@@ -143,6 +182,16 @@ class Rows:
             raise ValueError("an update row refers to the output of a call that is not yet known")
         self._up.append((k, j, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
 
+    def noise(self, k, c, a=None, b=None):
+        k = self._idx(k)
+        self._noise.append((k, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+        if (a is None) != (b is None):
+            raise ValueError("a noise interval needs both ends a and b")
+        if a is not None:
+            ab = torch.stack([torch.as_tensor(a, dtype=torch.float64).expand(k.shape),
+                              torch.as_tensor(b, dtype=torch.float64).expand(k.shape)], -1)
+            self._interval.append((k, ab))
+
     def _vector(self, pairs, fill, dtype=torch.float64) -> Tensor:
         out = torch.full((self.K,), fill, dtype=dtype)
         for k, v in pairs:
@@ -166,4 +215,14 @@ class Rows:
                     times=self._vector(self._times, 0.0), step=self._vector(self._step, 0, torch.int64),
                     input_state=self._vector(self._in_s, 1.0), input_hist=self._dense(self._in, W),
                     update_state=self._vector(self._up_s, 1.0), update_hist=self._dense(self._up, W),
-                    update_noise=torch.zeros(self.K, dtype=torch.float64), meta=meta or {})
+                    update_noise=self._vector(self._noise, 0.0), meta=meta or {},
+                    noise_interval=self._intervals())
+
+    def _intervals(self) -> Tensor | None:
+        if not self._interval:
+            return None
+        out = torch.full((self.K, 2), math.nan, dtype=torch.float64)
+        for k, ab in self._interval:
+            if k.numel():
+                out = out.index_put((k,), ab)
+        return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import classical, exponential_multistep, exponential_rk
+from . import classical, exponential_multistep, exponential_rk, stochastic
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
@@ -94,11 +94,11 @@ def get(name: str | Method) -> Method:
         raise ValueError(f"method {name!r} is not registered{hint} (odesolve.methods.names() lists all)") from None
 
 
-for _m in (*exponential_rk.TABLES, *exponential_multistep.TABLES, *classical.TABLES):
+for _m in (*exponential_rk.TABLES, *exponential_multistep.TABLES, *classical.TABLES, *stochastic.TABLES):
     register(_m)
 
 # Tables that reduce to another's plan on every grid (tests/core/test_registry.py compiles both):
 # one output per step is the DDIM update, whatever the interpolation variable or the weight variant.
-ALIASED_TABLES = (*exponential_multistep.ALIASED, *classical.ALIASED)
+ALIASED_TABLES = (*exponential_multistep.ALIASED, *classical.ALIASED, *stochastic.ALIASED)
 for _m, _target in ALIASED_TABLES:
     register_alias(_m.name, _target)

@@ -98,6 +98,7 @@ class Method:
     variable: ClassVar[Variable] = "lambda"
     options: ClassVar[tuple[str, ...]] = ()
     grid_requirement: ClassVar[str] = "any"  # "any", or "smooth": steps whose ratios are 1 + O(h)
+    stochastic: ClassVar[bool] = False  # True: the plan injects noise (strong_order, weak_order declared)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -164,7 +165,10 @@ class Method:
 def _copy(plan: Plan) -> Plan:
     """A plan with its own tensors: a cached plan must not be edited through a returned one."""
     fields = ("times", "step", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
-    return dataclasses.replace(plan, **{f: getattr(plan, f).clone() for f in fields}, meta=dict(plan.meta))
+    copies = {f: getattr(plan, f).clone() for f in fields}
+    if plan.noise_interval is not None:
+        copies["noise_interval"] = plan.noise_interval.clone()
+    return dataclasses.replace(plan, **copies, meta=dict(plan.meta))
 
 
 class Geometry:

@@ -17,10 +17,11 @@ from odesolve.analysis._plan import structure
 from odesolve.models import PREDICTIONS, conversion
 
 PATHS = {"edm": P.EDM(), "vp": P.VP.linear()}
+DETERMINISTIC = [n for n in ods.methods.names() if not ods.methods.get(n).stochastic]  # the interpreter has no noise
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(name=st.sampled_from(ods.methods.names()), path=st.sampled_from(sorted(PATHS)), steps=st.integers(2, 9),
+@given(name=st.sampled_from(DETERMINISTIC), path=st.sampled_from(sorted(PATHS)), steps=st.integers(2, 9),
        sigma_min=st.floats(0.01, 0.5), sigma_max=st.floats(1.0, 20.0), to_zero=st.booleans(),
        kappa=st.floats(-2.0, 2.0), prediction=st.sampled_from(PREDICTIONS), seed=st.integers(0, 2**16))
 def test_reference_interpreter_agrees_with_the_executor(name, path, steps, sigma_min, sigma_max, to_zero, kappa,

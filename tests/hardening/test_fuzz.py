@@ -72,7 +72,7 @@ def test_every_call_returns_a_finite_state_or_names_an_argument(seed):
     path_name = rng.choice(sorted(PATHS))
     path = PATHS[path_name]
     make_grid = _grid_call(rng, path)
-    method, prediction, dtype = rng.choice(ods.methods.names()), rng.choice(PREDICTIONS), rng.choice(DTYPES)
+    method, prediction, dtype = rng.choice([n for n in ods.methods.names() if not ods.methods.get(n).stochastic]), rng.choice(PREDICTIONS), rng.choice(DTYPES)
     batch, dim = rng.randint(1, 4), rng.randint(1, 3)
     mixture = _mixture(rng, dim)
     try:

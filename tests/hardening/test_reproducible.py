@@ -61,12 +61,16 @@ def test_exact_models_are_batch_invariant_and_rerun_identically(setup):
     x = _start(path, grid, B)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     for method in ods.methods.names():
-        full = ods.sample(model, x, grid, method=method)
+        # stochastic methods: sample i's noise is keyed by its seed i, and travels with it
+        noisy = ods.methods.get(method).stochastic
+        seeds = (lambda idx: {"seeds": idx.tolist()}) if noisy else (lambda idx: {})
+        idx = torch.arange(B)
+        full = ods.sample(model, x, grid, method=method, **seeds(idx))
         assert torch.isfinite(full).all(), method
-        assert torch.equal(full, ods.sample(model, x, grid, method=method)), method
-        assert torch.equal(ods.sample(model, x[perm], grid, method=method), full[perm]), method
-        assert torch.equal(ods.sample(model, x[B - 1:], grid, method=method), full[B - 1:]), method
-        assert torch.equal(ods.sample(model, x[1:4], grid, method=method), full[1:4]), method
+        assert torch.equal(full, ods.sample(model, x, grid, method=method, **seeds(idx))), method
+        assert torch.equal(ods.sample(model, x[perm], grid, method=method, **seeds(perm)), full[perm]), method
+        assert torch.equal(ods.sample(model, x[B - 1:], grid, method=method, **seeds(idx[B - 1:])), full[B - 1:]), method
+        assert torch.equal(ods.sample(model, x[1:4], grid, method=method, **seeds(idx[1:4])), full[1:4]), method
 
 
 def test_float32_state_is_batch_invariant_with_the_exact_model():

@@ -1,0 +1,214 @@
+"""Stochastic samplers: discretisations of the reverse SDE, as plan rows with noise.
+
+With the exact score the reverse SDE of a path x_t = alpha_t x0 + sigma_t eps,
+
+    dx = [f x - g^2 grad log p_t(x)] dt + g dW,   f = d log alpha/dt,   g^2 = -2 sigma^2 d lambda/dt,
+
+run from noise towards data keeps the marginal p_t at every time (Anderson 1982; Song et al., ICLR
+2021). Its noise is additive (g does not depend on x), so Euler-Maruyama has strong order 1 here,
+not 1/2. Every table below makes one model call per step, keeps x0 in the buffer, and adds
+``c_n xi_n`` with ``xi_n`` the normalised Brownian increment over the step ``[t_n, t_{n+1}]`` (path
+time): driven by one Brownian path, the same seed follows the same path on any grid.
+
+A stochastic table declares ``stochastic = True``, ``strong_order`` and ``weak_order`` (its
+``order`` is the weak order); tests/sde measures both on the exact Gaussian toy.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..paths import check_real
+from ..plan import Rows
+from .base import Method, refuse_alpha_zero_start, table
+
+
+@table
+class _Stochastic(Method):
+    """What the stochastic tables share: the declared orders and the ``eta`` option."""
+
+    strong_order: float = 1.0
+    weak_order: int = 1
+    eta: float = 1.0
+    stochastic: ClassVar[bool] = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.weak_order != self.order:
+            raise ValueError(f"{self.name}: order must be the weak order {self.weak_order}, got {self.order}")
+        check_real(self.strong_order, "strong_order", 0.0, lo_open=True)
+        object.__setattr__(self, "eta", check_real(self.eta, "eta", 0.0))
+
+    def _option_eta(self, eta) -> float:
+        return self.eta if eta is None else check_real(eta, "eta", 0.0)
+
+
+@table
+class ExponentialSDE(_Stochastic):
+    """Exponential (in lambda) one-call-per-step SDE steps with x0 in the buffer; ``h = lambda_{n+1} - lambda_n``.
+
+    ``noise="ancestral"`` (``nodes = 1``): DDIM with eta (Song, Meng & Ermon, ICLR 2021, eq. 16)
+    written for any path, ``u = min(1, eta sqrt(1 - e^{-2h}))``:
+
+        x_{n+1} = sigma_{n+1}/sigma_n sqrt(1 - u^2) x_n + alpha_{n+1} (1 - e^{-h} sqrt(1 - u^2)) D_n + sigma_{n+1} u xi.
+
+    eta = 0 is DDIM, eta = 1 DDPM ancestral sampling (Ho et al. 2020), which is also exponential
+    Euler-Maruyama = DPM-Solver++(1) SDE (Lu et al. 2022, eq. 13):
+    ``x_{n+1} = sigma_{n+1}/sigma_n e^{-h} x_n + alpha_{n+1} (1 - e^{-2h}) D_n + sigma_{n+1} sqrt(1 - e^{-2h}) xi``,
+    and Euler ancestral (Karras et al. 2022's Euler step to sigma_down plus sigma_up noise, in
+    x/alpha) for every eta: its sigma_up/sigma_{n+1} is u and its sigma_down/sigma_n is e^{-h} sqrt(1 - u^2).
+
+    ``noise="exponential"`` (the DPM-Solver++ SDE convention of eta, ``z = (1 + eta) h``):
+
+        x_{n+1} = sigma_{n+1}/sigma_n e^{-eta h} x_n + alpha_{n+1} (1 - e^{-z}) D_n + [2M] + sigma_{n+1} sqrt(1 - e^{-2 eta h}) xi,
+
+    and with ``nodes = 2`` (DPM-Solver++(2M) SDE, Lu et al. 2022) the term [2M] adds the slope of
+    the last two outputs, ``w (h_n / h_{n-1}) (D_n - D_{n-1})`` with ``w = (1 - e^{-z}) / 2``
+    ("midpoint") or ``w = 1 - (1 - e^{-z}) / z`` ("heun": the exact weight of the linear
+    interpolant). Steps of infinite length (to sigma = 0, from alpha = 0) take the one-node update.
+
+    ``prediction="eps"`` (``nodes = 1``, eta = 1): SDE-DPM-Solver-1 (Lu et al. 2022, DPM-Solver++,
+    eq. 13 in noise form), exponential Euler-Maruyama with eps held constant over the step:
+
+        x_{n+1} = alpha_{n+1}/alpha_n x_n - 2 sigma_{n+1} (e^h - 1) eps_n + sigma_{n+1} sqrt(e^{2h} - 1) xi.
+
+    Its step to sigma = 0 keeps noise, ``alpha_N rho_{N-1} xi`` (it does not end on a denoised sample).
+    """
+
+    nodes: int = 1
+    noise: str = "ancestral"  # the eta convention: "ancestral" (DDIM, Euler ancestral) or "exponential"
+    variant: str = "midpoint"
+    options = ("eta",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.noise not in ("ancestral", "exponential"):
+            raise ValueError(f"{self.name}: noise must be 'ancestral' or 'exponential', got {self.noise!r}")
+        if self.nodes not in (1, 2) or (self.nodes == 2 and self.noise != "exponential"):
+            raise ValueError(f"{self.name}: nodes must be 1, or 2 with noise='exponential', got {self.nodes!r}")
+        if self.variant not in ("midpoint", "heun"):
+            raise ValueError(f"{self.name}: variant must be 'midpoint' or 'heun', got {self.variant!r}")
+        if self.prediction == "eps" and (self.nodes != 1 or self.noise != "ancestral" or self.eta != 1):
+            raise ValueError(f"{self.name}: the noise form (prediction='eps') is the one-node step with eta = 1")
+
+    @property
+    def history(self) -> int:
+        return self.nodes - 1
+
+    def _rows(self, g, eta=None) -> Rows:
+        eta = self._option_eta(eta)
+        if self.prediction == "eps":
+            return self._noise_form_rows(g, eta)
+        N = g.steps
+        n = torch.arange(N)
+        h = g.h
+        finite = torch.isfinite(h)
+        hf = torch.where(finite, h, torch.ones_like(h))
+        ls0, ls1, la1 = g.log_sigma[:-1], g.log_sigma[1:], g.log_alpha[1:]
+        one = torch.ones_like(h)
+        if self.noise == "ancestral":
+            q2 = torch.where(finite, -torch.expm1(-2 * hf), one)  # 1 - e^{-2h}
+            u = torch.clamp(eta * torch.sqrt(q2), max=1.0)
+            keep = torch.sqrt((1 - u) * (1 + u))  # sqrt(1 - u^2)
+            state = torch.exp(ls1 - ls0) * keep
+            decay = torch.where(finite, torch.exp(-hf), torch.zeros_like(h)) * keep  # e^{-h} sqrt(1 - u^2)
+            w0 = torch.exp(la1) * (1 - decay)
+            c = torch.exp(ls1) * u
+        else:
+            eh = torch.where(finite, eta * hf, torch.where(torch.full_like(h, eta) == 0, 0.0, torch.inf))
+            z = torch.where(finite, hf + eh, torch.full_like(h, torch.inf))
+            state = torch.exp(ls1 - ls0 - eh)
+            w0 = torch.exp(la1) * -torch.expm1(-z)
+            c = torch.exp(ls1) * torch.sqrt(-torch.expm1(-2 * eh))
+        rows = Rows(N)
+        rows.call(n, n, g.t[:-1])
+        rows.update_state(n, state)
+        rows.update(n, n, w0)
+        if self.nodes == 2:  # the slope term where this step and the one before have finite length
+            two = torch.zeros(N, dtype=torch.bool)
+            two[1:] = finite[1:] & finite[:-1]
+            m = n[two]
+            z = hf[m] * (1 + eta)
+            em = -torch.expm1(-z)
+            w = 0.5 * em if self.variant == "midpoint" else 1 - em / z
+            slope = torch.exp(la1[m]) * w * hf[m] / hf[m - 1]
+            rows.update(m, m, slope)
+            rows.update(m, m - 1, -slope)
+        rows.noise(n, c, g.t[:-1], g.t[1:])
+        return rows
+
+    def _noise_form_rows(self, g, eta: float) -> Rows:
+        refuse_alpha_zero_start(self, g)
+        if eta != 1:
+            raise ValueError(f"eta: {self.name!r} (the noise form) is defined for eta = 1, got {eta}")
+        n = torch.arange(g.steps)
+        h = g.h
+        finite = torch.isfinite(h)
+        hf = torch.where(finite, h, torch.ones_like(h))
+        la0, la1, ls0, ls1 = g.log_alpha[:-1], g.log_alpha[1:], g.log_sigma[:-1], g.log_sigma[1:]
+        s1, big = torch.exp(ls1), torch.exp(la1 + ls0 - la0)  # sigma_{n+1}, sigma_{n+1} e^h = alpha_{n+1} rho_n
+        rows = Rows(g.steps)
+        rows.call(n, n, g.t[:-1])
+        rows.update_state(n, torch.exp(la1 - la0))
+        rows.update(n, n, torch.where(finite, -2 * s1 * torch.expm1(hf), -2 * (big - s1)))
+        rows.noise(n, torch.where(finite, s1 * torch.sqrt(torch.expm1(2 * hf)), torch.sqrt((big - s1) * (big + s1))),
+                   g.t[:-1], g.t[1:])
+        return rows
+
+
+@table
+class EulerMaruyama(_Stochastic):
+    """Euler-Maruyama (Maruyama 1955) on the reverse SDE in the path's own time (Song et al., ICLR
+    2021: the reverse diffusion of the VP and VE SDEs), score from the buffer's x0
+    ``grad log p = (alpha D - x) / sigma^2``, with ``dt = t_{n+1} - t_n < 0``:
+
+        x_{n+1} = x_n + dt [(f + g^2/sigma^2) x_n - g^2 alpha/sigma^2 D_n] + g sqrt(|dt|) xi,   f, g at t_n.
+
+    f and g come from the path by automatic differentiation (the coefficients do not carry
+    gradients to the grid). Undefined at an alpha = 0 start (f = -inf there): refused."""
+
+    variable = "t"
+    options = ()
+
+    def _rows(self, g) -> Rows:
+        if g.alpha_zero_start:
+            raise ValueError(f"grid starts at alpha = 0 (zero terminal SNR), where {self.name!r} is undefined "
+                             "(d log alpha/dt is infinite); use 'ddpm' or 'dpmpp-2m-sde'")
+        t0 = g.t[:-1].detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            la, lam = g.path.log_alpha(t0), g.path.lambda_(t0)
+            f, dlam = (torch.autograd.grad(v.sum(), t0, retain_graph=True, materialize_grads=True)[0]
+                       if v.requires_grad else torch.zeros_like(t0) for v in (la, lam))
+        g2_s2 = -2 * dlam  # g^2 / sigma^2
+        dt = g.t[1:] - g.t[:-1]
+        sigma0 = torch.exp(g.log_sigma[:-1])
+        N = g.steps
+        n = torch.arange(N)
+        rows = Rows(N)
+        rows.call(n, n, g.t[:-1])
+        rows.update_state(n, 1 + dt * (f + g2_s2))
+        rows.update(n, n, -dt * g2_s2 * torch.exp(g.log_alpha[:-1]))
+        rows.noise(n, sigma0 * torch.sqrt(g2_s2 * dt.abs()), g.t[:-1], g.t[1:])
+        return rows
+
+
+DDPM = ExponentialSDE("ddpm", order=1, strong_order=1.0, weak_order=1, nodes=1, noise="ancestral",
+                      paper="Ho et al., DDPM, NeurIPS 2020; DDIM with eta (Song et al., ICLR 2021, eq. 16); "
+                            "= DPM-Solver++(1) SDE (Lu et al. 2022) and Euler ancestral (Karras et al. 2022)")
+# The 2M SDE steps: weak order 2 measured (tests/sde, exact laws on the Gaussian toy), strong order 1
+DPMPP_2M_SDE = ExponentialSDE("dpmpp-2m-sde", order=2, strong_order=1.0, weak_order=2, nodes=2, noise="exponential",
+                              variant="midpoint", paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (midpoint)")
+DPMPP_2M_SDE_HEUN = ExponentialSDE("dpmpp-2m-sde-heun", order=2, strong_order=1.0, weak_order=2, nodes=2,
+                                   noise="exponential", variant="heun",
+                                   paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (exact linear weight)")
+SDE_DPM_SOLVER_1 = ExponentialSDE("sde-dpm-solver-1", order=1, strong_order=1.0, weak_order=1, prediction="eps",
+                                  paper="Lu et al., DPM-Solver++, 2022, eq. 13 (SDE-DPM-Solver-1, noise form)")
+EULER_MARUYAMA = EulerMaruyama("euler-maruyama", order=1, strong_order=1.0, weak_order=1,
+                               paper="Song et al., Score-SDE, ICLR 2021 (reverse diffusion); Maruyama 1955")
+
+TABLES = [DDPM, DPMPP_2M_SDE, DPMPP_2M_SDE_HEUN, SDE_DPM_SOLVER_1, EULER_MARUYAMA]
+# Euler ancestral is DDIM with eta for every eta (see ExponentialSDE): the same table under its name
+ALIASED = [(ExponentialSDE("euler-ancestral", order=1, strong_order=1.0, weak_order=1, nodes=1, noise="ancestral",
+                           paper="Karras et al., EDM, 2022 (k-diffusion's Euler ancestral)"), "ddpm")]
