@@ -97,9 +97,17 @@ class StepEnd(NamedTuple):
     denoised: Tensor
 
 
-def standard_normal(generator: torch.Generator | None, n: int, device: torch.device, dtype: torch.dtype, *,
-                    noise: NoiseSource | None = None, call: int = 0, interval: tuple[float, float] | None = None,
-                    shape=None) -> Tensor:
+def standard_normal(
+    generator: torch.Generator | None,
+    n: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    noise: NoiseSource | None = None,
+    call: int = 0,
+    interval: tuple[float, float] | None = None,
+    shape=None,
+) -> Tensor:
     """xi_k ~ N(0, I) of ``n`` elements: the one place the executor draws noise. With ``noise`` (a
     per-sample source) the normals of call ``call`` for a state of ``shape``, normalised Brownian
     increments over ``interval`` where the plan names one; otherwise from ``generator``."""
@@ -118,8 +126,9 @@ def _noise_source(noise, seeds, generator, batch: int) -> NoiseSource | None:
         noise = BrownianPaths(seeds)
     if noise is not None:
         if not isinstance(noise, NoiseSource):
-            raise TypeError(f"noise must be an odesolve.noise source (PerSampleNormal, BrownianPaths), got "
-                            f"{type(noise).__name__}")
+            raise TypeError(
+                f"noise must be an odesolve.noise source (PerSampleNormal, BrownianPaths), got {type(noise).__name__}"
+            )
         if len(noise) != batch:
             raise ValueError(f"noise: {len(noise)} seeds for a batch of {batch} samples (one seed per sample)")
     return noise
@@ -128,9 +137,20 @@ def _noise_source(noise, seeds, generator, batch: int) -> NoiseSource | None:
 # -- the public entry points ---------------------------------------------------------------------
 
 
-def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="dpmpp-2m", *,
-           return_trajectory: bool = False, callback: Callable[[dict], None] | None = None, progress: bool = False,
-           generator: torch.Generator | None = None, noise: NoiseSource | None = None, seeds=None, **options):
+def sample(
+    model: Model,
+    x: Shaped[Tensor, " batch *shape"],
+    grid: Grid,
+    method="dpmpp-2m",
+    *,
+    return_trajectory: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+    noise: NoiseSource | None = None,
+    seeds=None,
+    **options,
+):
     """Integrate from ``x`` (the state at ``grid.t[0]``, in the path's coordinates) along ``grid``.
 
     ``method`` is a registered name (:func:`odesolve.methods.names`), a method table, or a compiled
@@ -154,20 +174,43 @@ def sample(model: Model, x: Shaped[Tensor, "batch *shape"], grid: Grid, method="
         program = prepare(method, model.prediction, x.shape, x.dtype, x.device, differentiable=_needs_grad(method, x))
     else:
         program = _prepare_compiled(_as_method(method), grid, options, model.prediction, x)
-    return program.run(model, x, generator=generator, noise=_noise_source(noise, seeds, generator, x.shape[0]),
-                       return_trajectory=return_trajectory, callback=callback, progress=progress)
+    return program.run(
+        model,
+        x,
+        generator=generator,
+        noise=_noise_source(noise, seeds, generator, x.shape[0]),
+        return_trajectory=return_trajectory,
+        callback=callback,
+        progress=progress,
+    )
 
 
-def execute(plan: Plan, model: Model, x: Shaped[Tensor, "batch *shape"], *, return_trajectory: bool = False,
-            callback: Callable[[dict], None] | None = None, progress: bool = False,
-            generator: torch.Generator | None = None, noise: NoiseSource | None = None, seeds=None):
+def execute(
+    plan: Plan,
+    model: Model,
+    x: Shaped[Tensor, " batch *shape"],
+    *,
+    return_trajectory: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+    noise: NoiseSource | None = None,
+    seeds=None,
+):
     """Run ``plan`` with ``model`` from ``x``. See :func:`sample`."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be an odesolve.Plan, got {type(plan).__name__}")
     _check_inputs(model, x, plan.path)
     program = prepare(plan, model.prediction, x.shape, x.dtype, x.device, differentiable=_needs_grad(plan, x))
-    return program.run(model, x, generator=generator, noise=_noise_source(noise, seeds, generator, x.shape[0]),
-                       return_trajectory=return_trajectory, callback=callback, progress=progress)
+    return program.run(
+        model,
+        x,
+        generator=generator,
+        noise=_noise_source(noise, seeds, generator, x.shape[0]),
+        return_trajectory=return_trajectory,
+        callback=callback,
+        progress=progress,
+    )
 
 
 def _as_method(method) -> _methods.Method:
@@ -175,14 +218,18 @@ def _as_method(method) -> _methods.Method:
         return _methods.get(method)
     if isinstance(method, _methods.Method):
         return method
-    raise TypeError(f"method must be a registered name (see odesolve.methods.names()), an odesolve.methods.Method "
-                    f"or a compiled odesolve.Plan, got {type(method).__name__} {method!r}")
+    raise TypeError(
+        f"method must be a registered name (see odesolve.methods.names()), an odesolve.methods.Method "
+        f"or a compiled odesolve.Plan, got {type(method).__name__} {method!r}"
+    )
 
 
 def _check_inputs(model: Model, x: Tensor, path):
     if not isinstance(model, Model):
-        raise TypeError(f"model must be an odesolve.Model, got {type(model).__name__}; wrap your network as "
-                        "odesolve.Model(fn, path=..., prediction=...)")
+        raise TypeError(
+            f"model must be an odesolve.Model, got {type(model).__name__}; wrap your network as "
+            "odesolve.Model(fn, path=..., prediction=...)"
+        )
     if model.path != path:
         raise ValueError(f"model.path {model.path!r} differs from the grid's path {path!r}")
     if not isinstance(x, Tensor):
@@ -242,15 +289,39 @@ def plan_fingerprint(plan: Plan) -> tuple:
     """A key equal for two plans exactly when everything a :class:`Program` reads from them is
     equal: method name, path, prediction, sizes, and the bytes of every coefficient, time and
     step index and of the grid."""
-    tensors = (plan.times, plan.step, plan.input_state, plan.input_hist, plan.update_state, plan.update_hist,
-               plan.update_noise, plan.grid.t, *(() if plan.noise_interval is None else (plan.noise_interval,)))
+    tensors = (
+        plan.times,
+        plan.step,
+        plan.input_state,
+        plan.input_hist,
+        plan.update_state,
+        plan.update_hist,
+        plan.update_noise,
+        plan.grid.t,
+        *(() if plan.noise_interval is None else (plan.noise_interval,)),
+    )
     data = b"".join(t.detach().cpu().numpy().tobytes() for t in tensors)
-    return (plan.method, plan.prediction, plan.path, plan.calls, plan.window, plan.grid.steps,
-            tuple(t.dtype for t in tensors), data)
+    return (
+        plan.method,
+        plan.prediction,
+        plan.path,
+        plan.calls,
+        plan.window,
+        plan.grid.steps,
+        tuple(t.dtype for t in tensors),
+        data,
+    )
 
 
-def prepare(plan: Plan, prediction: str, shape, dtype: torch.dtype = torch.float32, device="cpu", *,
-            differentiable: bool = False) -> Program:
+def prepare(
+    plan: Plan,
+    prediction: str,
+    shape,
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
+    *,
+    differentiable: bool = False,
+) -> Program:
     """The :class:`Program` of ``plan`` for a model predicting ``prediction`` and a state of
     ``shape``, ``dtype`` on ``device``, from a bounded cache keyed on the plan's content
     (:func:`plan_fingerprint`); a plan whose coefficients require gradients is prepared afresh."""
@@ -287,8 +358,12 @@ def _prepare_compiled(m: _methods.Method, grid: Grid, options: dict, prediction:
         plan = m.compile(grid.path, grid, **options)
         return prepare(plan, prediction, x.shape, x.dtype, x.device, differentiable=_needs_grad(plan, x))
     key = ("compile", key, prediction, x.shape, x.dtype, x.device, differentiable)
-    return _cached(key, lambda: Program(m.compile(grid.path, grid, **options), prediction, x.shape, x.dtype,
-                                        x.device, differentiable=differentiable))
+    return _cached(
+        key,
+        lambda: Program(
+            m.compile(grid.path, grid, **options), prediction, x.shape, x.dtype, x.device, differentiable=differentiable
+        ),
+    )
 
 
 # -- the program ---------------------------------------------------------------------------------
@@ -322,8 +397,16 @@ class Program:
     (grid step of each call), ``last_of_step`` and ``plain_input`` (tuples of bools per call).
     """
 
-    def __init__(self, plan: Plan, prediction: str, shape, dtype: torch.dtype = torch.float32, device="cpu", *,
-                 differentiable: bool = False):
+    def __init__(
+        self,
+        plan: Plan,
+        prediction: str,
+        shape,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        *,
+        differentiable: bool = False,
+    ):
         if not isinstance(plan, Plan):
             raise TypeError(f"plan must be an odesolve.Plan, got {type(plan).__name__}")
         if prediction not in PREDICTIONS:
@@ -348,16 +431,20 @@ class Program:
             cx, cf = conversion(plan.path, prediction, plan.prediction, plan.times)
         except ValueError as e:  # name the first call whose output cannot be converted
             k = next(k for k in range(K) if not _convertible(plan.path, prediction, plan.prediction, plan.times[k]))
-            raise ValueError(f"prediction: at call {k} of {plan.method!r} (alpha = "
-                             f"{float(plan.path.alpha(plan.times[k].detach())):.3g}): {e}") from None
+            raise ValueError(
+                f"prediction: at call {k} of {plan.method!r} (alpha = "
+                f"{float(plan.path.alpha(plan.times[k].detach())):.3g}): {e}"
+            ) from None
         undefined = ~(torch.isfinite(cx) & torch.isfinite(cf))
         if bool(undefined.any()):
             k = int(torch.nonzero(undefined)[0])
             t = plan.times[k].detach()
-            raise ValueError(f"prediction: the output of a model predicting {prediction!r} cannot be converted into "
-                             f"the {plan.prediction} that {plan.method!r} keeps at call {k} (t = {float(t):.6g}, "
-                             f"alpha = {float(plan.path.alpha(t)):.3g}, sigma = {float(plan.path.sigma(t)):.3g}): "
-                             "use a model predicting x0, v or velocity there, or a grid that starts later")
+            raise ValueError(
+                f"prediction: the output of a model predicting {prediction!r} cannot be converted into "
+                f"the {plan.prediction} that {plan.method!r} keeps at call {k} (t = {float(t):.6g}, "
+                f"alpha = {float(plan.path.alpha(t)):.3g}, sigma = {float(plan.path.sigma(t)):.3g}): "
+                "use a model predicting x0, v or velocity there, or a grid that starts later"
+            )
         # Without gradients the ring holds G_k = F_k / scale_k, written by one op from the output:
         # G = out (same prediction), out + (cx/cf) X (scale cf), or cx X (cf = 0, scale 1); the
         # scales are folded into the coefficients that read G. With gradients it holds F itself.
@@ -387,8 +474,23 @@ class Program:
             up_terms = tuple(((k - j) % W, up_h[k][j]) for j in range(W) if k - j >= 0 and keep(uph_v[k][j]))
             plain = ins_v[k] == 1 and not any(inh_v[k][1:])
             update = ups_v[k] != 1 or any(uph_v[k]) or noise_v[k] != 0
-            rows.append(_Row(plain, in_s[k], in_terms, update, up_s[k], up_terms, noise[k] if noise_v[k] != 0 else 0,
-                             cx[k], cf[k], conv[k], ratio[k], self.last_of_step[k], self.step_of[k]))
+            rows.append(
+                _Row(
+                    plain,
+                    in_s[k],
+                    in_terms,
+                    update,
+                    up_s[k],
+                    up_terms,
+                    noise[k] if noise_v[k] != 0 else 0,
+                    cx[k],
+                    cf[k],
+                    conv[k],
+                    ratio[k],
+                    self.last_of_step[k],
+                    self.step_of[k],
+                )
+            )
         self._rows = tuple(rows)
         self.plain_input = tuple(r.plain for r in rows)
         times = plan.times.to(dev) if grad else plan.times.detach().to(dev)
@@ -399,16 +501,27 @@ class Program:
         self.stochastic = plan.stochastic
         self.correlated_noise = plan.correlated_noise
         iv = None if plan.noise_interval is None else plan.noise_interval.detach().tolist()
-        self._interval = tuple(None if iv is None or noise_v[k] == 0 or not all(map(math.isfinite, iv[k]))
-                               else tuple(iv[k]) for k in range(K))
+        self._interval = tuple(
+            None if iv is None or noise_v[k] == 0 or not all(map(math.isfinite, iv[k])) else tuple(iv[k])
+            for k in range(K)
+        )
 
     def __repr__(self):
-        return (f"Program({self.plan!r}, prediction={self.prediction!r}, shape={tuple(self.shape)}, "
-                f"dtype={self.dtype}, device={self.device}{', differentiable' if self.differentiable else ''})")
+        return (
+            f"Program({self.plan!r}, prediction={self.prediction!r}, shape={tuple(self.shape)}, "
+            f"dtype={self.dtype}, device={self.device}{', differentiable' if self.differentiable else ''})"
+        )
 
     # -- the interpreter ---------------------------------------------------------------------
-    def steps(self, x: Tensor, generator: torch.Generator | None = None, *, step_ends: bool = False,
-              check: bool = True, noise: NoiseSource | None = None) -> Generator:
+    def steps(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        step_ends: bool = False,
+        check: bool = True,
+        noise: NoiseSource | None = None,
+    ) -> Generator:
         """The interpreter, driven one model call at a time (protocol in the module docstring).
 
         ``step_ends``: report every completed grid step (:class:`StepEnd`). ``check=False`` skips
@@ -418,8 +531,10 @@ class Program:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.shape != self.shape or x.dtype != self.dtype or x.device != self.device:
-            raise ValueError(f"x must have shape {tuple(self.shape)}, dtype {self.dtype} and device {self.device} "
-                             f"(those the program was prepared for), got {tuple(x.shape)}, {x.dtype}, {x.device}")
+            raise ValueError(
+                f"x must have shape {tuple(self.shape)}, dtype {self.dtype} and device {self.device} "
+                f"(those the program was prepared for), got {tuple(x.shape)}, {x.dtype}, {x.device}"
+            )
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if noise is not None:
@@ -427,13 +542,23 @@ class Program:
                 raise ValueError("pass one of noise= and generator=, not both")
             noise = _noise_source(noise, None, None, self.shape[0])
         if self.correlated_noise and not (noise is not None and noise.brownian):
-            raise ValueError(f"noise: {self.plan.method!r} consumes correlated Brownian increments (overlapping "
-                             "noise intervals); pass noise=odesolve.noise.BrownianPaths(seeds) or seeds=")
+            raise ValueError(
+                f"noise: {self.plan.method!r} consumes correlated Brownian increments (overlapping "
+                "noise intervals); pass noise=odesolve.noise.BrownianPaths(seeds) or seeds="
+            )
         return self._interpret(x, generator, bool(step_ends), bool(check), noise)
 
     def _draw(self, k: int, generator, noise) -> Tensor:
-        return standard_normal(generator, self.numel, self.device, self.working_dtype, noise=noise, call=k,
-                               interval=self._interval[k], shape=self.shape).view(self.shape)
+        return standard_normal(
+            generator,
+            self.numel,
+            self.device,
+            self.working_dtype,
+            noise=noise,
+            call=k,
+            interval=self._interval[k],
+            shape=self.shape,
+        ).view(self.shape)
 
     def _interpret(self, x: Tensor, generator, step_ends: bool, check: bool, noise=None):
         shape, W, wd, dev = self.shape, self.window, self.working_dtype, self.device
@@ -507,27 +632,43 @@ class Program:
         if not isinstance(out, Tensor):
             raise TypeError(f"the model must return a torch.Tensor, got {type(out).__name__} {where}")
         if out.dtype == torch.bool or out.is_complex() or not out.is_floating_point():
-            raise TypeError(f"the model returned a tensor of dtype {out.dtype} {where}; it must return a real "
-                            f"floating tensor (the state x is {self.dtype})")
+            raise TypeError(
+                f"the model returned a tensor of dtype {out.dtype} {where}; it must return a real "
+                f"floating tensor (the state x is {self.dtype})"
+            )
         if out.shape != self.shape:
-            raise ValueError(f"the model returned shape {tuple(out.shape)} {where}; expected the input's shape "
-                             f"{tuple(self.shape)}")
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} {where}; expected the input's shape {tuple(self.shape)}"
+            )
         if out.device != self.device:
-            raise ValueError(f"the model returned a tensor on device {out.device} {where}, but the state x is on "
-                             f"device {self.device}")
+            raise ValueError(
+                f"the model returned a tensor on device {out.device} {where}, but the state x is on "
+                f"device {self.device}"
+            )
         return out.dtype
 
     # -- the driver of execute / sample / Sampler ---------------------------------------------
-    def run(self, model: Model | Callable[[Tensor, Tensor], Tensor], x: Tensor, *,
-            generator: torch.Generator | None = None, return_trajectory: bool = False,
-            callback: Callable[[dict], None] | None = None, progress: bool = False, check: bool = True,
-            guard: bool = True, noise: NoiseSource | None = None):
+    def run(
+        self,
+        model: Model | Callable[[Tensor, Tensor], Tensor],
+        x: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        callback: Callable[[dict], None] | None = None,
+        progress: bool = False,
+        check: bool = True,
+        guard: bool = True,
+        noise: NoiseSource | None = None,
+    ):
         """Drive :meth:`steps` with ``model`` to the end; returns the final state (and with
         ``return_trajectory`` the states at every grid time). ``guard``: refuse a model that
         modifies its input in place (read from the tensor's version counter around each call)."""
         if self.stochastic and generator is None and noise is None:
-            raise ValueError(f"generator: {self.plan.method!r} injects noise; pass seeds= (one per sample), "
-                             "noise= (an odesolve.noise source) or a torch.Generator for reproducibility")
+            raise ValueError(
+                f"generator: {self.plan.method!r} injects noise; pass seeds= (one per sample), "
+                "noise= (an odesolve.noise source) or a torch.Generator for reproducibility"
+            )
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable with a dict, got {type(callback).__name__}")
         traj = [x.to(self.working_dtype)] if return_trajectory else None
@@ -542,9 +683,11 @@ class Program:
                     version = X._version
                     out = model(X, t)
                     if X._version != version:
-                        raise ValueError(f"model {model!r} modified its input in place at call {k} (grid step "
-                                         f"{self.step_of[k]}) of {self.plan.method!r}; the input is the solver's "
-                                         "state: compute out of place (x = x * c, not x *= c)")
+                        raise ValueError(
+                            f"model {model!r} modified its input in place at call {k} (grid step "
+                            f"{self.step_of[k]}) of {self.plan.method!r}; the input is the solver's "
+                            "state: compute out of place (x = x * c, not x *= c)"
+                        )
                 else:
                     out = model(X, t)
                 k, X, t, end = run.send(out)
@@ -599,8 +742,18 @@ class Sampler:
     eager loop.
     """
 
-    def __init__(self, model: Model, grid: Grid, method="dpmpp-2m", *, shape, dtype=torch.float32, device="cpu",
-                 capture: str | None = None, **options):
+    def __init__(
+        self,
+        model: Model,
+        grid: Grid,
+        method="dpmpp-2m",
+        *,
+        shape,
+        dtype=torch.float32,
+        device="cpu",
+        capture: str | None = None,
+        **options,
+    ):
         if capture not in (None, "compile", "cuda-graph"):
             raise ValueError(f"capture must be None, 'compile' or 'cuda-graph', got {capture!r}")
         device = torch.device(device)
@@ -631,16 +784,19 @@ class Sampler:
     def __call__(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.shape != self.shape or x.dtype != self.dtype or x.device != self.device:
             got = (tuple(x.shape), x.dtype, x.device) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape {tuple(self.shape)}, dtype {self.dtype} and device {self.device}; "
-                             f"got {got}")
+            raise ValueError(
+                f"x must have shape {tuple(self.shape)}, dtype {self.dtype} and device {self.device}; got {got}"
+            )
         if self.capture is None:
             return self.program.run(self.model, x)
         out = self._replay(x) if self.capture == "cuda-graph" else self._compiled(x)
         if not _finite(out):
             self.program.run(self.model, x)  # eagerly, with checks: raises NonFiniteError naming the call
-            raise NonFiniteError(f"the result of {self.plan.method!r} is not finite, and an eager re-run found no "
-                                 "non-finite model output (an overflow of the state, or a model that is not "
-                                 "deterministic)")
+            raise NonFiniteError(
+                f"the result of {self.plan.method!r} is not finite, and an eager re-run found no "
+                "non-finite model output (an overflow of the state, or a model that is not "
+                "deterministic)"
+            )
         return out
 
     def _replay(self, x):
@@ -668,9 +824,11 @@ def _convertible(path, prediction: str, target: str, t: Tensor) -> bool:
 
 
 def _raise_nonfinite(plan: Plan, k: int):
-    raise NonFiniteError(f"the model returned NaN or Inf at call {k} (grid step {int(plan.step[k])}, "
-                         f"t = {float(plan.times[k]):.6g}, noise level sigma/alpha = "
-                         f"{float(plan.path.noise_level(plan.times[k].detach())):.6g}) of {plan.method!r}")
+    raise NonFiniteError(
+        f"the model returned NaN or Inf at call {k} (grid step {int(plan.step[k])}, "
+        f"t = {float(plan.times[k]):.6g}, noise level sigma/alpha = "
+        f"{float(plan.path.noise_level(plan.times[k].detach())):.6g}) of {plan.method!r}"
+    )
 
 
 def _progress(total, plan):

@@ -98,12 +98,14 @@ def _normals(bases: Tensor, d: int) -> Tensor:
 def _seeds(seeds) -> tuple[int, ...]:
     if isinstance(seeds, Tensor):
         if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool or seeds.ndim != 1:
-            raise TypeError(f"seeds must be a 1-D sequence of integers, got a tensor of {seeds.dtype}, shape "
-                            f"{tuple(seeds.shape)}")
+            raise TypeError(
+                f"seeds must be a 1-D sequence of integers, got a tensor of {seeds.dtype}, shape {tuple(seeds.shape)}"
+            )
         seeds = seeds.tolist()
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
-        raise TypeError(f"seeds must be a sequence of integers (one per sample, e.g. range(batch)), got "
-                        f"{type(seeds).__name__}")
+        raise TypeError(
+            f"seeds must be a sequence of integers (one per sample, e.g. range(batch)), got {type(seeds).__name__}"
+        )
     out = []
     for s in seeds:
         if isinstance(s, bool) or not hasattr(s, "__index__"):
@@ -147,11 +149,14 @@ class NoiseSource:
 
     def _check_batch(self, shape):
         if len(shape) < 1 or shape[0] != len(self.seeds):
-            raise ValueError(f"noise: the source holds {len(self.seeds)} seeds, one per sample, but the batch has "
-                             f"shape {tuple(shape)}")
+            raise ValueError(
+                f"noise: the source holds {len(self.seeds)} seeds, one per sample, but the batch has "
+                f"shape {tuple(shape)}"
+            )
 
-    def standard_normal(self, call: int, interval: tuple[float, float] | None, shape, dtype=torch.float64,
-                        device="cpu") -> Tensor:
+    def standard_normal(
+        self, call: int, interval: tuple[float, float] | None, shape, dtype=torch.float64, device="cpu"
+    ) -> Tensor:
         """``xi`` of call ``call`` for a batch of ``shape`` (batch first): standard normal per element."""
         raise NotImplementedError
 

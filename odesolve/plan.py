@@ -76,13 +76,17 @@ class Plan:
         if self.noise_interval is not None:
             iv = self.noise_interval
             if not isinstance(iv, Tensor) or iv.shape != (K, 2) or iv.dtype != torch.float64:
-                raise ValueError(f"plan.noise_interval must be a float64 tensor of shape ({K}, 2), got "
-                                 f"{getattr(iv, 'dtype', type(iv).__name__)} {tuple(getattr(iv, 'shape', ()))}")
+                raise ValueError(
+                    f"plan.noise_interval must be a float64 tensor of shape ({K}, 2), got "
+                    f"{getattr(iv, 'dtype', type(iv).__name__)} {tuple(getattr(iv, 'shape', ()))}"
+                )
             named, unnamed = torch.isfinite(iv).all(1), torch.isnan(iv).all(1)  # NaN rows: independent normals
             bad = (self.update_noise != 0) & ~((named & (iv[:, 0] != iv[:, 1])) | unnamed)
             if bool(bad.any()):
-                raise ValueError(f"plan.noise_interval of {self.method!r}: noisy call {int(torch.nonzero(bad)[0])} "
-                                 "needs a finite interval of positive length (or NaN, NaN: an independent normal)")
+                raise ValueError(
+                    f"plan.noise_interval of {self.method!r}: noisy call {int(torch.nonzero(bad)[0])} "
+                    "needs a finite interval of positive length (or NaN, NaN: an independent normal)"
+                )
 
     @property
     def calls(self) -> int:
@@ -119,8 +123,12 @@ class Plan:
             inp = " ".join(f(v) for v in [self.input_state[k], *self.input_hist[k, 1:]])
             up = " ".join(f(v) for v in [self.update_state[k], *self.update_hist[k]])
             noise = f"  noise {f(self.update_noise[k])}" if self.stochastic else ""
-            if self.stochastic and self.noise_interval is not None and self.update_noise[k] != 0 \
-                    and bool(torch.isfinite(self.noise_interval[k]).all()):
+            if (
+                self.stochastic
+                and self.noise_interval is not None
+                and self.update_noise[k] != 0
+                and bool(torch.isfinite(self.noise_interval[k]).all())
+            ):
                 noise += f" dW[{float(self.noise_interval[k, 0]):.6g}, {float(self.noise_interval[k, 1]):.6g}]"
             lines.append(f"{k:>3} {int(self.step[k]):>4} {float(self.times[k]):>12.6g} | {inp} | {up}{noise}")
         return "\n".join(lines)
@@ -188,8 +196,13 @@ class Rows:
         if (a is None) != (b is None):
             raise ValueError("a noise interval needs both ends a and b")
         if a is not None:
-            ab = torch.stack([torch.as_tensor(a, dtype=torch.float64).expand(k.shape),
-                              torch.as_tensor(b, dtype=torch.float64).expand(k.shape)], -1)
+            ab = torch.stack(
+                [
+                    torch.as_tensor(a, dtype=torch.float64).expand(k.shape),
+                    torch.as_tensor(b, dtype=torch.float64).expand(k.shape),
+                ],
+                -1,
+            )
             self._interval.append((k, ab))
 
     def _vector(self, pairs, fill, dtype=torch.float64) -> Tensor:
@@ -211,12 +224,21 @@ class Rows:
         if not bool((called == 1).all()):
             raise ValueError(f"{method}: calls {torch.nonzero(called != 1).flatten()[:4].tolist()} have no time")
         W = max([1] + [int((k - j).max()) + 1 for k, j, _ in self._in + self._up if k.numel()])
-        return Plan(method=method, path=path, grid=grid, prediction=prediction,
-                    times=self._vector(self._times, 0.0), step=self._vector(self._step, 0, torch.int64),
-                    input_state=self._vector(self._in_s, 1.0), input_hist=self._dense(self._in, W),
-                    update_state=self._vector(self._up_s, 1.0), update_hist=self._dense(self._up, W),
-                    update_noise=self._vector(self._noise, 0.0), meta=meta or {},
-                    noise_interval=self._intervals())
+        return Plan(
+            method=method,
+            path=path,
+            grid=grid,
+            prediction=prediction,
+            times=self._vector(self._times, 0.0),
+            step=self._vector(self._step, 0, torch.int64),
+            input_state=self._vector(self._in_s, 1.0),
+            input_hist=self._dense(self._in, W),
+            update_state=self._vector(self._up_s, 1.0),
+            update_hist=self._dense(self._up, W),
+            update_noise=self._vector(self._noise, 0.0),
+            meta=meta or {},
+            noise_interval=self._intervals(),
+        )
 
     def _intervals(self) -> Tensor | None:
         if not self._interval:

@@ -62,7 +62,8 @@ class ExponentialSDE(_Stochastic):
 
     ``noise="exponential"`` (the DPM-Solver++ SDE convention of eta, ``z = (1 + eta) h``):
 
-        x_{n+1} = sigma_{n+1}/sigma_n e^{-eta h} x_n + alpha_{n+1} (1 - e^{-z}) D_n + [2M] + sigma_{n+1} sqrt(1 - e^{-2 eta h}) xi,
+        x_{n+1} = sigma_{n+1}/sigma_n e^{-eta h} x_n + alpha_{n+1} (1 - e^{-z}) D_n + [2M]
+                  + sigma_{n+1} sqrt(1 - e^{-2 eta h}) xi,
 
     and with ``nodes = 2`` (DPM-Solver++(2M) SDE, Lu et al. 2022) the term [2M] adds the slope of
     the last two outputs, ``w (h_n / h_{n-1}) (D_n - D_{n-1})`` with ``w = (1 - e^{-z}) / 2``
@@ -153,8 +154,12 @@ class ExponentialSDE(_Stochastic):
         rows.call(n, n, g.t[:-1])
         rows.update_state(n, torch.exp(la1 - la0))
         rows.update(n, n, torch.where(finite, -2 * s1 * torch.expm1(hf), -2 * (big - s1)))
-        rows.noise(n, torch.where(finite, s1 * torch.sqrt(torch.expm1(2 * hf)), torch.sqrt((big - s1) * (big + s1))),
-                   g.t[:-1], g.t[1:])
+        rows.noise(
+            n,
+            torch.where(finite, s1 * torch.sqrt(torch.expm1(2 * hf)), torch.sqrt((big - s1) * (big + s1))),
+            g.t[:-1],
+            g.t[1:],
+        )
         return rows
 
 
@@ -174,13 +179,19 @@ class EulerMaruyama(_Stochastic):
 
     def _rows(self, g) -> Rows:
         if g.alpha_zero_start:
-            raise ValueError(f"grid starts at alpha = 0 (zero terminal SNR), where {self.name!r} is undefined "
-                             "(d log alpha/dt is infinite); use 'ddpm' or 'dpmpp-2m-sde'")
+            raise ValueError(
+                f"grid starts at alpha = 0 (zero terminal SNR), where {self.name!r} is undefined "
+                "(d log alpha/dt is infinite); use 'ddpm' or 'dpmpp-2m-sde'"
+            )
         t0 = g.t[:-1].detach().clone().requires_grad_(True)
         with torch.enable_grad():
             la, lam = g.path.log_alpha(t0), g.path.lambda_(t0)
-            f, dlam = (torch.autograd.grad(v.sum(), t0, retain_graph=True, materialize_grads=True)[0]
-                       if v.requires_grad else torch.zeros_like(t0) for v in (la, lam))
+            f, dlam = (
+                torch.autograd.grad(v.sum(), t0, retain_graph=True, materialize_grads=True)[0]
+                if v.requires_grad
+                else torch.zeros_like(t0)
+                for v in (la, lam)
+            )
         g2_s2 = -2 * dlam  # g^2 / sigma^2
         dt = g.t[1:] - g.t[:-1]
         sigma0 = torch.exp(g.log_sigma[:-1])
@@ -194,21 +205,66 @@ class EulerMaruyama(_Stochastic):
         return rows
 
 
-DDPM = ExponentialSDE("ddpm", order=1, strong_order=1.0, weak_order=1, nodes=1, noise="ancestral",
-                      paper="Ho et al., DDPM, NeurIPS 2020; DDIM with eta (Song et al., ICLR 2021, eq. 16); "
-                            "= DPM-Solver++(1) SDE (Lu et al. 2022) and Euler ancestral (Karras et al. 2022)")
+DDPM = ExponentialSDE(
+    "ddpm",
+    order=1,
+    strong_order=1.0,
+    weak_order=1,
+    nodes=1,
+    noise="ancestral",
+    paper="Ho et al., DDPM, NeurIPS 2020; DDIM with eta (Song et al., ICLR 2021, eq. 16); "
+    "= DPM-Solver++(1) SDE (Lu et al. 2022) and Euler ancestral (Karras et al. 2022)",
+)
 # The 2M SDE steps: weak order 2 measured (tests/sde, exact laws on the Gaussian toy), strong order 1
-DPMPP_2M_SDE = ExponentialSDE("dpmpp-2m-sde", order=2, strong_order=1.0, weak_order=2, nodes=2, noise="exponential",
-                              variant="midpoint", paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (midpoint)")
-DPMPP_2M_SDE_HEUN = ExponentialSDE("dpmpp-2m-sde-heun", order=2, strong_order=1.0, weak_order=2, nodes=2,
-                                   noise="exponential", variant="heun",
-                                   paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (exact linear weight)")
-SDE_DPM_SOLVER_1 = ExponentialSDE("sde-dpm-solver-1", order=1, strong_order=1.0, weak_order=1, prediction="eps",
-                                  paper="Lu et al., DPM-Solver++, 2022, eq. 13 (SDE-DPM-Solver-1, noise form)")
-EULER_MARUYAMA = EulerMaruyama("euler-maruyama", order=1, strong_order=1.0, weak_order=1,
-                               paper="Song et al., Score-SDE, ICLR 2021 (reverse diffusion); Maruyama 1955")
+DPMPP_2M_SDE = ExponentialSDE(
+    "dpmpp-2m-sde",
+    order=2,
+    strong_order=1.0,
+    weak_order=2,
+    nodes=2,
+    noise="exponential",
+    variant="midpoint",
+    paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (midpoint)",
+)
+DPMPP_2M_SDE_HEUN = ExponentialSDE(
+    "dpmpp-2m-sde-heun",
+    order=2,
+    strong_order=1.0,
+    weak_order=2,
+    nodes=2,
+    noise="exponential",
+    variant="heun",
+    paper="Lu et al., DPM-Solver++, 2022: 2M with the SDE step (exact linear weight)",
+)
+SDE_DPM_SOLVER_1 = ExponentialSDE(
+    "sde-dpm-solver-1",
+    order=1,
+    strong_order=1.0,
+    weak_order=1,
+    prediction="eps",
+    paper="Lu et al., DPM-Solver++, 2022, eq. 13 (SDE-DPM-Solver-1, noise form)",
+)
+EULER_MARUYAMA = EulerMaruyama(
+    "euler-maruyama",
+    order=1,
+    strong_order=1.0,
+    weak_order=1,
+    paper="Song et al., Score-SDE, ICLR 2021 (reverse diffusion); Maruyama 1955",
+)
 
 TABLES = [DDPM, DPMPP_2M_SDE, DPMPP_2M_SDE_HEUN, SDE_DPM_SOLVER_1, EULER_MARUYAMA]
 # Euler ancestral is DDIM with eta for every eta (see ExponentialSDE): the same table under its name
-ALIASED = [(ExponentialSDE("euler-ancestral", order=1, strong_order=1.0, weak_order=1, nodes=1, noise="ancestral",
-                           paper="Karras et al., EDM, 2022 (k-diffusion's Euler ancestral)"), "ddpm")]
+ALIASED = [
+    (
+        ExponentialSDE(
+            "euler-ancestral",
+            order=1,
+            strong_order=1.0,
+            weak_order=1,
+            nodes=1,
+            noise="ancestral",
+            paper="Karras et al., EDM, 2022 (k-diffusion's Euler ancestral)",
+        ),
+        "ddpm",
+    )
+]

@@ -23,8 +23,9 @@ import odesolve as ods
 from odesolve.adapters import kdiffusion as kd
 from odesolve.methods import HALF_SECOND_DIFFERENCE, ExponentialMultistep
 
-SIGMAS = torch.cat([ods.grids.karras(ods.paths.EDM(), 11, 0.02, 60.0, to_zero=False).sigmas,
-                    torch.zeros(1, dtype=torch.float64)])  # Karras ramp to 0.02, then a step to 0
+SIGMAS = torch.cat(
+    [ods.grids.karras(ods.paths.EDM(), 11, 0.02, 60.0, to_zero=False).sigmas, torch.zeros(1, dtype=torch.float64)]
+)  # Karras ramp to 0.02, then a step to 0
 
 
 def denoiser(x, sigma, scale=1.0):
@@ -84,7 +85,7 @@ def test_callback_reports_the_state_at_the_start_of_every_step(name):
         i = c["i"]
         assert rel(c["x"], traj[i]) <= 1e-14, i
         assert float(c["sigma"]) == pytest.approx(float(SIGMAS[i]), rel=1e-12)
-        assert rel(c["denoised"], denoiser(traj[i], SIGMAS[i:i + 1])) <= 1e-12, i
+        assert rel(c["denoised"], denoiser(traj[i], SIGMAS[i : i + 1])) <= 1e-12, i
     assert len({id(c["x"]) for c in seen}) == len(seen)  # every dict keeps its own state
 
 
@@ -146,25 +147,32 @@ def test_callback_equals_k_diffusions(K):
 KD_3M = ExponentialMultistep("kdiffusion-3m", order=2, prediction="x0", nodes=3, weights=HALF_SECOND_DIFFERENCE)
 
 
-@pytest.mark.parametrize("kname, ours, kwargs", [
-    ("sample_euler", "euler", {}),
-    ("sample_heun", "heun", {}),
-    ("sample_dpmpp_2m", "dpmpp-2m", {}),
-    ("sample_dpm_2", "dpm-solver-2", {}),
-    ("sample_dpmpp_2s_ancestral", "dpmpp-2s", {"eta": 0.0}),
-    ("sample_dpmpp_sde", "dpmpp-2s", {"eta": 0.0}),
-    ("sample_dpmpp_2m_sde", "dpmpp-2m", {"eta": 0.0}),
-    ("sample_dpmpp_2m_sde", "dpmpp-2m-taylor", {"eta": 0.0, "solver_type": "heun"}),
-    ("sample_dpmpp_3m_sde", KD_3M, {"eta": 0.0}),
-])
+@pytest.mark.parametrize(
+    "kname, ours, kwargs",
+    [
+        ("sample_euler", "euler", {}),
+        ("sample_heun", "heun", {}),
+        ("sample_dpmpp_2m", "dpmpp-2m", {}),
+        ("sample_dpm_2", "dpm-solver-2", {}),
+        ("sample_dpmpp_2s_ancestral", "dpmpp-2s", {"eta": 0.0}),
+        ("sample_dpmpp_sde", "dpmpp-2s", {"eta": 0.0}),
+        ("sample_dpmpp_2m_sde", "dpmpp-2m", {"eta": 0.0}),
+        ("sample_dpmpp_2m_sde", "dpmpp-2m-taylor", {"eta": 0.0, "solver_type": "heun"}),
+        ("sample_dpmpp_3m_sde", KD_3M, {"eta": 0.0}),
+    ],
+)
 def test_k_diffusion_samplers(K, kname, ours, kwargs):
     x = _x(2)
     theirs = getattr(K, kname)(denoiser, x, SIGMAS, disable=True, **kwargs)
     if isinstance(ours, str):
         got = getattr(kd, "sample_" + ours.replace("-", "_"))(denoiser, x, SIGMAS)
     else:
-        got = ods.sample(ods.Model(lambda xx, t: denoiser(xx, t), kd.PATH, "x0"), x,
-                         ods.grids.from_sigmas(kd.PATH, SIGMAS), method=ours)
+        got = ods.sample(
+            ods.Model(lambda xx, t: denoiser(xx, t), kd.PATH, "x0"),
+            x,
+            ods.grids.from_sigmas(kd.PATH, SIGMAS),
+            method=ours,
+        )
     assert rel(got, theirs) <= 1e-12
 
 

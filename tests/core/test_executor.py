@@ -77,16 +77,19 @@ def test_nan_from_the_model_names_the_step():
         ods.sample(bad, x, grid, method="ddim")
 
 
-@pytest.mark.parametrize("kwargs, err, match", [
-    (dict(method="dpmpp-2"), ValueError, "did you mean"),
-    (dict(method="heun", lower_order_final=True), TypeError, "options"),
-    (dict(x=torch.ones(3, 4, dtype=torch.int64)), TypeError, "floating"),
-    (dict(x=torch.full((3, 4), torch.nan)), ValueError, "finite"),
-    (dict(x="noise"), TypeError, r"x must be a torch.Tensor|parameter 'x'"),
-    (dict(model=lambda x, t: x), TypeError, r"odesolve.Model|parameter 'model'"),
-    (dict(model=ods.Model(lambda x, t: x, P.VP.linear(), "eps")), ValueError, "model.path"),
-    (dict(grid=[80.0, 1.0]), TypeError, r"grid must be|parameter 'grid'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, err, match",
+    [
+        (dict(method="dpmpp-2"), ValueError, "did you mean"),
+        (dict(method="heun", lower_order_final=True), TypeError, "options"),
+        (dict(x=torch.ones(3, 4, dtype=torch.int64)), TypeError, "floating"),
+        (dict(x=torch.full((3, 4), torch.nan)), ValueError, "finite"),
+        (dict(x="noise"), TypeError, r"x must be a torch.Tensor|parameter 'x'"),
+        (dict(model=lambda x, t: x), TypeError, r"odesolve.Model|parameter 'model'"),
+        (dict(model=ods.Model(lambda x, t: x, P.VP.linear(), "eps")), ValueError, "model.path"),
+        (dict(grid=[80.0, 1.0]), TypeError, r"grid must be|parameter 'grid'"),
+    ],
+)
 def test_bad_input_is_refused_with_the_argument_named(kwargs, err, match):
     grid, x, model = _setup()
     args = dict(model=model, x=x, grid=grid, method="dpmpp-2m") | kwargs
@@ -191,7 +194,12 @@ def test_sampler_compiled_with_torch_compile_matches_eager(no_runtime_typechecks
     eager = ods.sample(model, x, grid, method="dpmpp-3m")
     assert torch.allclose(sampler(x), eager, rtol=1e-6, atol=1e-6)
     assert torch.allclose(sampler(2 * x), ods.sample(model, 2 * x, grid, method="dpmpp-3m"), rtol=1e-6, atol=1e-6)
-    bad = ods.Sampler(ods.Model(lambda x, t: x / (t[:, None] - float(grid.t[3])), EDM, "x0"), grid, "dpmpp-3m",
-                      shape=x.shape, capture="compile")
+    bad = ods.Sampler(
+        ods.Model(lambda x, t: x / (t[:, None] - float(grid.t[3])), EDM, "x0"),
+        grid,
+        "dpmpp-3m",
+        shape=x.shape,
+        capture="compile",
+    )
     with pytest.raises(ods.NonFiniteError, match="call 3"):
         bad(x)

@@ -21,11 +21,20 @@ DETERMINISTIC = [n for n in ods.methods.names() if not ods.methods.get(n).stocha
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(name=st.sampled_from(DETERMINISTIC), path=st.sampled_from(sorted(PATHS)), steps=st.integers(2, 9),
-       sigma_min=st.floats(0.01, 0.5), sigma_max=st.floats(1.0, 20.0), to_zero=st.booleans(),
-       kappa=st.floats(-2.0, 2.0), prediction=st.sampled_from(PREDICTIONS), seed=st.integers(0, 2**16))
-def test_reference_interpreter_agrees_with_the_executor(name, path, steps, sigma_min, sigma_max, to_zero, kappa,
-                                                        prediction, seed):
+@given(
+    name=st.sampled_from(DETERMINISTIC),
+    path=st.sampled_from(sorted(PATHS)),
+    steps=st.integers(2, 9),
+    sigma_min=st.floats(0.01, 0.5),
+    sigma_max=st.floats(1.0, 20.0),
+    to_zero=st.booleans(),
+    kappa=st.floats(-2.0, 2.0),
+    prediction=st.sampled_from(PREDICTIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_reference_interpreter_agrees_with_the_executor(
+    name, path, steps, sigma_min, sigma_max, to_zero, kappa, prediction, seed
+):
     """Random registered method, random grid, linear model D(x) = kappa x in any prediction type:
     the executor (float64) and the numpy interpreter give the same final state to ~1e-12."""
     path = PATHS[path]

@@ -26,11 +26,16 @@ from odesolve.plan import Rows
 
 FULL = os.environ.get("ODESOLVE_FULL", "0") == "1"
 EDM = P.EDM()
-ORDER_SETTINGS = settings(deadline=None, max_examples=25 if FULL else 1, derandomize=not FULL,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+ORDER_SETTINGS = settings(
+    deadline=None,
+    max_examples=25 if FULL else 1,
+    derandomize=not FULL,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 # -- a new family, written here: one class, one registry line ---------------------------------------
+
 
 @table
 class TwoStageRho(Method):
@@ -116,6 +121,7 @@ def mixture_problem():
 
 
 # -- structure --------------------------------------------------------------------------------------
+
 
 @each_method
 def test_table_declares_its_structure(method):
@@ -218,14 +224,19 @@ def test_derived_order_on_other_families(name, family):
 
 _DISCRETE = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012)
 _ZSNR = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_zero_terminal_snr=True)
-_GRIDS = [(EDM, G.karras(EDM, 9)), (EDM, G.karras(EDM, 7, sigma_min=0.05, to_zero=False)),
-          (_DISCRETE, G.discrete(_DISCRETE, 13, spacing="trailing")), (_ZSNR, G.discrete(_ZSNR, 6, spacing="trailing"))]
+_GRIDS = [
+    (EDM, G.karras(EDM, 9)),
+    (EDM, G.karras(EDM, 7, sigma_min=0.05, to_zero=False)),
+    (_DISCRETE, G.discrete(_DISCRETE, 13, spacing="trailing")),
+    (_ZSNR, G.discrete(_ZSNR, 6, spacing="trailing")),
+]
 _FIELDS = ("times", "step", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
 
 
 def _same_plan(p, q) -> bool:
-    return all(getattr(p, f).shape == getattr(q, f).shape and torch.equal(getattr(p, f), getattr(q, f))
-               for f in _FIELDS)
+    return all(
+        getattr(p, f).shape == getattr(q, f).shape and torch.equal(getattr(p, f), getattr(q, f)) for f in _FIELDS
+    )
 
 
 @pytest.mark.parametrize("alias", [m for m, _ in ods.methods.ALIASED_TABLES], ids=lambda m: m.name)
@@ -239,19 +250,28 @@ def test_each_alias_compiles_bit_identical_to_its_target(alias):
         assert _same_plan(alias.compile(path, grid), ods.methods.get(target).compile(path, grid)), (alias.name, grid)
         for option in alias.options:  # an alias accepts what its table accepted, with the same plan
             value = 0.5 if alias.stochastic else True  # eta: a number
-            assert _same_plan(alias.compile(path, grid, **{option: value}),
-                              ods.methods.get(target).compile(path, grid, **{option: value}))
+            assert _same_plan(
+                alias.compile(path, grid, **{option: value}),
+                ods.methods.get(target).compile(path, grid, **{option: value}),
+            )
 
 
 def test_names_lists_distinct_methods():
     """No two registered names compile to the same plan (on a grid with varying steps)."""
     plans = {name: ods.methods.get(name).compile(*_GRIDS[2]) for name in ods.methods.names()}
     names = list(plans)
-    same = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if _same_plan(plans[a], plans[b])]
+    same = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if _same_plan(plans[a], plans[b])]
     assert same == []
-    assert ods.methods.aliases() == {"euler": "dpm-solver-1", "deis-1": "dpm-solver-1", "lms-1": "dpm-solver-1",
-                                     "deis-logrho-1": "dpm-solver-1", "unip-bh1-1": "ddim", "unip-bh2-1": "ddim",
-                                     "unip-bh2-2": "dpmpp-2m", "euler-ancestral": "ddpm"}
+    assert ods.methods.aliases() == {
+        "euler": "dpm-solver-1",
+        "deis-1": "dpm-solver-1",
+        "lms-1": "dpm-solver-1",
+        "deis-logrho-1": "dpm-solver-1",
+        "unip-bh1-1": "ddim",
+        "unip-bh2-1": "ddim",
+        "unip-bh2-2": "dpmpp-2m",
+        "euler-ancestral": "ddpm",
+    }
 
 
 def test_unknown_names_get_the_closest_known_names():

@@ -32,8 +32,26 @@ PATHS = {
 }
 PREDICTIONS = ["eps", "x0", "v", "velocity", "score"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
-ARGUMENTS = {"path", "steps", "sigma_min", "sigma_max", "rho", "t_start", "t_end", "spacing", "steps_offset", "final",
-             "times", "sigmas", "grid", "method", "x", "model", "prediction", "dtype"}
+ARGUMENTS = {
+    "path",
+    "steps",
+    "sigma_min",
+    "sigma_max",
+    "rho",
+    "t_start",
+    "t_end",
+    "spacing",
+    "steps_offset",
+    "final",
+    "times",
+    "sigmas",
+    "grid",
+    "method",
+    "x",
+    "model",
+    "prediction",
+    "dtype",
+}
 NAMES_AN_ARGUMENT = re.compile(r"\b(" + "|".join(sorted(ARGUMENTS, key=len, reverse=True)) + r")\b")
 
 
@@ -72,7 +90,11 @@ def test_every_call_returns_a_finite_state_or_names_an_argument(seed):
     path_name = rng.choice(sorted(PATHS))
     path = PATHS[path_name]
     make_grid = _grid_call(rng, path)
-    method, prediction, dtype = rng.choice([n for n in ods.methods.names() if not ods.methods.get(n).stochastic]), rng.choice(PREDICTIONS), rng.choice(DTYPES)
+    method, prediction, dtype = (
+        rng.choice([n for n in ods.methods.names() if not ods.methods.get(n).stochastic]),
+        rng.choice(PREDICTIONS),
+        rng.choice(DTYPES),
+    )
     batch, dim = rng.randint(1, 4), rng.randint(1, 3)
     mixture = _mixture(rng, dim)
     try:
@@ -80,7 +102,7 @@ def test_every_call_returns_a_finite_state_or_names_an_argument(seed):
         g = torch.Generator().manual_seed(seed % 2**32)
         x0 = mixture.sample(batch, generator=g)
         t0 = grid.t[:1]
-        x = (path.alpha(t0) * x0 + path.sigma(t0) * torch.randn(batch, dim, generator=g, dtype=torch.float64))
+        x = path.alpha(t0) * x0 + path.sigma(t0) * torch.randn(batch, dim, generator=g, dtype=torch.float64)
         x = x.to(dtype)
         out = ods.sample(mixture.model(path, prediction), x, grid, method=method)
     except (ValueError, TypeError) as err:

@@ -34,9 +34,11 @@ def _digits() -> ods.Model:
     return zoo.load("digits")
 
 
-MIXTURE = GaussianMixture(torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64),
-                          torch.tensor([[-2.0, 0.5], [0.3, 1.0], [1.5, -1.0]], dtype=torch.float64),
-                          torch.diag_embed(torch.tensor([[0.1, 0.3], [0.2, 0.05], [0.4, 0.2]], dtype=torch.float64)))
+MIXTURE = GaussianMixture(
+    torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64),
+    torch.tensor([[-2.0, 0.5], [0.3, 1.0], [1.5, -1.0]], dtype=torch.float64),
+    torch.diag_embed(torch.tensor([[0.1, 0.3], [0.2, 0.05], [0.4, 0.2]], dtype=torch.float64)),
+)
 
 SETUPS = {
     "edm-karras-eps": (P.EDM(), lambda p: G.karras(p, 8, sigma_max=20.0), "eps"),
@@ -49,8 +51,9 @@ SETUPS = {
 def _start(path, grid, n, seed=0):
     g = torch.Generator().manual_seed(seed)
     t0 = grid.t[:1]
-    return path.alpha(t0) * MIXTURE.sample(n, generator=g) + path.sigma(t0) * torch.randn(n, 2, generator=g,
-                                                                                             dtype=torch.float64)
+    return path.alpha(t0) * MIXTURE.sample(n, generator=g) + path.sigma(t0) * torch.randn(
+        n, 2, generator=g, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("setup", sorted(SETUPS))
@@ -69,7 +72,9 @@ def test_exact_models_are_batch_invariant_and_rerun_identically(setup):
         assert torch.isfinite(full).all(), method
         assert torch.equal(full, ods.sample(model, x, grid, method=method, **seeds(idx))), method
         assert torch.equal(ods.sample(model, x[perm], grid, method=method, **seeds(perm)), full[perm]), method
-        assert torch.equal(ods.sample(model, x[B - 1:], grid, method=method, **seeds(idx[B - 1:])), full[B - 1:]), method
+        assert torch.equal(ods.sample(model, x[B - 1 :], grid, method=method, **seeds(idx[B - 1 :])), full[B - 1 :]), (
+            method
+        )
         assert torch.equal(ods.sample(model, x[1:4], grid, method=method, **seeds(idx[1:4])), full[1:4]), method
 
 
@@ -80,7 +85,7 @@ def test_float32_state_is_batch_invariant_with_the_exact_model():
     x = _start(path, grid, B).float()
     full = ods.sample(model, x, grid, method="dpmpp-3m")
     assert full.dtype == torch.float32
-    assert torch.equal(torch.cat([ods.sample(model, x[i:i + 1], grid, method="dpmpp-3m") for i in range(B)]), full)
+    assert torch.equal(torch.cat([ods.sample(model, x[i : i + 1], grid, method="dpmpp-3m") for i in range(B)]), full)
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +98,9 @@ def digits():
 
 def _one_at_a_time(model: ods.Model) -> ods.Model:
     """The same network, called on one sample at a time: batch-invariant by construction."""
+
     def fn(x, t):
-        return torch.cat([model.fn(x[i:i + 1], t[i:i + 1]) for i in range(x.shape[0])])
+        return torch.cat([model.fn(x[i : i + 1], t[i : i + 1]) for i in range(x.shape[0])])
 
     return ods.Model(fn, model.path, model.prediction)
 

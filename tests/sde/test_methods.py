@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings
-from jaxtyping import TypeCheckError
 from hypothesis import strategies as st
+from jaxtyping import TypeCheckError
 
 import odesolve as ods
 from odesolve import grids as G
@@ -25,7 +25,9 @@ EDM = P.EDM()
 DISCRETE = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012)
 ZSNR = P.VP.discrete("scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_zero_terminal_snr=True)
 STOCHASTIC = [n for n in ods.methods.names() if ods.methods.get(n).stochastic]
-MIXTURE = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]], [[[0.2, 0.05], [0.05, 0.1]], [[0.3, 0.0], [0.0, 0.2]]])
+MIXTURE = GaussianMixture(
+    [0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]], [[[0.2, 0.05], [0.05, 0.1]], [[0.3, 0.0], [0.0, 0.2]]]
+)
 
 
 def test_the_stochastic_tables_are_registered_with_their_orders():
@@ -33,7 +35,7 @@ def test_the_stochastic_tables_are_registered_with_their_orders():
     assert ods.methods.aliases()["euler-ancestral"] == "ddpm"
     for name in STOCHASTIC:
         m = ods.methods.get(name)
-        assert m.order == m.weak_order == (2 if '2m' in name else 1) and m.strong_order == 1.0 and m.paper
+        assert m.order == m.weak_order == (2 if "2m" in name else 1) and m.strong_order == 1.0 and m.paper
         assert m.compile(EDM, G.karras(EDM, 5)).stochastic
     with pytest.raises(ValueError, match="order must be the weak order"):
         ods.methods.stochastic.ExponentialSDE("x", order=1, weak_order=2, paper="x")
@@ -51,6 +53,7 @@ def test_the_stochastic_tables_are_registered_with_their_orders():
 
 # -- the papers' formulas -------------------------------------------------------------------------
 
+
 def _abar(path, t):
     return path.alpha(t) ** 2
 
@@ -59,7 +62,8 @@ def _abar(path, t):
 def test_ddpm_table_is_ddim_with_eta(eta):
     """Song et al. (2021), eq. 12 and 16, on a discrete schedule with skipped steps:
     x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - s_eta^2) (x_t - sqrt(abar_t) x0)/sqrt(1 - abar_t) + s_eta z,
-    s_eta = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s); eta = 1 is DDPM's posterior (Ho et al. 2020, eq. 7)."""
+    s_eta = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s);
+    eta = 1 is DDPM's posterior (Ho et al. 2020, eq. 7)."""
     grid = G.discrete(DISCRETE, 13, spacing="trailing")
     plan = ods.methods.get("ddpm").compile(DISCRETE, grid, eta=eta)
     at, as_ = _abar(DISCRETE, grid.t[:-1]), _abar(DISCRETE, grid.t[1:])
@@ -144,6 +148,7 @@ def test_euler_maruyama_is_the_reverse_sde_euler_step():
 
 # -- k-diffusion: same noise in, same samples out -------------------------------------------------------
 
+
 def _kdiffusion():
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations or importlib.util.find_spec("torchsde") is None:
@@ -154,19 +159,23 @@ def _kdiffusion():
     utils.append_dims = lambda x, n: x[(...,) + (None,) * (n - x.ndim)]
     sys.modules.setdefault(pkg.__name__, pkg)
     sys.modules.setdefault(utils.__name__, utils)
-    s = importlib.util.spec_from_file_location("_kdiffusion_sde.sampling",
-                                               Path(spec.submodule_search_locations[0]) / "sampling.py")
+    s = importlib.util.spec_from_file_location(
+        "_kdiffusion_sde.sampling", Path(spec.submodule_search_locations[0]) / "sampling.py"
+    )
     mod = importlib.util.module_from_spec(s)
     sys.modules[s.name] = mod
     s.loader.exec_module(mod)
     return mod
 
 
-@pytest.mark.parametrize("ours,theirs,kwargs", [
-    ("euler-ancestral", "sample_euler_ancestral", {}),
-    ("dpmpp-2m-sde", "sample_dpmpp_2m_sde", {"solver_type": "midpoint"}),
-    ("dpmpp-2m-sde-heun", "sample_dpmpp_2m_sde", {"solver_type": "heun"}),
-])
+@pytest.mark.parametrize(
+    "ours,theirs,kwargs",
+    [
+        ("euler-ancestral", "sample_euler_ancestral", {}),
+        ("dpmpp-2m-sde", "sample_dpmpp_2m_sde", {"solver_type": "midpoint"}),
+        ("dpmpp-2m-sde-heun", "sample_dpmpp_2m_sde", {"solver_type": "heun"}),
+    ],
+)
 @pytest.mark.parametrize("eta", [1.0, 0.5])
 def test_same_noise_same_samples_as_k_diffusion(ours, theirs, kwargs, eta):
     K = _kdiffusion()
@@ -176,13 +185,15 @@ def test_same_noise_same_samples_as_k_diffusion(ours, theirs, kwargs, eta):
     x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 40.0
     src = N.BrownianPaths(range(5))
     noise = lambda s, sn: src.standard_normal(0, (float(s), float(sn)), x.shape)
-    want = K.__dict__[theirs](lambda xx, s: model(xx, s), x, sigmas, disable=True, eta=eta, noise_sampler=noise,
-                              **kwargs)
+    want = K.__dict__[theirs](
+        lambda xx, s: model(xx, s), x, sigmas, disable=True, eta=eta, noise_sampler=noise, **kwargs
+    )
     got = ods.sample(model, x, grid, method=ours, noise=src, eta=eta)
     assert float((got - want).abs().max()) <= 1e-11 * float(want.abs().max())
 
 
 # -- singular ends ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_zero_terminal_snr_start_and_the_step_to_sigma_zero(name):
@@ -224,6 +235,7 @@ def test_steps_to_sigma_zero_on_the_edm_path(name):
 
 # -- the executor's noise arguments ----------------------------------------------------------------------
 
+
 def _setup(B=4):
     grid = G.karras(EDM, 8, sigma_min=0.05, sigma_max=10.0, to_zero=False)
     x = torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 10
@@ -253,8 +265,9 @@ def test_noise_arguments_are_checked():
     with pytest.raises(TypeError, match="noise"):  # the annotation, or the check by name without typechecks
         ods.sample(model, x, grid, method="ddpm", noise=torch.Generator())
     # a deterministic method with seeds draws nothing: the same result
-    assert torch.equal(ods.sample(model, x, grid, method="dpmpp-2m", seeds=range(4)),
-                       ods.sample(model, x, grid, method="dpmpp-2m"))
+    assert torch.equal(
+        ods.sample(model, x, grid, method="dpmpp-2m", seeds=range(4)), ods.sample(model, x, grid, method="dpmpp-2m")
+    )
 
 
 def _overlapping_plan():
@@ -298,8 +311,9 @@ def test_plans_refuse_bad_noise_intervals():
         dataclasses.replace(plan, noise_interval=torch.tensor([[1.0, math.nan], [1.0, 0.0]], dtype=torch.float64))
     # a call without an interval (NaN, NaN) draws an independent normal: with one named interval
     # left, nothing overlaps, and a Brownian source answers the named call and the other alike
-    mixed = dataclasses.replace(plan, noise_interval=torch.tensor([[math.nan, math.nan], [1.0, 0.0]],
-                                                                  dtype=torch.float64))
+    mixed = dataclasses.replace(
+        plan, noise_interval=torch.tensor([[math.nan, math.nan], [1.0, 0.0]], dtype=torch.float64)
+    )
     assert not mixed.correlated_noise
     x = torch.zeros(2, 1, dtype=torch.float64)
     src = N.BrownianPaths([5, 6])
@@ -333,7 +347,7 @@ def test_a_refined_grid_follows_the_same_brownian_path():
     ods.sample(model, x, fine, method="ddpm", noise=b)
     assert len(a.seen) == 10 and len(b.seen) == 40
     for i, (interval, dw) in enumerate(a.seen):
-        parts = sum(d for _, d in b.seen[4 * i:4 * i + 4])
+        parts = sum(d for _, d in b.seen[4 * i : 4 * i + 4])
         assert interval == (float(t[i]), float(t[i + 1]))
         assert torch.allclose(parts, dw, rtol=0, atol=1e-12)
 
@@ -352,12 +366,23 @@ def test_gradients_flow_through_a_stochastic_sample():
             assert torch.allclose(out, ods.sample(model, x.detach(), grid, method=name, seeds=range(3)), rtol=1e-13)
 
 
-_PATHS = {"edm": EDM, "vp-linear": P.VP.linear(), "vp-cosine": P.VPCosine(), "flow": P.FlowMatching(),
-          "discrete": DISCRETE, "zsnr": ZSNR}
+_PATHS = {
+    "edm": EDM,
+    "vp-linear": P.VP.linear(),
+    "vp-cosine": P.VPCosine(),
+    "flow": P.FlowMatching(),
+    "discrete": DISCRETE,
+    "zsnr": ZSNR,
+}
 
 
-@given(name=st.sampled_from(STOCHASTIC), path=st.sampled_from(sorted(_PATHS)), steps=st.integers(2, 16),
-       to_end=st.booleans(), seed=st.integers(0, 2**31))
+@given(
+    name=st.sampled_from(STOCHASTIC),
+    path=st.sampled_from(sorted(_PATHS)),
+    steps=st.integers(2, 16),
+    to_end=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
 @settings(max_examples=400 if os.environ.get("ODESOLVE_FULL", "0") == "1" else 40, deadline=None, derandomize=True)
 def test_every_stochastic_table_on_every_path_is_finite_or_refused(name, path, steps, to_end, seed):
     """Random path, grid and seed: finite coefficients and a finite sample, or (only at an alpha = 0

@@ -25,6 +25,7 @@ def _close(estimate, value, stderr):
 
 # -- the hash --------------------------------------------------------------------------------------
 
+
 @given(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=20))
 @settings(max_examples=50, deadline=None)
 def test_torch_splitmix_equals_the_python_reference(words):
@@ -34,6 +35,7 @@ def test_torch_splitmix_equals_the_python_reference(words):
 
 
 # -- per-sample normals ------------------------------------------------------------------------------
+
 
 def test_per_sample_normals_are_standard_normal_and_independent():
     n = 40_000
@@ -55,15 +57,16 @@ def test_a_samples_noise_depends_only_on_its_seed(position, call):
     seeds = list(range(1000, 1064))
     batch = N.PerSampleNormal(seeds).standard_normal(call, None, (64, 2, 3))
     alone = N.PerSampleNormal([seeds[position]]).standard_normal(call, None, (1, 2, 3))
-    assert torch.equal(batch[position:position + 1], alone)
+    assert torch.equal(batch[position : position + 1], alone)
     moved = seeds[position:] + seeds[:position]  # the same seed at position 0 of another batch
     assert torch.equal(N.PerSampleNormal(moved).standard_normal(call, None, (64, 2, 3))[:1], alone)
 
 
 def test_float32_noise_is_the_float64_noise_rounded():
     src = N.PerSampleNormal(range(5))
-    assert torch.equal(src.standard_normal(3, None, (5, 7), torch.float32),
-                       src.standard_normal(3, None, (5, 7), torch.float64).float())
+    assert torch.equal(
+        src.standard_normal(3, None, (5, 7), torch.float32), src.standard_normal(3, None, (5, 7), torch.float64).float()
+    )
 
 
 # -- Brownian paths -----------------------------------------------------------------------------------
@@ -110,8 +113,10 @@ def test_bridge_law_of_the_midpoint():
     _close(resid.var(), v, v * math.sqrt(2 / n))
 
 
-@given(points=st.lists(st.floats(-50.0, 1000.0, allow_nan=False), min_size=3, max_size=7, unique=True),
-       seed=st.integers(0, 2**40))
+@given(
+    points=st.lists(st.floats(-50.0, 1000.0, allow_nan=False), min_size=3, max_size=7, unique=True),
+    seed=st.integers(0, 2**40),
+)
 @settings(max_examples=12, deadline=None)
 def test_increments_add_up_whatever_the_partition(points, seed):
     """Refinement consistency: the increments over a fine partition sum to the coarse increment, and
@@ -158,5 +163,7 @@ def test_bad_inputs_are_refused_by_name():
         N.BrownianPaths([1]).increment(0.0, math.inf, (1, 1))
     with pytest.raises(ValueError, match="positive length"):
         N.BrownianPaths([1]).standard_normal(0, (1.0, 1.0), (1, 1))
-    assert torch.equal(N.PerSampleNormal(torch.arange(3)).standard_normal(0, None, (3, 1)),
-                       N.PerSampleNormal(range(3)).standard_normal(0, None, (3, 1)))
+    assert torch.equal(
+        N.PerSampleNormal(torch.arange(3)).standard_normal(0, None, (3, 1)),
+        N.PerSampleNormal(range(3)).standard_normal(0, None, (3, 1)),
+    )

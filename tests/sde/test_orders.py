@@ -26,8 +26,10 @@ from odesolve.toy.gaussian import Gaussian
 EDM, VP = P.EDM(), P.VP.linear()
 GAUSS = Gaussian([0.5], [[0.25]])
 STOCHASTIC = [n for n in ods.methods.names() if ods.methods.get(n).stochastic]
-GRIDS = {"edm": (EDM, lambda n: G.karras(EDM, n, sigma_min=0.05, sigma_max=5.0, to_zero=False)),
-         "vp": (VP, lambda n: G.uniform_lambda(VP, n, 0.8, 1e-2))}
+GRIDS = {
+    "edm": (EDM, lambda n: G.karras(EDM, n, sigma_min=0.05, sigma_max=5.0, to_zero=False)),
+    "vp": (VP, lambda n: G.uniform_lambda(VP, n, 0.8, 1e-2)),
+}
 
 
 def slope(ns, errors) -> float:
@@ -65,8 +67,13 @@ def test_the_linear_response_reads_the_law_of_a_sample():
     path, make = GRIDS["edm"]
     grid = make(6)
     n = 20_000
-    out = ods.sample(GAUSS.model(path, "x0"), torch.full((n, 1), 1.3, dtype=torch.float64), grid, method="ddpm",
-                     noise=N.PerSampleNormal(range(n)))[:, 0]
+    out = ods.sample(
+        GAUSS.model(path, "x0"),
+        torch.full((n, 1), 1.3, dtype=torch.float64),
+        grid,
+        method="ddpm",
+        noise=N.PerSampleNormal(range(n)),
+    )[:, 0]
     exact = GAUSS.reverse_sde_marginal(torch.tensor([[1.3]], dtype=torch.float64), grid.t[0], grid.t[-1], path)
     dm, dv = weak_errors("ddpm", path, grid)
     var = float(exact.cov[0, 0]) + dv
@@ -123,7 +130,6 @@ def test_measured_strong_order(name):
 # -- reproducibility -------------------------------------------------------------------------------------
 
 
-
 _MEAN, _VAR = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([0.3, 0.05], dtype=torch.float64)
 
 
@@ -132,6 +138,7 @@ def _elementwise_x0(x, t, mean=_MEAN, var=_VAR):
     not batch invariant at a batch of 64 on CPU: its reductions change their last bits with the batch)."""
     s2 = (t * t)[:, None]
     return (mean * s2 + var * x) / (var + s2)
+
 
 _BATCH: dict = {}
 
@@ -148,8 +155,8 @@ def test_sample_i_is_bit_identical_alone_and_at_any_position_of_a_batch_of_64(na
     if key not in _BATCH:
         _BATCH[key] = ods.sample(model, x, grid, method=name, noise=make(seeds))
     batch = _BATCH[key]
-    alone = ods.sample(model, x[position:position + 1], grid, method=name, noise=make(seeds[position:position + 1]))
-    assert torch.equal(alone, batch[position:position + 1])
+    alone = ods.sample(model, x[position : position + 1], grid, method=name, noise=make(seeds[position : position + 1]))
+    assert torch.equal(alone, batch[position : position + 1])
     roll = torch.roll(torch.arange(64), -position)  # the same sample first in another batch
     moved = ods.sample(model, x[roll], grid, method=name, noise=make([seeds[i] for i in roll.tolist()]))
     assert torch.equal(moved[:1], alone)
