@@ -64,6 +64,8 @@ def sampler(name: str) -> Callable:
         callback: Callable[[dict], None] | None = None,
         disable: bool | None = None,
         generator: torch.Generator | None = None,
+        noise=None,
+        seeds=None,
         **options,
     ) -> Tensor:
         if not callable(model):
@@ -111,13 +113,24 @@ def sampler(name: str) -> Callable:
                 )
                 state["x"] = info["x"].clone()  # the executor's live state: it moves on with the next step
 
-        return execute(plan, Model(fn, PATH, "x0"), x, callback=cb, progress=disable is False, generator=generator)
+        return execute(
+            plan,
+            Model(fn, PATH, "x0"),
+            x,
+            callback=cb,
+            progress=disable is False,
+            generator=generator,
+            noise=noise,
+            seeds=seeds,
+        )
 
     sample.__name__ = sample.__qualname__ = _identifier(method.name)
     sample.__doc__ = (
         f"k-diffusion style sampler for odesolve's {method.name!r} (declared order {method.order}; "
         f"{method.paper or 'see odesolve.methods'}).\n\n"
-        "sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)"
+        "sample(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None, noise=None, "
+        "seeds=None, **options); a stochastic method needs one of generator=, noise= (an odesolve.noise "
+        "source) or seeds= (one per sample)"
     )
     return sample
 

@@ -143,8 +143,15 @@ def run_report(
 
 def _run_report(methods, problem, nfe, out, quick, progress, figures) -> ReportResult:
     t0 = time.perf_counter()
-    names = list(methods) if methods else _methods.names()
+    names = list(methods) if methods else [n for n in _methods.names() if not _methods.get(n).stochastic]
     tables = [as_method(n) for n in names]
+    noisy = [m.name for m in tables if m.stochastic]
+    if noisy:
+        raise ValueError(
+            f"methods: {noisy} inject noise; the report measures order against the exact solution of the "
+            "probability-flow ODE, which a stochastic method does not follow (their strong and weak orders are "
+            "measured in the stochastic-samplers lesson, docs/stochastic.md)"
+        )
     nfe = tuple(int(k) for k in nfe)
     if not nfe or min(nfe) < 1:
         raise ValueError(f"nfe must be positive integers, got {nfe}")
@@ -295,6 +302,16 @@ def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
             f"| {r.method}{mark} | {r.declared} | {der} | {sym} | {r.measured:.2f} | {errs} | {r.stability:.3f} |"
         )
     lines += ["", f"{len(res.rows)} methods in {res.seconds:.0f} s.", ""]
+    noisy = [n for n in _methods.names() if _methods.get(n).stochastic]
+    if noisy:
+        lines += [
+            "Stochastic methods are not in this table (it measures order against the probability-flow ODE): "
+            + ", ".join(
+                f"`{n}` (strong {_methods.get(n).strong_order:g}, weak {_methods.get(n).weak_order})" for n in noisy
+            )
+            + ".",
+            "",
+        ]
     for f in res.figures:
         name = FsPath(f).name
         lines += [f"![{name}]({name})", ""]

@@ -17,7 +17,10 @@ The real NFE (the compiled plan's number of calls) is printed and stored.
 
 Determinism. The initial noise is drawn for all ``n`` samples at once on the CPU from
 ``torch.Generator().manual_seed(seed)``, so the samples do not depend on ``--batch`` or on the
-device's random generator; on the CPU the same seed gives bit-identical samples.
+device's random generator; on the CPU the same seed gives bit-identical samples. A stochastic
+method's noise for sample ``j`` is keyed by ``(seed mod 2^31) * 2^32 + j`` (``odesolve.noise``:
+independent normals per call, or Brownian paths where the plan's increments overlap), so it too
+depends on neither ``--batch`` nor the device.
 """
 
 from __future__ import annotations
@@ -213,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         for i in range(0, args.n, args.batch):
             xb = x_T[i : i + args.batch].to(device)
-            chunks.append(execute(plan, model, xb).float().cpu())
+            chunks.append(execute(plan, model, xb, noise=_noise(plan, args.seed, i, xb.shape[0])).float().cpu())
             if bar is not None:
                 bar.update(xb.shape[0])
     if bar is not None:
@@ -247,3 +250,13 @@ def run(args: argparse.Namespace) -> int:
         line += f"; Frechet distance of classifier features to the data {fd:.3f}"
     print(line)
     return 0
+
+
+def _noise(plan, seed: int, start: int, count: int):
+    """The per-sample noise source of samples ``start .. start + count - 1`` (None for an ODE plan)."""
+    if not plan.stochastic:
+        return None
+    from .. import noise
+
+    keys = [(seed % 2**31) * 2**32 + j for j in range(start, start + count)]
+    return noise.BrownianPaths(keys) if plan.correlated_noise else noise.PerSampleNormal(keys)

@@ -190,3 +190,20 @@ def test_k_diffusion_lms(K, order):
     theirs = K.sample_lms(denoiser, x, SIGMAS, disable=True, order=order)
     got = getattr(kd, f"sample_lms_{order}")(denoiser, x, SIGMAS)
     assert rel(got, theirs) <= 1e-9
+
+
+@pytest.mark.parametrize("name", ["ddpm", "dpmpp-2m-sde"])
+def test_stochastic_functions_take_per_sample_noise(name):
+    """The k-diffusion style function of a stochastic table runs with seeds= (one per sample) and
+    gives ods.sample's result for the same seeds; without any noise it refuses, naming the options."""
+    x = _x(3)[:3]
+    f = getattr(kd, kd._identifier(name))
+    out = f(denoiser, x, SIGMAS, seeds=[5, 6, 7])
+    grid = ods.grids.from_sigmas(ods.paths.EDM(), SIGMAS.double())
+    ref = ods.sample(
+        ods.Model(lambda xx, t: denoiser(xx, t), ods.paths.EDM(), "x0"), x, grid, method=name, seeds=[5, 6, 7]
+    )
+    assert torch.isfinite(out).all() and rel(out, ref) <= 1e-12
+    assert rel(f(denoiser, x[1:2], SIGMAS, seeds=[6]), out[1:2]) <= 1e-12  # the sample, not the batch
+    with pytest.raises(ValueError, match="seeds="):
+        f(denoiser, x, SIGMAS)

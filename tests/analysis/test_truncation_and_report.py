@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import odesolve as ods
 from odesolve.analysis import local_errors, run_report
 from odesolve.commands import report as report_mod
 
@@ -65,3 +66,14 @@ def test_run_report_refuses_a_file_as_out_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="out must be a folder"):
         run_report(["ddim"], out=f, quick=True, progress=False)
     assert f.read_text() == "mine"
+
+
+def test_report_refuses_stochastic_methods_and_lists_them_apart(tmp_path):
+    noisy = [n for n in ods.methods.names() if ods.methods.get(n).stochastic]
+    assert noisy  # the registry has stochastic tables
+    with pytest.raises(ValueError, match=r"methods: \['ddpm'\] inject noise"):
+        run_report(["ddim", "ddpm"], problem="gmm2d", nfe=(5,), out=None, quick=True, progress=False)
+    res = run_report(["ddim"], problem="gmm2d", nfe=(5,), out=tmp_path, quick=True, progress=False, figures=False)
+    text = (tmp_path / "report.md").read_text()
+    assert [r.method for r in res.rows] == ["ddim"]
+    assert "Stochastic methods are not in this table" in text and all(f"`{n}`" in text for n in noisy)
