@@ -20,7 +20,7 @@ import torch
 
 from ..plan import Rows
 from .base import Method, Prediction, Rational, Variable, fraction_rows, refuse_alpha_zero_start, table
-from .exponential_rk import ddim_rows
+from .exponential_rk import singlestep_rows
 
 
 @table
@@ -69,17 +69,8 @@ class RungeKutta(Method):
 
     def _rows(self, g, **options) -> Rows:
         refuse_alpha_zero_start(self, g)
-        n = torch.arange(g.steps)
-        s = len(self.c)
         # a step that ends at sigma = 0 would place a stage there: it takes the Euler (DDIM) limit
-        reg = ~g.sigma_zero_end if s > 1 else torch.zeros(g.steps, dtype=torch.bool)
-        counts = torch.where(reg, s, 1)
-        first = torch.cumsum(counts, 0) - counts
-        rows = Rows(int(counts.sum()))
-        rows.call(first, n, g.t[:-1])
-        ddim_rows(rows, g, n[~reg], first[~reg], "eps")
-        self.stage_rows(rows, g, n[reg], first[reg])
-        return rows
+        return singlestep_rows(self, g, ~g.sigma_zero_end)
 
     def stage_rows(self, rows: Rows, g, n: torch.Tensor, first: torch.Tensor, times=None):
         """Rows of the regular steps n, whose first call is ``first``; ``times`` overrides the stage times."""

@@ -88,16 +88,7 @@ class ExponentialRK(Method):
 
     def _rows(self, g, lower_order_final: bool = False) -> Rows:
         refuse_alpha_zero_start(self, g)
-        n = torch.arange(g.steps)
-        s = len(self.c)
-        reg = ~g.singular if s > 1 else torch.zeros(g.steps, dtype=torch.bool)
-        counts = torch.where(reg, s, 1)
-        first = torch.cumsum(counts, 0) - counts
-        rows = Rows(int(counts.sum()))
-        rows.call(first, n, g.t[:-1])
-        ddim_rows(rows, g, n[~reg], first[~reg], self.prediction)  # DDIM, exact at both singular ends
-        self.stage_rows(rows, g, n[reg], first[reg])
-        return rows
+        return singlestep_rows(self, g, ~g.singular)  # DDIM, exact at both singular ends, on singular steps
 
     def stage_rows(self, rows: Rows, g, n: torch.Tensor, first: torch.Tensor) -> list[torch.Tensor]:
         """The rows of regular steps n whose first call (already made, on the state) is ``first``:
@@ -123,6 +114,20 @@ class ExponentialRK(Method):
         for j, w in enumerate(self._weights(self.b, h, Fr(1), cache)):
             rows.update(last, first + j, scale * w)
         return lams
+
+
+def singlestep_rows(table, g, staged: torch.Tensor) -> Rows:
+    """Rows of a singlestep table (``c`` nodes, ``stage_rows``): step n makes ``len(table.c)`` calls
+    where ``staged[n]``, and elsewhere one call and the first-order (DDIM) step."""
+    n = torch.arange(g.steps)
+    staged = staged & (len(table.c) > 1)
+    counts = torch.where(staged, len(table.c), 1)
+    first = torch.cumsum(counts, 0) - counts
+    rows = Rows(int(counts.sum()))
+    rows.call(first, n, g.t[:-1])
+    ddim_rows(rows, g, n[~staged], first[~staged], table.prediction)
+    table.stage_rows(rows, g, n[staged], first[staged])
+    return rows
 
 
 def ddim_rows(rows: Rows, g, n: torch.Tensor, k: torch.Tensor, prediction: str):
