@@ -1,11 +1,14 @@
-"""``odesolve sample``: draw samples from a model of the zoo with a registered method.
+"""``odesolve sample``: draw samples from a model of the zoo with a registered method or a fitted solver.
 
     odesolve sample --model digits --method dpmpp-3m --nfe 10 --n 10000 --batch 1024 --device cpu --seed 0 --out DIR
+    odesolve sample --model digits --solver solver.json --n 10000 --out DIR
+    torchrun --nproc-per-node 4 -m odesolve sample --model digits --samples 50000 --out DIR
 
 writes ``DIR/samples.npz`` (``samples``: float32, shape ``(n, *image)``, in the model's data
 coordinates, unclipped; with the method, the grid times, the real NFE and the seed) and
 ``DIR/grid.png`` (the first 100 samples). ``run(args)`` is the command; ``add_arguments(parser)``
-declares its options; every option is checked before the sampling starts.
+declares its options; every option is checked before the sampling starts. ``--samples`` is
+``--n`` under a name torchrun's own parser does not take for an abbreviation of its options.
 
 NFE budget. ``--nfe`` is the number of network evaluations allowed per sample. The grid gets
 ``nfe // calls_per_step`` steps, and then as many as fit: a step that ends at sigma = 0 (the last
@@ -13,23 +16,24 @@ step of the default grids) takes one model call whatever the method (the DDIM li
 for the exponential methods; docs/theory.md section 2), so
 a singlestep method such as ``dpm-solver-3`` at ``--nfe 10`` runs 4 steps (3 + 3 + 3 + 1 calls),
 and a method that spends an extra call on a warm-up (``dpmpp-3m-corrected``) runs one step fewer.
-The real NFE (the compiled plan's number of calls) is printed and stored.
+The real NFE (the compiled plan's number of calls) is printed and stored. ``--solver FILE`` (a
+sampler saved by ``odesolve.learn``) brings its own grid and coefficients: ``--method``, ``--nfe``
+and ``--grid`` are then refused.
 
-Determinism. The initial noise is drawn for all ``n`` samples at once on the CPU from
-``torch.Generator().manual_seed(seed)``, so the samples do not depend on ``--batch`` or on the
-device's random generator; on the CPU the same seed gives bit-identical samples. A stochastic
-method's noise for sample ``j`` is keyed by ``(seed mod 2^31) * 2^32 + j`` (``odesolve.noise``:
-independent normals per call, or Brownian paths where the plan's increments overlap), so it too
-depends on neither ``--batch`` nor the device.
+Determinism, processes, resuming (:mod:`odesolve.distributed`). Sample ``j``'s initial noise and,
+for a stochastic method, its noise path are keyed by ``(seed mod 2^31) * 2^32 + j``, so they
+depend on neither ``--batch``, the device's random generator nor the number of processes. The
+samples are computed in batches of ``--batch`` consecutive indices, written as shards in
+``DIR/shards`` and merged: the same ``samples.npz``, byte for byte, from 1 process or N
+(``torchrun``) on the same hardware. A killed run restarted with the same command computes only
+the missing batches; ``DIR/manifest.json`` refuses a restart with other settings.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -47,9 +51,25 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Declare the options of ``odesolve sample`` on ``parser``."""
     parser.add_argument("--model", default="digits", help="a model of odesolve.toy.zoo (default: digits)")
-    parser.add_argument("--method", default="dpmpp-3m", help="a registered method (odesolve methods lists them)")
-    parser.add_argument("--nfe", type=int, default=10, help="network evaluations per sample (default: 10)")
-    parser.add_argument("--n", type=int, default=10000, help="number of samples (default: 10000)")
+    parser.add_argument(
+        "--method", default=None, help="a registered method (odesolve methods lists them; default: dpmpp-3m)"
+    )
+    parser.add_argument("--nfe", type=int, default=None, help="network evaluations per sample (default: 10)")
+    parser.add_argument(
+        "--samples",
+        "--n",
+        dest="n",
+        type=int,
+        default=10000,
+        help="number of samples (default: 10000); under torchrun write --samples",
+    )
+    parser.add_argument(
+        "--solver",
+        type=Path,
+        default=None,
+        help="a fitted solver (odesolve.learn's JSON file): its grid and coefficients replace "
+        "--method, --nfe and --grid",
+    )
     parser.add_argument("--batch", type=int, default=1024, help="samples per batch (default: 1024)")
     parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument(
@@ -60,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--grid",
-        default="trailing",
+        default=None,
         choices=GRIDS,
         help="time grid: trailing integer timesteps as diffusers spaces them (default), steps "
         "uniform in log-SNR ('lambda'), or Karras et al.'s rho = 7 ('karras'); each ends "
@@ -152,12 +172,45 @@ def _save_png(images: torch.Tensor, file: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _check(args: argparse.Namespace):
-    """Every option checked before any work; returns ``(device, model, method, out)``."""
+def _plan(args: argparse.Namespace, model):
+    """The plan of ``--solver``, or of ``--method`` at ``--nfe`` on ``--grid``; returns
+    ``(plan, description)``."""
     from .. import methods
+
+    if args.solver is not None:
+        given = [o for o, v in (("--method", args.method), ("--nfe", args.nfe), ("--grid", args.grid)) if v is not None]
+        if given:
+            raise _checks.UsageError(f"--solver brings its own grid and coefficients; drop {', '.join(given)}")
+        from .. import learn
+
+        try:
+            fitted = learn.load(args.solver)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise _checks.UsageError(f"--solver {str(args.solver)!r} is not a fitted solver: {err}") from None
+        if fitted.grid.path != model.path:
+            raise _checks.UsageError(
+                f"--solver {str(args.solver)!r} was fitted on the path {fitted.grid.path!r}, but "
+                f"--model {args.model!r} runs on {model.path!r}"
+            )
+        plan = fitted.method.compile(model.path, fitted.grid)
+        return plan, f"fitted solver {args.solver.name} ({fitted.family}, init {fitted.init})"
+    method = methods.get(args.method or "dpmpp-3m")
+    nfe, kind = args.nfe if args.nfe is not None else 10, args.grid or "trailing"
+    steps = steps_for_nfe(model.path, method, nfe, kind)
+    if steps is None:
+        raise _checks.UsageError(f"--nfe {nfe} is too small for one step of {method.name!r}")
+    plan = method.compile(model.path, make_grid(model.path, steps, kind))
+    return plan, f"{method.name} (order {method.order}), {steps} steps on the {kind} grid, requested NFE {nfe}"
+
+
+def _check(args: argparse.Namespace):
+    """Every option checked before any work; returns ``(device, model, plan, description, out)``."""
+    from .. import distributed
     from ..toy import metrics, zoo
 
-    n, _, nfe = (_checks.positive(o, v) for o, v in (("--n", args.n), ("--batch", args.batch), ("--nfe", args.nfe)))
+    n, _ = (_checks.positive(o, v) for o, v in (("--samples/--n", args.n), ("--batch", args.batch)))
+    if args.nfe is not None:
+        _checks.positive("--nfe", args.nfe)
     _checks.seed(args.seed)
     if args.fd:
         if args.model != "digits":
@@ -169,94 +222,91 @@ def _check(args: argparse.Namespace):
                 f"non-singular covariance: got --n {n}; use --n {k + 1} or more (the "
                 f"estimate's bias falls like 1/n)"
             )
-    device = _checks.device(args.device)
+    if args.solver is not None and not Path(args.solver).is_file():
+        raise _checks.UsageError(f"--solver {str(args.solver)!r} is not a file")
+    device = distributed.setup(_checks.device(args.device))
     dtype = _DTYPES[args.dtype] if isinstance(args.dtype, str) else args.dtype
     model = zoo.load(args.model, device=device, dtype=dtype)
-    method = methods.get(args.method)
-    out = Path(args.out) if args.out is not None else Path("out") / f"{args.model}-{method.name}-nfe{nfe}"
-    return device, model, method, _checks.output_folder("--out", out)
+    plan, description = _plan(args, model)
+    name = Path(args.solver).stem if args.solver is not None else plan.method
+    out = Path(args.out) if args.out is not None else Path("out") / f"{args.model}-{name}-nfe{plan.calls}"
+    return device, model, plan, description, _checks.output_folder("--out", out)
 
 
 def run(args: argparse.Namespace) -> int:
     """``odesolve sample``; returns the exit status (0 on success, 2 on bad arguments)."""
-    import numpy as np
-
-    from ..execute import execute
+    from .. import distributed
     from ..toy import metrics, zoo
 
-    def fail(msg):
-        return _checks.fail("sample", msg)
-
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
     try:
-        device, model, method, out = _check(args)
-    except ValueError as err:
-        return fail(err)
-    path = model.path
-    steps = steps_for_nfe(path, method, args.nfe, args.grid)
-    if steps is None:
-        return fail(f"--nfe {args.nfe} is too small for one step of {method.name!r}")
-    grid = make_grid(path, steps, args.grid)
-    plan = method.compile(path, grid)
+        try:
+            device, model, plan, description, out = _check(args)
+        except ValueError as err:
+            return _checks.fail("sample", err)
+        rank, world = distributed.rank_and_world()
+        shape = tuple(zoo.config(args.model)["net"]["shape"])
+        if rank == 0:
+            print(
+                f"{args.model}: {description}, real NFE {plan.calls}, {args.n} samples, batch {args.batch}, "
+                f"{device.type}, {args.dtype}" + (f", {world} processes" if world > 1 else ""),
+                file=sys.stderr,
+            )
+        method = _method_meta(args, plan)
+        meta = {"model": args.model, **method, "nfe": plan.calls, "seed": args.seed, "n": args.n}
+        meta.update(device=device.type, dtype=args.dtype, steps=plan.grid.steps)
+        try:
+            result = distributed.sample(
+                model,
+                plan,
+                out,
+                n=args.n,
+                shape=shape,
+                seed=args.seed,
+                batch=args.batch,
+                device=device,
+                settings={"model": args.model, "dtype": args.dtype},
+                meta=meta,
+                progress=getattr(args, "progress", True),
+            )
+        except distributed.SettingsMismatch as err:
+            return _checks.fail("sample", err)
+        if rank != 0:
+            return 0
+        samples = torch.from_numpy(result.samples)
+        png = out / "grid.png"
+        _save_png(samples[:100], png, f"{args.model}: {plan.method}, NFE {plan.calls}, seed {args.seed}")
+        what = (
+            "already on disk (manifest.json): nothing computed"
+            if result.resumed == result.batches
+            else (
+                f"in {result.seconds:.1f} s"
+                + (f", {result.resumed} of {result.batches} batches resumed" if result.resumed else "")
+            )
+        )
+        line = f"wrote {result.file} and {png}: {args.n} samples at NFE {plan.calls} {what}"
+        if args.fd:
+            clf, _, _ = metrics.digits_classifier(seed=0)
+            with torch.inference_mode():
+                fd = metrics.frechet_distance(clf.features(samples), clf.features(zoo.data("digits")))
+            line += f"; Frechet distance of classifier features to the data {fd:.3f}"
+        print(line)
+        return 0
+    finally:
+        if not joined and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
-    shape = tuple(zoo.config(args.model)["net"]["shape"])
-    x_T = torch.randn((args.n, *shape), generator=torch.Generator().manual_seed(args.seed))
-    print(
-        f"{args.model}: {method.name} (order {method.order}), {steps} steps on the {args.grid} grid, "
-        f"real NFE {plan.calls} (requested {args.nfe}), {args.n} samples, batch {args.batch}, "
-        f"{device}, {args.dtype}",
-        file=sys.stderr,
-    )
-    bar = None
-    if getattr(args, "progress", True):
-        from tqdm import tqdm
 
-        bar = tqdm(total=args.n, unit="img", desc=f"{method.name} NFE {plan.calls}", file=sys.stderr)
-    chunks = []
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, args.n, args.batch):
-            xb = x_T[i : i + args.batch].to(device)
-            chunks.append(execute(plan, model, xb, noise=_noise(plan, args.seed, i, xb.shape[0])).float().cpu())
-            if bar is not None:
-                bar.update(xb.shape[0])
-    if bar is not None:
-        bar.close()
-    seconds = time.perf_counter() - t0
-    samples = torch.cat(chunks)
+def _method_meta(args: argparse.Namespace, plan) -> dict:
+    """The method's entries of ``meta``: its name and order, the requested NFE and grid, or the solver file."""
+    if args.solver is not None:
+        return {"method": plan.method, "solver": Path(args.solver).name}
+    from .. import methods
 
-    meta = {
-        "model": args.model,
-        "method": method.name,
-        "order": method.order,
-        "nfe": plan.calls,
-        "nfe_requested": args.nfe,
-        "steps": steps,
-        "grid": args.grid,
-        "seed": args.seed,
-        "n": args.n,
-        "device": str(device),
-        "dtype": args.dtype,
-        "seconds": round(seconds, 3),
+    m = methods.get(args.method or "dpmpp-3m")
+    return {
+        "method": m.name,
+        "order": m.order,
+        "nfe_requested": args.nfe if args.nfe is not None else 10,
+        "grid": args.grid or "trailing",
     }
-    npz = out / "samples.npz"
-    np.savez_compressed(npz, samples=samples.numpy(), times=grid.t.numpy(), meta=json.dumps(meta))
-    png = out / "grid.png"
-    _save_png(samples[:100], png, f"{args.model}: {method.name}, NFE {plan.calls}, seed {args.seed}")
-    line = f"wrote {npz} and {png}: {args.n} samples at NFE {plan.calls} in {seconds:.1f} s"
-    if args.fd:
-        clf, _, _ = metrics.digits_classifier(seed=0)
-        with torch.inference_mode():
-            fd = metrics.frechet_distance(clf.features(samples), clf.features(zoo.data("digits")))
-        line += f"; Frechet distance of classifier features to the data {fd:.3f}"
-    print(line)
-    return 0
-
-
-def _noise(plan, seed: int, start: int, count: int):
-    """The per-sample noise source of samples ``start .. start + count - 1`` (None for an ODE plan)."""
-    if not plan.stochastic:
-        return None
-    from .. import noise
-
-    keys = [(seed % 2**31) * 2**32 + j for j in range(start, start + count)]
-    return noise.BrownianPaths(keys) if plan.correlated_noise else noise.PerSampleNormal(keys)
