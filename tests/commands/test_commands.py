@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from odesolve import cli, commands
@@ -40,6 +41,7 @@ def test_python_dash_m_odesolve_runs_the_command():
     "argv, option",
     [
         (["sample", "--n", "0"], "--n"),
+        (["sample", "--samples", "0"], "--samples"),
         (["sample", "--n", "-3"], "--n"),
         (["sample", "--batch", "0"], "--batch"),
         (["sample", "--nfe", "0"], "--nfe"),
@@ -114,3 +116,70 @@ def test_fd_with_enough_samples_runs(capsys, tmp_path):
     assert status == 0, err
     fd = float(out.split("Frechet distance of classifier features to the data")[1])
     assert 0 < fd < 1e4
+
+
+def test_samples_is_the_long_name_of_n(capsys, tmp_path):
+    """``--samples`` (the name that survives torchrun's parser) and ``--n`` are one option."""
+    common = ["sample", "--nfe", "2", "--method", "ddim", "--batch", "4", "--no-progress"]
+    assert run([*common, "--samples", "6", "--out", str(tmp_path / "a")], capsys)[0] == 0
+    assert run([*common, "--n", "6", "--out", str(tmp_path / "b")], capsys)[0] == 0
+    a, b = ((tmp_path / d / "samples.npz").read_bytes() for d in "ab")
+    assert a == b
+    assert np.load(tmp_path / "a" / "samples.npz")["samples"].shape == (6, 1, 8, 8)
+    status, _, err = run(["sample", "--samples", "0", "--out", str(tmp_path / "c")], capsys)
+    assert status == 2 and "--samples" in err
+
+
+def _saved_solver(tmp_path, path=None, steps=3):
+    import odesolve as ods
+    from odesolve import learn
+    from odesolve.toy import zoo
+
+    path = path if path is not None else zoo.load("digits").path
+    grid = ods.grids.discrete(path, steps)
+    fitted = learn.Fitted(
+        family="grid",
+        grid=grid,
+        method=ods.methods.get("dpmpp-2m"),
+        nfe=steps,
+        init="dpmpp-2m",
+        parameters=0,
+        train_loss=0.0,
+        val_loss=0.0,
+        init_val_loss=0.0,
+        fit_seconds=0.0,
+    )
+    file = tmp_path / "solver.json"
+    fitted.save(file)
+    return file
+
+
+def test_solver_file_samples_like_its_method_on_its_grid(capsys, tmp_path):
+    file = _saved_solver(tmp_path)
+    common = ["sample", "--n", "10", "--batch", "4", "--no-progress"]
+    status, out, err = run([*common, "--solver", str(file), "--out", str(tmp_path / "s")], capsys)
+    assert status == 0 and "NFE 3" in out, err
+    status, _, err = run([*common, "--method", "dpmpp-2m", "--nfe", "3", "--out", str(tmp_path / "m")], capsys)
+    assert status == 0, err
+    s, m = (np.load(tmp_path / d / "samples.npz") for d in "sm")
+    assert np.array_equal(s["samples"], m["samples"]) and np.array_equal(s["times"], m["times"])
+
+
+@pytest.mark.parametrize("extra", [["--method", "ddim"], ["--nfe", "4"], ["--grid", "karras"]])
+def test_solver_with_method_options_is_refused(extra, capsys, tmp_path):
+    file = _saved_solver(tmp_path)
+    status, out, err = run(["sample", "--solver", str(file), *extra, "--out", str(tmp_path / "o")], capsys)
+    assert status == 2 and "--solver" in err and extra[0] in err and out == ""
+
+
+def test_solver_that_is_not_a_solver_or_for_another_path_is_refused(capsys, tmp_path):
+    from odesolve.paths import VPDiscrete
+
+    status, _, err = run(["sample", "--solver", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")], capsys)
+    assert status == 2 and "--solver" in err and "not a file" in err
+    (tmp_path / "junk.json").write_text('{"format": "something else"}')
+    status, _, err = run(["sample", "--solver", str(tmp_path / "junk.json"), "--out", str(tmp_path / "o")], capsys)
+    assert status == 2 and "--solver" in err and "not a fitted solver" in err
+    other = _saved_solver(tmp_path, path=VPDiscrete.from_schedule("scaled_linear", 1000))
+    status, _, err = run(["sample", "--solver", str(other), "--out", str(tmp_path / "o")], capsys)
+    assert status == 2 and "--solver" in err and "fitted on the path" in err
