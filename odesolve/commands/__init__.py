@@ -1,13 +1,15 @@
 """The ``odesolve`` command: one module per subcommand, wired here.
 
     odesolve report  [METHOD ...] [--problem gmm2d] [--nfe 5 10 20] [--out report]
-    odesolve sample  [--model digits] [--method dpmpp-3m] [--nfe 10] [--n 10000] [--out DIR] [--fd]
+    odesolve sample  [--model digits] [--method dpmpp-3m | --solver FILE] [--nfe 10] [--samples 10000] [--out DIR]
+    torchrun --nproc-per-node N -m odesolve sample ... --samples 50000 --out DIR
     odesolve methods
 
 Each subcommand module declares ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int`` (the exit status: 0 success, 1 a failed check, 2 bad arguments). Arguments are
 validated before any work starts (:mod:`odesolve.commands._checks`). ``python -m odesolve`` and the
-``odesolve`` console script (``odesolve.cli:main``) both call :func:`main`.
+``odesolve`` console script (``odesolve.cli:main``) both call :func:`main`. A new subcommand is a
+module here and its name in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "main"]
 
-SUBCOMMANDS = ("report", "sample", "methods")
+SUBCOMMANDS = ("report", "sample", "methods")  # one module of this package each
 
 
 def parser() -> argparse.ArgumentParser:

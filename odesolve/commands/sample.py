@@ -42,7 +42,7 @@ from . import _checks
 
 __all__ = ["GRIDS", "HELP", "add_arguments", "make_grid", "run", "steps_for_nfe"]
 
-HELP = "sample from a model of the zoo with a registered method"
+HELP = "sample from a model of the zoo with a registered method or a fitted solver, in one process or under torchrun"
 
 GRIDS = ("trailing", "lambda", "karras")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
