@@ -118,14 +118,16 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def setup(device="cpu") -> torch.device:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment; gloo for
-    the CPU, NCCL for CUDA) unless one is initialised already, and return this rank's device:
-    ``cuda`` becomes ``cuda:LOCAL_RANK``. A single process (no ``WORLD_SIZE``) joins nothing."""
+    """Join the process group torchrun describes (``WORLD_SIZE`` and ``MASTER_ADDR`` in the
+    environment; gloo for the CPU, NCCL for CUDA) unless one is initialised already, and return this
+    rank's device: ``cuda`` becomes ``cuda:LOCAL_RANK``. A process not started by torchrun joins
+    nothing."""
     device = torch.device(device)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    if launched and torch.distributed.is_available() and not torch.distributed.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
