@@ -7,10 +7,10 @@
 ``execute``, the copy to a preallocated float32 array), no files. ``driver``:
 :func:`odesolve.distributed.sample` into a fresh folder: the same loop plus the manifest, one
 shard file per batch written and renamed, the progress count, the merge into ``samples.npz``
-(compressed) and the removal of the shards. Runs alternate (sampling, driver, sampling, ...) and
+and the removal of the shards. Runs alternate (sampling, driver, sampling, ...) and
 the ratio ``driver / sampling - 1`` is formed per pair; the median is printed. The target is below
 5 %. On a loaded machine the timings are rough: only the median of several pairs means anything.
-The driver's own file work (starting the job, writing the shards, merging and compressing) is also
+The driver's own file work (starting the job, writing the shards, merging) is also
 timed directly inside the driver (``files_s``), a lower-variance estimate of the same overhead:
 ``files_s / sampling_s``.
 """
