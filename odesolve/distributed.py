@@ -294,11 +294,11 @@ def sample(
     if rank == 0:
         try:
             decision = _start(out, shards, manifest_file, npz, job, batches)
-        except SettingsMismatch as err:
-            decision = {"error": str(err)}
+        except Exception as err:  # every rank raises it, rather than wait for rank 0
+            decision = {"error": str(err), "mismatch": isinstance(err, SettingsMismatch)}
     decision = _broadcast(decision, rank, world)
     if "error" in decision:
-        raise SettingsMismatch(decision["error"])
+        raise (SettingsMismatch if decision["mismatch"] else RuntimeError)(decision["error"])
     missing = [tuple(b) for b in decision["missing"]]
     resumed = len(batches) - len(missing)
     mine = missing[rank::world]

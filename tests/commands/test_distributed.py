@@ -59,42 +59,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank, world, port, argv, kill_after, log):
-    """One rank: join the group, run ``odesolve sample``; with ``kill_after`` rank 1 dies (exit 3)
-    right after writing that many shards; ``log`` gets the shards this rank computed."""
+def _rank_main(rank, world, port, work):
+    """One rank: join the group, run ``work(rank)`` (its exit status)."""
     torch.distributed.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=datetime.timedelta(60)
     )
-    if kill_after is not None and rank == 1:
-        write, count = distributed._write_shard, [0]
-
-        def write_then_die(*a, **k):
-            file = write(*a, **k)
-            count[0] += 1
-            if count[0] == kill_after:
-                os._exit(3)
-            return file
-
-        distributed._write_shard = write_then_die
-    if log is not None:
-        sample = distributed.sample
-
-        def logged(*a, **k):
-            result = sample(*a, **k)
-            Path(f"{log}.{rank}").write_text(json.dumps(result.computed))
-            return result
-
-        distributed.sample = logged
-    status = commands.main(argv)
+    status = work(rank)
     torch.distributed.destroy_process_group()
     os._exit(status)
 
 
-def launch(world, argv, kill_after=None, log=None, limit=120) -> list[int]:
-    """Fork ``world`` ranks; when one fails the others are killed (as torchrun does); exit codes."""
+def command(argv, kill_after=None, log=None):
+    """``odesolve sample argv`` as a rank's work; with ``kill_after`` rank 1 dies (exit 3) right after
+    writing that many shards; ``log`` gets the shards each rank computed."""
+
+    def work(rank):
+        if kill_after is not None and rank == 1:
+            write, count = distributed._write_shard, [0]
+
+            def write_then_die(*a, **k):
+                file = write(*a, **k)
+                count[0] += 1
+                if count[0] == kill_after:
+                    os._exit(3)
+                return file
+
+            distributed._write_shard = write_then_die
+        if log is not None:
+            sample = distributed.sample
+
+            def logged(*a, **k):
+                result = sample(*a, **k)
+                Path(f"{log}.{rank}").write_text(json.dumps(result.computed))
+                return result
+
+            distributed.sample = logged
+        return commands.main(argv)
+
+    return work
+
+
+def launch(world, work, limit=120) -> list[int]:
+    """Fork ``world`` ranks running ``work``; when one fails the others are killed (as torchrun
+    does); their exit codes."""
     ctx = multiprocessing.get_context("fork")
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, argv, kill_after, log)) for r in range(world)]
+    procs = [ctx.Process(target=_rank_main, args=(r, world, port, work)) for r in range(world)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + limit
@@ -111,11 +121,10 @@ def launch(world, argv, kill_after=None, log=None, limit=120) -> list[int]:
     return [p.exitcode for p in procs]
 
 
-@pytest.mark.parametrize("method", ["dpmpp-2m", "dpmpp-2m-sde"])
-@pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("world, method", [(2, "dpmpp-2m-sde"), (4, "dpmpp-2m-sde"), (4, "dpmpp-2m")])
 def test_merged_samples_are_the_same_bytes_for_any_number_of_processes(world, method, reference, tmp_path):
     out = tmp_path / "out"
-    assert launch(world, ["sample", "--method", method, *ARGS, "--out", str(out)]) == [0] * world
+    assert launch(world, command(["sample", "--method", method, *ARGS, "--out", str(out)])) == [0] * world
     assert digest(out / "samples.npz") == digest(reference[method])
     assert not (out / "shards").exists()  # merged, then removed
     assert json.loads((out / "manifest.json").read_text())["finished"] is True
@@ -124,17 +133,45 @@ def test_merged_samples_are_the_same_bytes_for_any_number_of_processes(world, me
 def test_a_killed_job_resumes_losing_duplicating_and_recomputing_nothing(reference, tmp_path):
     out, log = tmp_path / "out", tmp_path / "computed"
     argv = ["sample", "--method", "dpmpp-2m-sde", *ARGS, "--out", str(out)]
-    codes = launch(2, argv, kill_after=2)
+    codes = launch(2, command(argv, kill_after=2))
     assert codes[1] == 3 and not (out / "samples.npz").exists()
     written = shard_names(out)
     assert 2 <= len(written) < len(all_shards()) and written <= all_shards()
     for name in written:  # every shard on disk is whole
         assert np.load(out / "shards" / name).shape == (BATCH, 1, 8, 8)
-    assert launch(2, argv, log=log) == [0, 0]
+    assert launch(2, command(argv, log=log)) == [0, 0]
     computed = [f"{a:010d}-{b:010d}.npy" for r in (0, 1) for a, b in json.loads(Path(f"{log}.{r}").read_text())]
     assert len(computed) == len(set(computed))  # nothing computed twice
     assert set(computed) == all_shards() - written  # nothing recomputed, nothing lost
     assert digest(out / "samples.npz") == digest(reference["dpmpp-2m-sde"])
+
+
+def test_a_diffusers_network_through_the_python_entry_point(tmp_path):
+    """The adapter's model wrapper around a tiny diffusers UNet: 2 ranks write the bytes of 1."""
+    diffusers = pytest.importorskip("diffusers")
+    from odesolve.adapters.diffusers.model import model_from_diffusers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+    model = model_from_diffusers(unet, diffusers.DDPMScheduler().config)
+    plan = ods.methods.get("dpmpp-2m-sde").compile(model.path, ods.grids.discrete(model.path, 3))
+
+    def job(out):
+        return distributed.sample(model, plan, out, n=12, shape=(3, 8, 8), batch=4, progress=False)
+
+    assert job(tmp_path / "one").world == 1
+    assert launch(2, lambda rank: job(tmp_path / "two").world - 2) == [0, 0]  # exit 0: a group of two
+    assert digest(tmp_path / "one" / "samples.npz") == digest(tmp_path / "two" / "samples.npz")
+    assert np.isfinite(np.load(tmp_path / "one" / "samples.npz")["samples"]).all()
 
 
 @pytest.mark.skipif(not full, reason="torchrun end to end: ODESOLVE_FULL=1 (the forked ranks above run the same code)")
