@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import odesolve as ods
 from odesolve import commands, distributed
@@ -242,6 +244,21 @@ def test_sample_depends_on_its_index_alone(tmp_path):
     assert distributed.sample_keys(2**31 + 5, 3, 5) == [5 * 2**32 + 3, 5 * 2**32 + 4]
     x = distributed.initial_noise(7, 10, 13, (2, 3))
     assert torch.equal(x[1], distributed.initial_noise(7, 11, 12, (2, 3))[0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), start=st.integers(0, 2**32 - 40), length=st.integers(1, 30), data=st.data())
+def test_a_sample_noise_is_a_function_of_its_seed_and_index(seed, start, length, data):
+    """Any range of samples: sample j's initial noise and path noise are those of j drawn alone."""
+    j = data.draw(st.integers(start, start + length - 1))
+    whole = distributed.initial_noise(seed, start, start + length, (3,))
+    assert torch.equal(whole[j - start], distributed.initial_noise(seed, j, j + 1, (3,))[0])
+    assert distributed.sample_keys(seed, start, start + length)[j - start] == (seed % 2**31) * 2**32 + j
+    plan = ods.methods.get("dpmpp-2m-sde").compile(ods.paths.EDM(), ods.grids.karras(ods.paths.EDM(), 3))
+    many, one = (distributed.noise_source(plan, seed, a, b) for a, b in ((start, start + length), (j, j + 1)))
+    assert torch.equal(
+        many.standard_normal(1, (0.5, 1.0), (length, 3))[j - start], one.standard_normal(1, (0.5, 1.0), (1, 3))[0]
+    )
 
 
 def test_other_settings_of_an_unfinished_job_are_refused(tmp_path, monkeypatch, capsys):
