@@ -71,11 +71,14 @@ def _rank_main(rank, world, port, work):
     os._exit(status)
 
 
-def command(argv, kill_after=None, log=None):
+def command(argv, kill_after=None, log=None, stderr=None):
     """``odesolve sample argv`` as a rank's work; with ``kill_after`` rank 1 dies (exit 3) right after
-    writing that many shards; ``log`` gets the shards each rank computed."""
+    writing that many shards; ``log`` gets the shards each rank computed; ``stderr`` each rank's
+    standard error (files ``stderr.RANK``)."""
 
     def work(rank):
+        if stderr is not None:
+            sys.stderr = open(f"{stderr}.{rank}", "w")
         if kill_after is not None and rank == 1:
             write, count = distributed._write_shard, [0]
 
@@ -96,7 +99,9 @@ def command(argv, kill_after=None, log=None):
                 return result
 
             distributed.sample = logged
-        return commands.main(argv)
+        status = commands.main(argv)
+        sys.stderr.flush()
+        return status
 
     return work
 
@@ -130,6 +135,16 @@ def test_merged_samples_are_the_same_bytes_for_any_number_of_processes(world, me
     assert digest(out / "samples.npz") == digest(reference[method])
     assert not (out / "shards").exists()  # merged, then removed
     assert json.loads((out / "manifest.json").read_text())["finished"] is True
+
+
+def test_rank_0_alone_reports_the_progress_of_the_whole_job(reference, tmp_path):
+    out, err = tmp_path / "out", tmp_path / "stderr"
+    argv = ["sample", "--method", "dpmpp-2m-sde", *ARGS[:-1], "--out", str(out)]  # with the progress bar
+    assert launch(2, command(argv, stderr=err)) == [0, 0]
+    rank0, rank1 = (Path(f"{err}.{r}").read_text() for r in (0, 1))
+    assert f"{N}/{N}" in rank0 and "2 processes" in rank0  # the whole job, not rank 0's half
+    assert rank1.strip() == ""
+    assert digest(out / "samples.npz") == digest(reference["dpmpp-2m-sde"])
 
 
 def test_a_killed_job_resumes_losing_duplicating_and_recomputing_nothing(reference, tmp_path):
