@@ -25,6 +25,12 @@ with ``D(lambda_n + tau) = sum_i Delta_i (tau/h)^i`` and ``w_i(z) = i! chi_{i+1}
 deterministic exponential multistep table ``base`` evaluated at z instead of h (its published
 weight rows included). ``base = dpmpp-2m`` gives ``dpmpp-2m-sde``; ``dpmpp-3m-taylor`` gives
 k-diffusion's DPM-Solver++(3M) SDE.
+
+**Singlestep order schedules** (Lu et al., DPM-Solver, NeurIPS 2022, sec. 3.4, "DPM-Solver-fast"):
+singlestep DPM-Solver-3 steps, the last ``len(tail)`` steps taking the orders in ``tail`` (a budget
+of K model calls gives floor(K/3) + 1 steps; the last is of order K mod 3, or, when 3 divides K,
+the last two are of orders 2 and 1). Deterministic; it lives here as the stochastic-sampler
+libraries' (k-diffusion's) step allocation.
 """
 
 from __future__ import annotations
@@ -32,12 +38,12 @@ from __future__ import annotations
 import torch
 
 from ..plan import Rows
-from .base import Geometry, refuse_alpha_zero_start, table
+from .base import Geometry, Method, refuse_alpha_zero_start, table
 from .exponential_multistep import ExponentialMultistep
-from .exponential_rk import DDIM, DPM_SOLVER_2, DPMPP_2S, ExponentialRK, ddim_rows
+from .exponential_rk import DDIM, DPM_SOLVER_1, DPM_SOLVER_2, DPM_SOLVER_3, DPMPP_2S, ExponentialRK, ddim_rows
 from .stochastic import _Stochastic
 
-__all__ = ["Ancestral", "ExponentialMultistepSDE", "ancestral_split"]
+__all__ = ["Ancestral", "ExponentialMultistepSDE", "SinglestepSchedule", "ancestral_split", "dpm_solver_fast_tail"]
 
 
 def ancestral_split(g: Geometry, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,6 +178,59 @@ class ExponentialMultistepSDE(_Stochastic):
         return rows
 
 
+def dpm_solver_fast_tail(nfe: int) -> tuple[tuple[int, ...], int]:
+    """(tail orders, steps) of DPM-Solver-fast for a budget of ``nfe`` model calls (Lu et al. 2022, sec. 3.4)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer (the number of model calls), got {nfe!r}")
+    steps = nfe // 3 + 1
+    if nfe % 3 == 0:
+        return ((2, 1), steps) if steps >= 2 else ((1,), 1)
+    return (nfe % 3,), steps
+
+
+@table
+class SinglestepSchedule(Method):
+    """Singlestep DPM-Solver steps whose order follows a schedule: order 3 (``tables[2]``) on every step
+    but the last ``len(tail)``, which take the orders in ``tail`` (module docstring). Steps of infinite
+    length take the first-order (DDIM) limit."""
+
+    tables: tuple[ExponentialRK, ...] = (DPM_SOLVER_1, DPM_SOLVER_2, DPM_SOLVER_3)  # tables[k - 1]: order k
+    tail: tuple[int, ...] = (2,)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if any(not isinstance(t, ExponentialRK) or t.prediction != self.prediction for t in self.tables):
+            raise ValueError(f"{self.name}: tables must be ExponentialRK tables predicting {self.prediction!r}")
+        if any(isinstance(o, bool) or not isinstance(o, int) or not 1 <= o <= len(self.tables) for o in self.tail):
+            raise ValueError(f"{self.name}: tail must hold orders in 1..{len(self.tables)}, got {self.tail!r}")
+        if self.order > min(len(self.tables), *(o + 1 for o in self.tail)):
+            raise ValueError(f"{self.name}: order {self.order} exceeds what its tail {self.tail} keeps")
+
+    @property
+    def calls_per_step(self) -> int:
+        return max(len(t.c) for t in self.tables)
+
+    def _rows(self, g) -> Rows:
+        refuse_alpha_zero_start(self, g)
+        N = g.steps
+        n = torch.arange(N)
+        order = torch.full((N,), len(self.tables), dtype=torch.int64)
+        tail = torch.tensor(self.tail[-N:], dtype=torch.int64)
+        order[N - tail.numel() :] = tail
+        stages = torch.tensor([len(t.c) for t in self.tables])[order - 1]
+        staged = ~g.singular & (stages > 1)
+        counts = torch.where(staged, stages, 1)
+        first = torch.cumsum(counts, 0) - counts
+        rows = Rows(int(counts.sum()))
+        rows.call(first, n, g.t[:-1])
+        ddim_rows(rows, g, n[~staged], first[~staged], self.prediction)
+        for k, t in enumerate(self.tables, start=1):
+            sel = n[staged & (order == k)]
+            if sel.numel():
+                t.stage_rows(rows, g, sel, first[sel])
+        return rows
+
+
 def _kdiffusion_3m():
     from . import exponential_multistep
 
@@ -206,4 +265,12 @@ DPMPP_3M_SDE = ExponentialMultistepSDE(
     "(k-diffusion sample_dpmpp_3m_sde)",
 )
 
-TABLES = [DPM_2_ANCESTRAL, DPMPP_2S_ANCESTRAL, DPMPP_3M_SDE]
+DPM_SOLVER_FAST = SinglestepSchedule(
+    "dpm-solver-fast",
+    order=3,
+    prediction="eps",
+    paper="Lu et al., DPM-Solver, NeurIPS 2022, sec. 3.4 (DPM-Solver-fast: DPM-Solver-3 steps, the last of "
+    "order 2; k-diffusion sample_dpm_fast)",
+)
+
+TABLES = [DPM_2_ANCESTRAL, DPMPP_2S_ANCESTRAL, DPMPP_3M_SDE, DPM_SOLVER_FAST]

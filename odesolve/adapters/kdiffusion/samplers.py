@@ -31,22 +31,25 @@ adds noise before a model call, which a plan cannot express yet) and ``sample_dp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
 import torch
 from torch import Tensor
 
-from ... import methods
+from ... import grids, methods
+from ...methods.ancestral import dpm_solver_fast_tail
 from ...methods.exponential_rk import ExponentialRK
 from ...noise import BrownianPaths, NoiseSource
 from ...paths import check_real
 from .noise import NoiseSamplerSource, ScaledNoise, brownian_tree_sampler, torch_stream_sampler
-from .run import grid_of, run
+from .run import PATH, grid_of, run
 
 __all__ = [
     "sample_dpm_2",
     "sample_dpm_2_ancestral",
+    "sample_dpm_fast",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2m_sde_gpu",
@@ -398,3 +401,46 @@ def sample_dpmpp_sde(
             "Stochastic DPM-Solver++ samplers: sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_2s_ancestral"
         )
     return run(table, model, x, sigmas, extra_args, callback, disable)
+
+
+def sample_dpm_fast(
+    model,
+    x,
+    sigma_min,
+    sigma_max,
+    n,
+    extra_args=None,
+    callback=None,
+    disable=None,
+    eta=0.0,
+    s_noise=1.0,
+    noise_sampler=None,
+) -> Tensor:
+    """DPM-Solver-fast (Lu et al. 2022, sec. 3.4) with ``n`` model calls: ``n // 3 + 1`` steps uniform in
+    lambda = -log sigma from ``sigma_max`` to ``sigma_min``, DPM-Solver-3 steps and a last step of order
+    ``n mod 3`` (orders 2 and 1 when 3 divides n): ``dpm-solver-fast`` with that tail. The times are
+    float64 (k-diffusion computes them in the dtype of ``torch.tensor(sigma_max)``). ``eta = 0`` only."""
+    lo, hi = (
+        check_real(sigma_min, "sigma_min", 0.0, lo_open=True),
+        check_real(sigma_max, "sigma_max", 0.0, lo_open=True),
+    )
+    if not lo < hi:
+        raise ValueError(f"sigma_min must be below sigma_max, got {lo} and {hi}")
+    if check_real(eta, "eta", 0.0) != 0:
+        raise ValueError(
+            f"eta: sample_dpm_fast's ancestral variant (eta={eta}) is not supported; supported: eta=0 "
+            "(for ancestral sampling use sample_dpm_2_ancestral or sample_dpmpp_2s_ancestral)"
+        )
+    check_real(s_noise, "s_noise", 0.0)
+    tail, steps = dpm_solver_fast_tail(n)
+    table = dataclasses.replace(methods.get("dpm-solver-fast"), tail=tail, order=min(3, min(tail) + 1))
+    lam = torch.linspace(-math.log(hi), -math.log(lo), steps + 1, dtype=torch.float64)
+    grid = grids.from_sigmas(PATH, torch.exp(-lam))
+    wrapped = None
+    if callback is not None:
+
+        def wrapped(info):  # k-diffusion's DPM-Solver callback also names the step's time t = -log sigma
+            t = -torch.log(torch.as_tensor(info["sigma"]))
+            callback({**info, "t": t, "t_up": t})
+
+    return run(table, model, x, None, extra_args, wrapped, disable, grid=grid)
