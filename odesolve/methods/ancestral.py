@@ -210,6 +210,15 @@ class SinglestepSchedule(Method):
     def calls_per_step(self) -> int:
         return max(len(t.c) for t in self.tables)
 
+    def derivation(self, max_order=None, budget=None):
+        """The stiff order conditions of the interior steps' table (``tables[-1]``); the tail is one or
+        two steps, which keep the global order when each tail order is at least the interior order - 1."""
+        from ..analysis.symbolic import SymbolicLimitError
+
+        if min(self.tail) + 1 < len(self.tables):
+            raise SymbolicLimitError(f"{self.name}: its tail {self.tail} lowers the order below the interior table's")
+        return self.tables[-1].derivation(max_order, budget)
+
     def _rows(self, g) -> Rows:
         refuse_alpha_zero_start(self, g)
         N = g.steps

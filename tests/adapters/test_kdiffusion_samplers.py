@@ -82,6 +82,7 @@ def test_every_k_diffusion_name_is_provided_with_k_diffusions_signature(K):
     sample_dpm_adaptive is the one name left to the adaptive driver."""
     names = sorted(n for n in vars(K) if n.startswith("sample_"))
     assert set(names) - set(kd.KDIFFUSION_NAMES) == {"sample_dpm_adaptive"}
+    assert set(kd.KDIFFUSION_NAMES) - set(names) == {"sample_dpmpp_2m_sde_gpu", "sample_dpmpp_3m_sde_gpu"}
     for name in [*names, "sample_dpmpp_2m_sde_gpu", "sample_dpmpp_3m_sde_gpu"]:
         if name == "sample_dpm_adaptive":
             continue
@@ -99,6 +100,23 @@ def test_deterministic_samplers_equal_k_diffusions(K, name, kwargs):
     theirs = getattr(K, name)(denoiser, x, SIGMAS, disable=True, **kwargs)
     got = getattr(kd, name)(denoiser, x, SIGMAS, **kwargs)
     assert rel(got, theirs) <= 1e-12
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 10])
+def test_dpm_fast_equals_k_diffusions(K, n):
+    """k-diffusion computes DPM-Solver-fast's times in torch's default dtype: with float64 the same samples
+    to 1e-12 for every budget n (orders 3, ..., 3 and n mod 3, or 2 and 1 when 3 divides n)."""
+    x = _x(9)
+    torch.set_default_dtype(torch.float64)
+    try:
+        theirs = K.sample_dpm_fast(denoiser, x, 0.02, 60.0, n, disable=True)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    got = kd.sample_dpm_fast(denoiser, x, 0.02, 60.0, n, eta=0.0, s_noise=1.0, noise_sampler=None)
+    assert rel(got, theirs) <= 1e-12
+    calls = []
+    kd.sample_dpm_fast(lambda xx, s: calls.append(1) or denoiser(xx, s), x, 0.02, 60.0, n)
+    assert len(calls) == n
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
@@ -205,6 +223,9 @@ def test_per_sample_seeds_are_odesolve_brownian_paths():
         (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS), ValueError, r"eta.*supported: eta=0"),
         (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS, eta=0.0, r=1.5), ValueError, r"r must be"),
         (lambda: kd.sample_lms(denoiser, _x(), SIGMAS, order=5), ValueError, r"order.*1, 2, 3 or 4"),
+        (lambda: kd.sample_dpm_fast(denoiser, _x(), 0.02, 60.0, 6, eta=0.5), ValueError, r"eta.*supported: eta=0"),
+        (lambda: kd.sample_dpm_fast(denoiser, _x(), 0.0, 60.0, 6), ValueError, "sigma_min"),
+        (lambda: kd.sample_dpm_fast(denoiser, _x(), 0.02, 60.0, 0), ValueError, "n must be a positive integer"),
         (lambda: kd.sample_dpmpp_2m_sde(denoiser, _x(), SIGMAS, solver_type="euler"), ValueError, "solver_type"),
         (lambda: kd.sample_euler_ancestral(denoiser, _x(), SIGMAS, eta=-1.0), ValueError, "eta"),
         (lambda: kd.sample_euler_ancestral(denoiser, _x(), SIGMAS, s_noise="1"), TypeError, "s_noise"),

@@ -432,6 +432,8 @@ def sample_dpm_fast(
             "(for ancestral sampling use sample_dpm_2_ancestral or sample_dpmpp_2s_ancestral)"
         )
     check_real(s_noise, "s_noise", 0.0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer (the number of model calls), got {n!r}")
     tail, steps = dpm_solver_fast_tail(n)
     table = dataclasses.replace(methods.get("dpm-solver-fast"), tail=tail, order=min(3, min(tail) + 1))
     lam = torch.linspace(-math.log(hi), -math.log(lo), steps + 1, dtype=torch.float64)
