@@ -121,7 +121,7 @@ def test_dpm_fast_equals_k_diffusions(K, n):
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_lms_equals_k_diffusions(K, order):
-    """k-diffusion integrates its Lagrange weights with scipy's quad (epsrel 1e-4): agreement to 1e-9."""
+    """k-diffusion integrates its Lagrange weights with scipy's quad: exact for these polynomials."""
     x = _x(2)
     assert (
         rel(
