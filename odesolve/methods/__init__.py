@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import classical, exponential_multistep, exponential_rk, stochastic
+from . import ancestral, classical, exponential_multistep, exponential_rk, stochastic
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
@@ -95,6 +95,8 @@ def get(name: str | Method) -> Method:
 
 
 for _m in (*exponential_rk.TABLES, *exponential_multistep.TABLES, *classical.TABLES, *stochastic.TABLES):
+    register(_m)
+for _m in ancestral.TABLES:  # stochastic tables built on deterministic ones (ancestral, multistep SDE)
     register(_m)
 
 # Tables that reduce to another's plan on every grid (tests/core/test_registry.py compiles both):

@@ -273,6 +273,15 @@ def _family():
             "Taylor value, so it is second order",
         ),
         ExponentialMultistep(
+            "dpmpp-3m-taylor",
+            order=2,
+            prediction="x0",
+            nodes=3,
+            weights=HALF_SECOND_DIFFERENCE,
+            paper=f"{P}; the published 3rd-order multistep update (half D2 weight, second order) with "
+            "the Taylor weight in its 2-node warm-up step (k-diffusion sample_dpmpp_3m_sde with eta = 0)",
+        ),
+        ExponentialMultistep(
             "dpmpp-3m-corrected",
             order=3,
             prediction="x0",

@@ -21,7 +21,6 @@ from _adapters_lib import gmm_x0, rel
 
 import odesolve as ods
 from odesolve.adapters import kdiffusion as kd
-from odesolve.methods import HALF_SECOND_DIFFERENCE, ExponentialMultistep
 
 SIGMAS = torch.cat(
     [ods.grids.karras(ods.paths.EDM(), 11, 0.02, 60.0, to_zero=False).sigmas, torch.zeros(1, dtype=torch.float64)]
@@ -37,12 +36,16 @@ def _x(seed=0):
 
 
 def test_one_function_per_registered_method():
+    """Every registered method has a function (k-diffusion's own where the name is k-diffusion's), and
+    available() lists k-diffusion's names and the generated ones, each once."""
     names = kd.available()
-    assert len(names) == len(ods.methods.names())
+    assert len(names) == len(set(names))
+    assert set(kd.KDIFFUSION_NAMES) <= set(names)
     for name in ods.methods.names():
         f = getattr(kd, "sample_" + name.replace("-", "_"))
         assert callable(f) and f.__name__ == "sample_" + name.replace("-", "_")
-    assert "sample_dpmpp_2m" in dir(kd)
+        assert f.__name__ in names
+    assert "sample_dpmpp_2m" in dir(kd) and "sample_unipc_bh2_3" in dir(kd)
     with pytest.raises(AttributeError, match="available"):
         kd.sample_no_such_method  # noqa: B018
 
@@ -113,6 +116,10 @@ def _load_sampling_module():
 
 @pytest.fixture(scope="module")
 def K():
+    return kdiffusion_oracle()
+
+
+def kdiffusion_oracle():
     """k-diffusion's sampling module; skipped where it is not installed, unless
     ODESOLVE_REQUIRE_KDIFFUSION=1 (CI), where a missing oracle is a failure."""
     required = os.environ.get("ODESOLVE_REQUIRE_KDIFFUSION", "0") == "1"
@@ -143,36 +150,20 @@ def test_callback_equals_k_diffusions(K):
             assert float(a["sigma"]) == pytest.approx(float(b["sigma"]), rel=1e-12)
 
 
-# k-diffusion's "3M SDE" with eta = 0 is the published 3M (half D2 weight) with a Taylor 2-node warm-up
-KD_3M = ExponentialMultistep("kdiffusion-3m", order=2, prediction="x0", nodes=3, weights=HALF_SECOND_DIFFERENCE)
-
-
 @pytest.mark.parametrize(
     "kname, ours, kwargs",
     [
-        ("sample_euler", "euler", {}),
-        ("sample_heun", "heun", {}),
-        ("sample_dpmpp_2m", "dpmpp-2m", {}),
-        ("sample_dpm_2", "dpm-solver-2", {}),
         ("sample_dpmpp_2s_ancestral", "dpmpp-2s", {"eta": 0.0}),
         ("sample_dpmpp_sde", "dpmpp-2s", {"eta": 0.0}),
         ("sample_dpmpp_2m_sde", "dpmpp-2m", {"eta": 0.0}),
         ("sample_dpmpp_2m_sde", "dpmpp-2m-taylor", {"eta": 0.0, "solver_type": "heun"}),
-        ("sample_dpmpp_3m_sde", KD_3M, {"eta": 0.0}),
+        ("sample_dpmpp_3m_sde", "dpmpp-3m-taylor", {"eta": 0.0}),
     ],
 )
-def test_k_diffusion_samplers(K, kname, ours, kwargs):
+def test_k_diffusion_samplers_at_eta_0_are_the_deterministic_tables(K, kname, ours, kwargs):
     x = _x(2)
     theirs = getattr(K, kname)(denoiser, x, SIGMAS, disable=True, **kwargs)
-    if isinstance(ours, str):
-        got = getattr(kd, "sample_" + ours.replace("-", "_"))(denoiser, x, SIGMAS)
-    else:
-        got = ods.sample(
-            ods.Model(lambda xx, t: denoiser(xx, t), kd.PATH, "x0"),
-            x,
-            ods.grids.from_sigmas(kd.PATH, SIGMAS),
-            method=ours,
-        )
+    got = kd.sampler(ours)(denoiser, x, SIGMAS)
     assert rel(got, theirs) <= 1e-12
 
 
@@ -194,10 +185,10 @@ def test_k_diffusion_lms(K, order):
 
 @pytest.mark.parametrize("name", ["ddpm", "dpmpp-2m-sde"])
 def test_stochastic_functions_take_per_sample_noise(name):
-    """The k-diffusion style function of a stochastic table runs with seeds= (one per sample) and
-    gives ods.sample's result for the same seeds; without any noise it refuses, naming the options."""
+    """The generated function of a stochastic table runs with seeds= (one per sample) and gives
+    ods.sample's result for the same seeds; without any noise it refuses, naming the options."""
     x = _x(3)[:3]
-    f = getattr(kd, kd._identifier(name))
+    f = kd.sampler(name)
     out = f(denoiser, x, SIGMAS, seeds=[5, 6, 7])
     grid = ods.grids.from_sigmas(ods.paths.EDM(), SIGMAS.double())
     ref = ods.sample(

@@ -81,7 +81,11 @@ def test_the_linear_response_reads_the_law_of_a_sample():
     assert abs(float(out.var()) - var) <= 5 * var * math.sqrt(2 / n)
 
 
-@pytest.mark.parametrize("name", STOCHASTIC)
+# ancestral tables: first-order mean error, second-order variance error (tests/sde/test_ancestral.py measures them)
+WEAK_BY_VARIANCE = [n for n in STOCHASTIC if not isinstance(ods.methods.get(n), ods.methods.ancestral.Ancestral)]
+
+
+@pytest.mark.parametrize("name", WEAK_BY_VARIANCE)
 @pytest.mark.parametrize("where", sorted(GRIDS))
 def test_measured_weak_order(name, where):
     """Within 0.15 of the declared weak order: the error of the variance, and of the mean where it is
@@ -100,7 +104,10 @@ def test_measured_weak_order(name, where):
     if max(abs(e) for e in means) > 1e-12:
         assert abs(slope(ns, means) - m.weak_order) <= 0.15, (name, means)
     else:
-        assert isinstance(m, ods.methods.stochastic.ExponentialSDE), (name, means)
+        assert isinstance(m, (ods.methods.stochastic.ExponentialSDE, ods.methods.ancestral.ExponentialMultistepSDE)), (
+            name,
+            means,
+        )
 
 
 def strong_differences(name, path, ns, B=64):

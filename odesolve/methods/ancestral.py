@@ -1,0 +1,285 @@
+"""Stochastic tables built on a deterministic one: ancestral singlestep steps and multistep SDE steps.
+
+**Ancestral steps** (Ho et al., DDPM, 2020; Karras et al., EDM, 2022, and k-diffusion's ``*_ancestral``
+samplers). In the coordinates x/alpha, where the noise level is rho = sigma/alpha, a step from rho_n to
+rho_{n+1} splits the target level into a deterministic part and fresh noise,
+
+    rho_up = rho_{n+1} u,   rho_down = rho_{n+1} sqrt(1 - u^2),   u = min(1, eta sqrt(1 - e^{-2h})),
+
+(h = lambda_{n+1} - lambda_n, so ``sqrt(1 - e^{-2h})`` is DDPM's posterior standard deviation over
+rho_{n+1}); the step runs the ``base`` singlestep table from t_n to the point of level rho_down (its
+end keeps alpha_{n+1}, so the update lands on x_{n+1}'s scale) and adds
+``sigma_{n+1} u xi``, xi the normalised Brownian increment over [t_n, t_{n+1}]. eta = 0 is the base
+table; with ``base=ddim`` it is DDPM ancestral sampling (the ``ddpm`` table). A step whose
+rho_down is 0 (to sigma = 0, or u = 1) takes the base table's first-order limit, x = alpha x0.
+
+**Multistep SDE steps** (Lu et al., DPM-Solver++, 2022, sec. 5; Gonzalez et al., SEEDS, 2023). The
+reverse SDE in lambda with the data prediction, ``eta`` scaling its noise (eta = 1: the reverse SDE,
+eta = 0: the probability flow ODE), is solved exactly for a polynomial interpolant D of the last q
+outputs by
+
+    x_{n+1} = sigma_{n+1}/sigma_n e^{-eta h} x_n + alpha_{n+1} sum_i w_i(z) Delta_i
+              + sigma_{n+1} sqrt(1 - e^{-2 eta h}) xi,        z = (1 + eta) h,
+
+with ``D(lambda_n + tau) = sum_i Delta_i (tau/h)^i`` and ``w_i(z) = i! chi_{i+1}(z)``: the weights of the
+deterministic exponential multistep table ``base`` evaluated at z instead of h (its published
+weight rows included). ``base = dpmpp-2m`` gives ``dpmpp-2m-sde``; ``dpmpp-3m-taylor`` gives
+k-diffusion's DPM-Solver++(3M) SDE.
+
+**Singlestep order schedules** (Lu et al., DPM-Solver, NeurIPS 2022, sec. 3.4, "DPM-Solver-fast"):
+singlestep DPM-Solver-3 steps, the last ``len(tail)`` steps taking the orders in ``tail`` (a budget
+of K model calls gives floor(K/3) + 1 steps; the last is of order K mod 3, or, when 3 divides K,
+the last two are of orders 2 and 1). Deterministic; it lives here as the stochastic-sampler
+libraries' (k-diffusion's) step allocation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..plan import Rows
+from .base import Geometry, Method, refuse_alpha_zero_start, table
+from .exponential_multistep import ExponentialMultistep
+from .exponential_rk import DDIM, DPM_SOLVER_1, DPM_SOLVER_2, DPM_SOLVER_3, DPMPP_2S, ExponentialRK, ddim_rows
+from .stochastic import _Stochastic
+
+__all__ = ["Ancestral", "ExponentialMultistepSDE", "SinglestepSchedule", "ancestral_split", "dpm_solver_fast_tail"]
+
+
+def ancestral_split(g: Geometry, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, sqrt(1 - u^2)) of every step: the share of the next noise level that is fresh noise,
+    ``u = min(1, eta sqrt(1 - e^{-2h}))``, and the share reached deterministically."""
+    h = g.h
+    finite = torch.isfinite(h)
+    q2 = torch.where(finite, -torch.expm1(-2 * torch.where(finite, h, torch.ones_like(h))), torch.ones_like(h))
+    u = torch.clamp(eta * torch.sqrt(q2), max=1.0)
+    return u, torch.sqrt((1 - u) * (1 + u))
+
+
+class _Steps(Geometry):
+    """The geometry of steps that start at grid points and end at points of the same path given by
+    their (log alpha, log sigma): entry m is the start of step m where ``start[m]``, else the end of
+    step m - 1. Steps of one parity at a time: each point is the start of one step or the end of
+    the step before."""
+
+    def __init__(self, g: Geometry, end_log_alpha: torch.Tensor, end_log_sigma: torch.Tensor, parity: int):
+        m = torch.arange(g.steps + 1)
+        start = (m % 2) == parity
+        prev = (m - 1).clamp(min=0)
+        self.path, self.grid, self.t, self.steps = g.path, g.grid, g.t, g.steps
+        self.log_alpha = torch.where(start, g.log_alpha, end_log_alpha[prev])
+        self.log_sigma = torch.where(start, g.log_sigma, end_log_sigma[prev])
+        self.lam = self.log_alpha - self.log_sigma
+        self.h = self.lam[1:] - self.lam[:-1]
+        finite = torch.isfinite(self.lam)
+        self.singular = ~(finite[:-1] & finite[1:])
+        self.sigma_zero_end = torch.isposinf(self.lam[1:])
+        self.alpha_zero_start = g.alpha_zero_start
+
+
+@table
+class Ancestral(_Stochastic):
+    """Ancestral steps of the singlestep table ``base`` (see the module docstring); option ``eta``
+    (0: the base table; 1: DDPM's noise level)."""
+
+    base: ExponentialRK = DDIM
+    options = ("eta",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.base, ExponentialRK):
+            raise TypeError(f"{self.name}: base must be an ExponentialRK table, got {type(self.base).__name__}")
+        if self.base.prediction != self.prediction:
+            raise ValueError(f"{self.name}: prediction must be the base table's {self.base.prediction!r}")
+
+    @property
+    def calls_per_step(self) -> int:
+        return len(self.base.c)
+
+    def _rows(self, g, eta=None) -> Rows:
+        eta = self._option_eta(eta)
+        refuse_alpha_zero_start(self, g)
+        u, keep = ancestral_split(g, eta)
+        end_la, end_ls = g.log_alpha[1:], g.log_sigma[1:] + torch.log(keep)  # log 0 = -inf: sigma_down = 0
+        n = torch.arange(g.steps)
+        regular = torch.isfinite(g.lam[:-1]) & torch.isfinite(end_la - end_ls)
+        staged = regular & (len(self.base.c) > 1)
+        counts = torch.where(staged, len(self.base.c), 1)
+        first = torch.cumsum(counts, 0) - counts
+        rows = Rows(int(counts.sum()))
+        rows.call(first, n, g.t[:-1])
+        for parity in (0, 1):
+            steps = _Steps(g, end_la, end_ls, parity)
+            mine = (n % 2) == parity
+            ddim_rows(rows, steps, n[mine & ~staged], first[mine & ~staged], self.prediction)
+            self.base.stage_rows(rows, steps, n[mine & staged], first[mine & staged])
+        rows.noise(first + counts - 1, torch.exp(g.log_sigma[1:]) * u, g.t[:-1], g.t[1:])
+        return rows
+
+
+@table
+class ExponentialMultistepSDE(_Stochastic):
+    """Multistep SDE steps of the exponential multistep table ``base`` (data prediction, interpolation
+    in lambda, no corrector or warm-up table); see the module docstring. Option ``eta`` (0: the base
+    table; 1: the reverse SDE)."""
+
+    base: ExponentialMultistep | None = None
+    options = ("eta",)
+
+    def __post_init__(self):
+        super().__post_init__()
+        b = self.base
+        if not isinstance(b, ExponentialMultistep):
+            raise TypeError(f"{self.name}: base must be an ExponentialMultistep table, got {type(b).__name__}")
+        if b.prediction != "x0" or b.variable != "lambda" or b.corrector or b.warmup is not None:
+            raise ValueError(
+                f"{self.name}: base must predict x0, interpolate in lambda and have no corrector or warm-up "
+                f"table, got {b.name!r}"
+            )
+        if self.prediction != "x0":
+            raise ValueError(f"{self.name}: prediction must be 'x0' (the base table's)")
+
+    @property
+    def history(self) -> int:
+        return self.base.nodes - 1
+
+    def _rows(self, g, eta=None) -> Rows:
+        eta = self._option_eta(eta)
+        N = g.steps
+        n = torch.arange(N)
+        h = g.h
+        finite = torch.isfinite(h)
+        hf = torch.where(finite, h, torch.ones_like(h))
+        eh = torch.where(finite, eta * hf, torch.where(torch.full_like(h, eta) == 0, 0.0, torch.inf))
+        z = torch.where(finite, hf + eh, torch.full_like(h, torch.inf))
+        rows = Rows(N)
+        rows.call(n, n, g.t[:-1])
+        rows.update_state(n, torch.exp(g.log_sigma[1:] - g.log_sigma[:-1] - eh))
+        # q outputs where this step and the q - 1 before it have finite length (the call at alpha = 0 is no node)
+        q = torch.ones(N, dtype=torch.int64)
+        run = torch.zeros((), dtype=torch.int64)
+        for k in range(N):  # the number of consecutive finite steps ending at step k
+            run = torch.where(finite[k], run + 1, torch.zeros_like(run))
+            q[k] = torch.clamp(run, min=1, max=self.base.nodes)
+        alpha1 = torch.exp(g.log_alpha[1:])
+        rows.update(n[~finite], n[~finite], alpha1[~finite])  # infinite steps: the limit x = alpha x0
+        for m in range(1, self.base.nodes + 1):
+            sel = n[(q == m) & finite]
+            if not sel.numel():
+                continue
+            d = torch.arange(m)
+            r = (g.lam[sel[:, None] - d[None, :]] - g.lam[sel][:, None]) / hf[sel][:, None]
+            w = torch.stack([self.base._weight_value(self.base.weight(m, i), z[sel]) for i in range(m)], 1)
+            V = r[:, :, None] ** torch.arange(m, dtype=torch.float64)
+            c = torch.linalg.solve(V.transpose(1, 2), w[:, :, None])[:, :, 0] * alpha1[sel][:, None]
+            for j in range(m):
+                rows.update(sel, sel - j, c[:, j])
+        rows.noise(n, torch.exp(g.log_sigma[1:]) * torch.sqrt(-torch.expm1(-2 * eh)), g.t[:-1], g.t[1:])
+        return rows
+
+
+def dpm_solver_fast_tail(nfe: int) -> tuple[tuple[int, ...], int]:
+    """(tail orders, steps) of DPM-Solver-fast for a budget of ``nfe`` model calls (Lu et al. 2022, sec. 3.4)."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer (the number of model calls), got {nfe!r}")
+    steps = nfe // 3 + 1
+    if nfe % 3 == 0:
+        return ((2, 1), steps) if steps >= 2 else ((1,), 1)
+    return (nfe % 3,), steps
+
+
+@table
+class SinglestepSchedule(Method):
+    """Singlestep DPM-Solver steps whose order follows a schedule: order 3 (``tables[2]``) on every step
+    but the last ``len(tail)``, which take the orders in ``tail`` (module docstring). Steps of infinite
+    length take the first-order (DDIM) limit."""
+
+    tables: tuple[ExponentialRK, ...] = (DPM_SOLVER_1, DPM_SOLVER_2, DPM_SOLVER_3)  # tables[k - 1]: order k
+    tail: tuple[int, ...] = (2,)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if any(not isinstance(t, ExponentialRK) or t.prediction != self.prediction for t in self.tables):
+            raise ValueError(f"{self.name}: tables must be ExponentialRK tables predicting {self.prediction!r}")
+        if any(isinstance(o, bool) or not isinstance(o, int) or not 1 <= o <= len(self.tables) for o in self.tail):
+            raise ValueError(f"{self.name}: tail must hold orders in 1..{len(self.tables)}, got {self.tail!r}")
+        if self.order > min(len(self.tables), *(o + 1 for o in self.tail)):
+            raise ValueError(f"{self.name}: order {self.order} exceeds what its tail {self.tail} keeps")
+
+    @property
+    def calls_per_step(self) -> int:
+        return max(len(t.c) for t in self.tables)
+
+    def derivation(self, max_order=None, budget=None):
+        """The stiff order conditions of the interior steps' table (``tables[-1]``); the tail is one or
+        two steps, which keep the global order when each tail order is at least the interior order - 1."""
+        from ..analysis.symbolic import SymbolicLimitError
+
+        if min(self.tail) + 1 < len(self.tables):
+            raise SymbolicLimitError(f"{self.name}: its tail {self.tail} lowers the order below the interior table's")
+        return self.tables[-1].derivation(max_order, budget)
+
+    def _rows(self, g) -> Rows:
+        refuse_alpha_zero_start(self, g)
+        N = g.steps
+        n = torch.arange(N)
+        order = torch.full((N,), len(self.tables), dtype=torch.int64)
+        tail = torch.tensor(self.tail[-N:], dtype=torch.int64)
+        order[N - tail.numel() :] = tail
+        stages = torch.tensor([len(t.c) for t in self.tables])[order - 1]
+        staged = ~g.singular & (stages > 1)
+        counts = torch.where(staged, stages, 1)
+        first = torch.cumsum(counts, 0) - counts
+        rows = Rows(int(counts.sum()))
+        rows.call(first, n, g.t[:-1])
+        ddim_rows(rows, g, n[~staged], first[~staged], self.prediction)
+        for k, t in enumerate(self.tables, start=1):
+            sel = n[staged & (order == k)]
+            if sel.numel():
+                t.stage_rows(rows, g, sel, first[sel])
+        return rows
+
+
+def _kdiffusion_3m():
+    from . import exponential_multistep
+
+    return next(m for m in exponential_multistep.TABLES if m.name == "dpmpp-3m-taylor")
+
+
+DPM_2_ANCESTRAL = Ancestral(
+    "dpm-2-ancestral",
+    order=1,
+    strong_order=1.0,
+    weak_order=1,
+    prediction="eps",
+    base=DPM_SOLVER_2,
+    paper="DPM-Solver-2 (Lu et al. 2022) steps to sigma_down plus sigma_up noise (k-diffusion sample_dpm_2_ancestral)",
+)
+DPMPP_2S_ANCESTRAL = Ancestral(
+    "dpmpp-2s-ancestral",
+    order=1,
+    strong_order=1.0,
+    weak_order=1,
+    base=DPMPP_2S,
+    paper="DPM-Solver++(2S) (Lu et al. 2022) steps to sigma_down plus sigma_up noise "
+    "(k-diffusion sample_dpmpp_2s_ancestral)",
+)
+DPMPP_3M_SDE = ExponentialMultistepSDE(
+    "dpmpp-3m-sde",
+    order=2,
+    strong_order=1.0,
+    weak_order=2,
+    base=_kdiffusion_3m(),
+    paper="Lu et al., DPM-Solver++, 2022: 3M (Taylor 2-node warm-up, half D2 weight) with the SDE step "
+    "(k-diffusion sample_dpmpp_3m_sde)",
+)
+
+DPM_SOLVER_FAST = SinglestepSchedule(
+    "dpm-solver-fast",
+    order=3,
+    prediction="eps",
+    paper="Lu et al., DPM-Solver, NeurIPS 2022, sec. 3.4 (DPM-Solver-fast: DPM-Solver-3 steps, the last of "
+    "order 2; k-diffusion sample_dpm_fast)",
+)
+
+TABLES = [DPM_2_ANCESTRAL, DPMPP_2S_ANCESTRAL, DPMPP_3M_SDE, DPM_SOLVER_FAST]

@@ -1,0 +1,117 @@
+"""The tables built on deterministic ones (odesolve.methods.ancestral): their plans reduce to known
+tables where they must, and their weak order is measured where it differs from the variance's.
+
+Ancestral steps: with the exact score on a Gaussian the mean error is first order and the variance
+error second (tests/sde/test_orders.py measures weak order by the variance, so it leaves these to
+this file); the strong order is measured there for every stochastic table."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import odesolve as ods
+from odesolve import grids as G
+from odesolve import paths as P
+from odesolve.methods.ancestral import Ancestral, ExponentialMultistepSDE, SinglestepSchedule
+from odesolve.methods.exponential_rk import DDIM, DPM_SOLVER_3
+
+_spec = importlib.util.spec_from_file_location("_sde_orders", Path(__file__).with_name("test_orders.py"))
+orders = importlib.util.module_from_spec(_spec)  # the weak-error reader of test_orders.py (not collected twice)
+_spec.loader.exec_module(orders)
+
+EDM, VP = P.EDM(), P.VP.linear()
+ANCESTRAL = [n for n in ods.methods.names() if isinstance(ods.methods.get(n), Ancestral)]
+PLAN_FIELDS = ("times", "step", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
+
+
+def same_plan(a, b, tol=1e-13):
+    for f in PLAN_FIELDS:
+        u, v = getattr(a, f), getattr(b, f)
+        if u.shape != v.shape:
+            W = max(u.shape[-1], v.shape[-1]) if u.ndim == 2 else None
+            if W is None:
+                return False
+            u, v = (torch.nn.functional.pad(w, (0, W - w.shape[-1])) for w in (u, v))
+        if not torch.allclose(u.double(), v.double(), rtol=tol, atol=tol):
+            return False
+    return True
+
+
+def grids_for_tests():
+    return [
+        (EDM, G.karras(EDM, 9, sigma_min=0.02, sigma_max=80.0)),  # ends at sigma = 0
+        (EDM, G.karras(EDM, 9, sigma_min=0.02, sigma_max=80.0, to_zero=False)),
+        (VP, G.uniform_lambda(VP, 7, 0.9, 1e-2)),
+    ]
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.4, 1.0, 2.5])
+def test_ancestral_ddim_is_ddpm(eta):
+    """Ancestral steps of DDIM are DDPM with eta (Euler ancestral), on every path and at sigma = 0."""
+    table = Ancestral("ancestral-ddim", order=1, base=DDIM, paper="test")
+    for path, grid in grids_for_tests():
+        assert same_plan(table.compile(path, grid, eta=eta), ods.methods.get("ddpm").compile(path, grid, eta=eta))
+
+
+@pytest.mark.parametrize("name", ANCESTRAL)
+def test_ancestral_with_eta_0_is_its_base_table(name):
+    m = ods.methods.get(name)
+    for path, grid in grids_for_tests():
+        plan = m.compile(path, grid, eta=0.0)
+        assert not plan.stochastic
+        assert same_plan(plan, m.base.compile(path, grid))
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_multistep_sde_of_2m_is_dpmpp_2m_sde(eta):
+    """The SDE steps of dpmpp-2m (midpoint) and dpmpp-2m-taylor are dpmpp-2m-sde and its heun variant."""
+    for base, target in (("dpmpp-2m", "dpmpp-2m-sde"), ("dpmpp-2m-taylor", "dpmpp-2m-sde-heun")):
+        table = ExponentialMultistepSDE("sde-of-" + base, order=2, weak_order=2, base=ods.methods.get(base), paper="x")
+        for path, grid in grids_for_tests():
+            got, want = table.compile(path, grid, eta=eta), ods.methods.get(target).compile(path, grid, eta=eta)
+            assert same_plan(got, want), (base, path)
+
+
+def test_3m_sde_with_eta_0_is_k_diffusions_3m():
+    m = ods.methods.get("dpmpp-3m-sde")
+    for path, grid in grids_for_tests():
+        assert same_plan(m.compile(path, grid, eta=0.0), ods.methods.get("dpmpp-3m-taylor").compile(path, grid))
+
+
+def test_3m_taylor_differs_from_dpmpp_3m_in_the_second_step_only():
+    grid = G.karras(EDM, 8, sigma_min=0.02, sigma_max=80.0)
+    a, b = (ods.methods.get(n).compile(EDM, grid) for n in ("dpmpp-3m-taylor", "dpmpp-3m"))
+    differs = ((a.update_hist - b.update_hist).abs() > 1e-14).any(1) | ((a.update_state - b.update_state).abs() > 0)
+    assert torch.nonzero(differs).flatten().tolist() == [1]
+
+
+def test_dpm_solver_fast_is_dpm_solver_3_with_a_lower_order_tail():
+    grid = G.uniform_lambda(EDM, 6, 60.0, 0.02)
+    fast = ods.methods.get("dpm-solver-fast")
+    plan, three = fast.compile(EDM, grid), DPM_SOLVER_3.compile(EDM, grid)
+    assert plan.calls == 3 * 5 + 2 and plan.step.tolist() == sorted([*range(6)] * 3)[:-1]
+    k = 15  # the first call of the last step: every row before it is DPM-Solver-3's
+    for f in ("times", "input_state", "update_state", "update_noise"):
+        assert torch.allclose(getattr(plan, f)[:k], getattr(three, f)[:k], rtol=1e-14, atol=1e-14)
+    assert torch.allclose(plan.update_hist[:k, :3], three.update_hist[:k, :3], rtol=1e-14, atol=1e-14)
+    assert torch.allclose(plan.input_hist[:k, :3], three.input_hist[:k, :3], rtol=1e-14, atol=1e-14)
+    with pytest.raises(ValueError, match="tail must hold orders"):
+        SinglestepSchedule("bad", order=1, prediction="eps", tail=(4,), paper="x")
+    with pytest.raises(ValueError, match="order 3 exceeds"):
+        SinglestepSchedule("bad", order=3, prediction="eps", tail=(1,), paper="x")
+
+
+@pytest.mark.parametrize("name", ANCESTRAL)
+@pytest.mark.parametrize("where", sorted(orders.GRIDS))
+def test_ancestral_weak_order_is_that_of_the_mean(name, where):
+    """The mean error falls with the declared weak order (1); the variance error at least as fast,
+    and it is the smaller one once the steps are small."""
+    path, make = orders.GRIDS[where]
+    m = ods.methods.get(name)
+    ns = (64, 128, 256, 512)
+    errors = [orders.weak_errors(name, path, make(n)) for n in ns]
+    means, variances = [e[0] for e in errors], [e[1] for e in errors]
+    assert abs(orders.slope(ns, means) - m.weak_order) <= 0.15, (name, means)
+    assert abs(variances[-1]) < abs(means[-1]), (name, variances, means)
