@@ -286,7 +286,12 @@ def sample_adaptive(
     h_init = _number(h_init, "h_init", lo_open=True)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"max_attempts must be a positive integer, got {max_attempts!r}")
-    _check_inputs(model, x, model.path if isinstance(model, Model) else None)
+    if not isinstance(model, Model):
+        raise TypeError(
+            f"model must be an odesolve.Model, got {type(model).__name__}; wrap your network as "
+            "odesolve.Model(fn, path=..., prediction=...)"
+        )
+    _check_inputs(model, x, model.path)
     path = model.path
     t_start, t_end = (torch.as_tensor(v, dtype=torch.float64) for v in (t_start, t_end))
     if t_start.ndim or t_end.ndim:
