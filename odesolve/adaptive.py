@@ -3,17 +3,17 @@ per-sample accept/reject, and a batch that shrinks as samples finish.
 
 Every sample ``b`` keeps its own half log-SNR ``lambda_b``, step ``h_b`` and controller history.
 One iteration takes, for the samples still running, the step ``lambda_b -> min(lambda_end,
-lambda_b + h_b)`` with both tables of an :class:`EmbeddedPair`. The two tables share their first
+lambda_b + h_b)`` with both tables of an `EmbeddedPair`. The two tables share their first
 model calls (same nodes, same stage rows): they are compiled into two *per-sample plans* (one
-step, coefficients of shape ``(batch,)``, :mod:`odesolve.plan`) and run in lockstep by the one
-executor (:meth:`odesolve.execute.Program.steps`), each shared model output sent to both; the
+step, coefficients of shape ``(batch,)``, `odesolve.plan`) and run in lockstep by the one
+executor (`odesolve.execute.Program.steps`), each shared model output sent to both; the
 network is called ``len(high.c)`` times per sample and attempt. The error of sample b is
 
     err_b = || (x_low - x_high) / (atol + 0 v rtol max(|x_low|, |x_prev|)) ||_2 / sqrt(n),
 
 ``x_prev`` the low-order solution of its last accepted step and ``n`` its number of entries
 (Lu et al. 2022, DPM-Solver, Sec. 4.2 and App. C; the ``max`` with ``atol`` as k-diffusion's
-``dpm_adaptive``). :class:`PIDController` turns it into a factor and a decision. Accepted samples
+``dpm_adaptive``). `PIDController` turns it into a factor and a decision. Accepted samples
 advance; finished samples (``lambda_b >= lambda_end - 1e-5``) leave the batch, so the network is
 never evaluated on them. Every operation on a sample reads only that sample's entries, so its
 result does not depend on the batch it is in (bit for bit, given a model that treats samples
@@ -21,7 +21,7 @@ independently).
 
 ``per_sample=False`` is the usual batch-wide stepping: one error norm over the whole batch, one
 step size; with k-diffusion's arguments it is k-diffusion's ``sample_dpm_adaptive``
-(:func:`sample_dpm_adaptive`).
+(`sample_dpm_adaptive`).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ class PIDController:
 
     the step is accepted when ``factor >= accept_safety`` and ``h <- factor h`` in either case
     (``e_{n-1}, e_{n-2}`` are the errors of the last accepted steps). ``i = 1, p = d = 0`` (the
-    default, k-diffusion's) is the elementary controller ``h ~ err^(-1/k)``; :meth:`pi` gives
+    default, k-diffusion's) is the elementary controller ``h ~ err^(-1/k)``; `pi` gives
     Gustafsson's PI controller."""
 
     pcoeff: float = 0.0
@@ -194,7 +194,7 @@ class PIDController:
 
 @dataclass(frozen=True)
 class AdaptiveResult:
-    """What :func:`sample_adaptive` returns: the ``samples`` and, per sample, the network evaluations
+    """What `sample_adaptive` returns: the ``samples`` and, per sample, the network evaluations
     ``nfe``, the ``accepted`` and ``rejected`` steps (int64 tensors of shape ``(batch,)``)."""
 
     samples: Tensor
@@ -264,9 +264,9 @@ def sample_adaptive(
 ) -> AdaptiveResult:
     """Integrate the probability-flow ODE from ``x`` at path time ``t_start`` to ``t_end`` with
     adaptive steps (module docstring): each sample its own step size (``per_sample=True``) or one for
-    the batch. ``pair``: a name of :data:`PAIRS` or an :class:`EmbeddedPair`; ``rtol``, ``atol``:
+    the batch. ``pair``: a name of `PAIRS` or an `EmbeddedPair`; ``rtol``, ``atol``:
     the tolerance of the scaled error; ``h_init``: the first step in lambda; ``controller``: a
-    :class:`PIDController` (default: k-diffusion's ``i = 1``); ``max_attempts``: the most steps
+    `PIDController` (default: k-diffusion's ``i = 1``); ``max_attempts``: the most steps
     (accepted or rejected) a sample may take. ``on_attempt`` receives after every attempt a dict
     with ``index`` (the samples of the attempt), ``x`` (their states after it), ``lambda`` (their
     lambda after it), ``error``, ``accept``, ``h`` (their next step) and ``x0`` (the data prediction
@@ -398,7 +398,7 @@ def sample_dpm_adaptive(
 ):
     """k-diffusion's ``sample_dpm_adaptive`` (DPM-Solver-12 / -23 with batch-wide steps, Lu et al.
     2022) for a denoiser ``model(x, sigma, **extra_args)`` on k-diffusion's path (alpha = 1, sigma = t):
-    :func:`sample_adaptive` with ``per_sample=False``. Deterministic (``eta = 0``) only. With
+    `sample_adaptive` with ``per_sample=False``. Deterministic (``eta = 0``) only. With
     ``return_info`` also ``{"steps", "nfe", "n_accept", "n_reject"}``; ``callback`` receives after
     every attempt ``x``, ``i``, ``t``/``t_up`` (lambda = -log sigma), ``sigma``, ``sigma_hat``,
     ``denoised``, ``error``, ``h`` and the counts."""

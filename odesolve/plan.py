@@ -23,7 +23,7 @@ Coefficients are float64 torch tensors, so gradients flow from them to the grid.
 Per-sample plans: every coefficient and time may carry a trailing batch axis (``times`` of shape
 ``(calls, batch)``, ``input_hist`` of shape ``(calls, window, batch)``): sample b then runs the
 plan with the coefficients ``[..., b]`` (one step of a different length per sample, as the
-adaptive driver :mod:`odesolve.adaptive` compiles it). ``grid`` is then the envelope of the
+adaptive driver `odesolve.adaptive` compiles it). ``grid`` is then the envelope of the
 samples' steps; ``step`` has no batch axis.
 """
 

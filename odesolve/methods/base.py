@@ -176,7 +176,7 @@ class Geometry:
     t, log alpha, log sigma, lambda (length N + 1), the steps h in lambda (length N).
 
     ``t``: per-sample times of shape (N + 1, batch) instead of ``grid.t`` (the steps of a
-    per-sample plan, :mod:`odesolve.plan`; ``grid`` is then their envelope)."""
+    per-sample plan, `odesolve.plan`; ``grid`` is then their envelope)."""
 
     def __init__(self, path: Path, grid: Grid, t: Tensor | None = None):
         self.path, self.grid = path, grid
