@@ -8,8 +8,12 @@ problem's EDM path (counts, never wall-clock):
   Gustafsson's PI controller (``PI``);
 - ``batch-wide``: the same pair and controller, one error norm and one step for the whole batch;
 - ``k-diffusion``: k-diffusion's own ``sample_dpm_adaptive`` (order 3; run in float64);
-- ``dopri5``: torchdiffeq's Dormand-Prince 5(4) on ``dx/dlambda = x0_hat(x, sigma) - x``
-  (lambda = -log sigma), its own error norm over the batch.
+- ``dopri5``: torchdiffeq's Dormand-Prince 5(4) on ``dy/dlambda = x0_hat - y`` (``y = x / alpha``,
+  lambda the half log-SNR), its own error norm over the batch.
+
+Problems: ``gmm2d`` and ``lowrank64`` (exact models and references, EDM path, sigma 80 -> 0.002) and
+the ``digits`` network of the zoo (float64 parameters, t = 999 -> 0 on its discrete VP path;
+reference: scipy's DOP853 at 1e-10).
 
 Each solver runs a sweep of tolerances (``rtol = tol``, ``atol = tol / 10``); the error of a sample
 is its RMS distance to the exact reference (:func:`odesolve.toy.reference.solve`), summarised as the
@@ -23,6 +27,7 @@ log-log interpolation of each curve needs to reach the same error.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -60,6 +65,18 @@ def _odesolve(per_sample: bool, controller: PIDController):
     return run
 
 
+def _denoiser(model: ods.Model):
+    """The model in k-diffusion's coordinates: ``D(x / alpha, sigma / alpha) = x0_hat(x, t)``."""
+    path = model.path
+
+    def D(xe, sigma):
+        t = path.t_of_noise_level(sigma.to(torch.float64))
+        a = path.alpha(t).to(xe.dtype).reshape(-1, *(1,) * (xe.ndim - 1))
+        return model.predict(a * xe, t, "x0").to(xe.dtype)
+
+    return D
+
+
 def _k_diffusion(model, x, t0, t1, tol):
     from benchmarks import peers
 
@@ -67,15 +84,16 @@ def _k_diffusion(model, x, t0, t1, tol):
     if K is None:
         return None
     counted = _Counted(model)
+    path, D = model.path, _denoiser(counted.model)
+    s0, s1 = (float(path.noise_level(torch.tensor(t, dtype=torch.float64))) for t in (t0, t1))
+    a0, a1 = (float(path.alpha(torch.tensor(t, dtype=torch.float64))) for t in (t0, t1))
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        out = K.sample_dpm_adaptive(
-            lambda xx, s: counted(xx, s.to(torch.float64)), x, t1, t0, disable=True, rtol=tol, atol=tol / 10
-        )
+        out = K.sample_dpm_adaptive(D, x / a0, s1, s0, disable=True, rtol=tol, atol=tol / 10)
     finally:
         torch.set_default_dtype(default)
-    return out, counted.rows
+    return out * a1, counted.rows
 
 
 def _dopri5(model, x, t0, t1, tol):
@@ -84,14 +102,16 @@ def _dopri5(model, x, t0, t1, tol):
     except ImportError:
         return None
     counted = _Counted(model)
+    path, D = model.path, _denoiser(counted.model)
     n = x.shape[0]
 
-    def f(lam, y):  # dx/dlambda = x0_hat - x on the EDM path, lambda = -log sigma
-        return counted(y, torch.exp(-lam).expand(n)) - y
+    def f(lam, y):  # dy/dlambda = x0_hat - y for y = x / alpha, lambda = -log(sigma / alpha)
+        return D(y, torch.exp(-lam).expand(n)) - y
 
-    lam = torch.tensor([-math.log(t0), -math.log(t1)], dtype=torch.float64)
-    out = torchdiffeq.odeint(f, x, lam, rtol=tol, atol=tol / 10, method="dopri5")[-1]
-    return out, counted.rows
+    t = torch.tensor([t0, t1], dtype=torch.float64)
+    lam, alpha = path.lambda_(t), path.alpha(t)
+    out = torchdiffeq.odeint(f, x / float(alpha[0]), lam, rtol=tol, atol=tol / 10, method="dopri5")[-1]
+    return out * float(alpha[1]), counted.rows
 
 
 SOLVERS = {
@@ -104,18 +124,34 @@ SOLVERS = {
 }
 
 
+def setup(name: str, n: int, seed: int = 0):
+    """``(model, x, t_start, t_end, reference)`` of a toy problem (exact model, exact reference) or of
+    the digits network (float64 parameters; reference: scipy's DOP853 at 1e-10)."""
+    if name == "digits":
+        from odesolve.toy import zoo
+
+        model = zoo.load("digits", dtype=torch.float64)
+        x = torch.randn(n, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        t0, t1 = 999.0, 0.0
+    else:
+        P = problems.get(name)
+        model = P.model("x0")
+        x = P.prior(n, torch.Generator().manual_seed(seed))
+        t0, t1 = P.times()
+    with torch.no_grad():
+        ref = reference.solve(model, x, t0, t1, rtol=1e-10, atol=1e-10, check="off")
+    return model, x, t0, t1, ref
+
+
 def curves(name: str, n: int, tols=TOLS, seed: int = 0) -> dict:
     """Per solver, the list of ``(tol, total_nfe, mean_error, max_error)``."""
-    P = problems.get(name)
-    model = P.model("x0")
-    x = P.prior(n, torch.Generator().manual_seed(seed))
-    t0, t1 = P.times()
-    ref = reference.solve(model, x, t0, t1, rtol=1e-11, atol=1e-11)
+    model, x, t0, t1, ref = setup(name, n, seed)
     out = {}
     for label, run in SOLVERS.items():
         rows = []
         for tol in tols:
-            got = run(model, x, t0, t1, tol)
+            with torch.no_grad():
+                got = run(model, x, t0, t1, tol)
             if got is None:
                 break
             samples, nfe = got
@@ -131,7 +167,7 @@ def nfe_at(curve, error: float, column: int) -> float | None:
     """Total NFE that ``curve`` needs for ``error`` (log-log interpolation between the two nearest
     points that bracket it; None outside the curve's range)."""
     pts = sorted((r[column], r[1]) for r in curve)
-    for (e0, n0), (e1, n1) in zip(pts, pts[1:]):
+    for (e0, n0), (e1, n1) in itertools.pairwise(pts):
         if e0 <= error <= e1 and e0 > 0:
             if e1 == e0:
                 return float(min(n0, n1))
@@ -183,12 +219,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--smoke", action="store_true", help="a few samples and tolerances")
-    ap.add_argument("--problems", nargs="*", default=["gmm2d", "lowrank64"])
+    ap.add_argument("--problems", nargs="*", default=["gmm2d", "lowrank64", "digits"])
     ap.add_argument("--samples", type=int, default=128)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     n, tols = (8, TOLS[:2]) if args.smoke else (args.samples, TOLS)
     results = [curves(p, n, tols) for p in args.problems]
+    path = os.path.join(args.out, "adaptive.json")
+    if os.path.exists(path) and not args.smoke:  # keep the problems not run this time
+        with open(path) as f:
+            done = {r["problem"] for r in results}
+            results = [r for r in json.load(f) if r["problem"] not in done] + results
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "adaptive.json"), "w") as f:
         json.dump(results, f, indent=1)

