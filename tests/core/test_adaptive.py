@@ -230,8 +230,8 @@ def test_batch_wide_mode_is_k_diffusions_dpm_adaptive(K, order, kwargs):
         ({"atol": math.nan}, "atol must be"),
         ({"h_init": 0.0}, "h_init must be"),
         ({"max_attempts": 0}, "max_attempts must be"),
-        ({"controller": "pi"}, "controller must be"),
-        ({"pair": 3}, "pair must be"),
+        ({"controller": "pi"}, "controller"),
+        ({"pair": 3}, "pair"),
     ],
 )
 def test_bad_options_are_refused(kwargs, match):
@@ -245,7 +245,7 @@ def test_bad_intervals_and_models_are_refused():
         sample_adaptive(model, _x(2), T1, T0)
     with pytest.raises(ValueError, match="finite lambda"):
         sample_adaptive(model, _x(2), T0, 0.0)
-    with pytest.raises(TypeError, match="odesolve.Model"):
+    with pytest.raises(TypeError, match="model"):
         sample_adaptive(lambda x, t: x, _x(2), T0, T1)
     with pytest.raises(RuntimeError, match="max_attempts"):
         sample_adaptive(model, _x(2), T0, T1, max_attempts=3)
