@@ -328,17 +328,18 @@ def sample_adaptive(
         low, high = pair.plans(path, path.t_of_lambda(s), path.t_of_lambda(nxt))
         xa = state[active]
         shape = xa.shape
-        first_output = {}
+        first = []  # the step's first call (X, t, output), for on_attempt's x0
 
-        def counted(X, t, _seen=first_output):
+        def call(X, t, first=first):
             out = model(X, t)
-            _seen.setdefault("out", (out, X, t))
+            if on_attempt is not None and not first:
+                first.append((X, t, out))
             return out
 
         x_low, x_high = _run_pair(
             Program(low, prediction, shape, x.dtype, x.device),
             Program(high, prediction, shape, x.dtype, x.device),
-            counted,
+            call,
             xa,
         )
         err = _error(x_low, x_high, x_prev[active], rtol, atol, per_sample)
@@ -354,7 +355,7 @@ def sample_adaptive(
         accepted[acc] += 1
         rejected[active[~accept]] += 1
         if on_attempt is not None:
-            out, X, t = first_output["out"]
+            X, t, out = first[0]
             cx, cf = model.conversion("x0", t)
             x0 = X * _col(cx, X) + out * _col(cf, X)
             on_attempt(
