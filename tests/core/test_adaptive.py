@@ -276,3 +276,25 @@ def test_pair_validation():
     with pytest.raises(ValueError, match="accept_safety"):
         PIDController(accept_safety=1.5)
     assert adaptive.PAIRS["dpm-solver-23"].calls == 3
+
+
+@pytest.mark.parametrize("pair", ["dpm-solver-23", "dpmpp-23"])
+def test_other_paths_and_predictions(pair):
+    """A VP path with an eps-model: the run stays within its tolerance of the exact flow."""
+    problem = GMM.with_path(ods.paths.VPLinear())
+    model = problem.model("eps")
+    t0, t1 = problem.times()
+    x = problem.prior(4, torch.Generator().manual_seed(2))
+    exact = reference.solve(model, x, t0, t1, rtol=1e-10, atol=1e-10, check="off")
+    r = sample_adaptive(model, x, t0, t1, pair=pair, rtol=1e-3, atol=1e-3)
+    assert float((r.samples - exact).abs().max()) <= 50e-3
+    assert int(r.rejected.sum()) >= 0 and int(r.accepted.min()) >= 3
+
+
+def test_k_diffusion_function_in_float32():
+    """float32 states (k-diffusion's usual dtype) give the float64 result to float32 accuracy."""
+    x = _x(3, seed=6)
+    want = sample_dpm_adaptive(_denoiser, x, 0.002, 80.0)
+    got = sample_dpm_adaptive(_denoiser, x.float(), 0.002, 80.0)
+    assert got.dtype == torch.float32
+    assert float((got.double() - want).abs().max()) <= 1e-3 * float(want.abs().max())
