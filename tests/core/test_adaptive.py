@@ -298,3 +298,15 @@ def test_k_diffusion_function_in_float32():
     got = sample_dpm_adaptive(_denoiser, x.float(), 0.002, 80.0)
     assert got.dtype == torch.float32
     assert float((got.double() - want).abs().max()) <= 1e-3 * float(want.abs().max())
+
+
+def test_benchmark_interpolates_cost_at_equal_error():
+    """benchmarks.adaptive compares solvers at equal error by log-log interpolation: exact on power laws."""
+    from benchmarks.adaptive import nfe_at, ratios
+
+    curve = [(tol, round(100 * tol**-0.25), 1e-2 * (tol / 1e-2), 0.0) for tol in (1e-1, 1e-2, 1e-3)]
+    twice = [(tol, 2 * n, e, m) for tol, n, e, m in curve]
+    assert nfe_at(curve, 1e-2, 2) == pytest.approx(curve[1][1])
+    assert nfe_at(curve, 1e-5, 2) is None
+    got = ratios({"curves": {"a": curve, "b": twice}}, "a", 2)["b"]
+    assert len(got) == 5 and all(r == pytest.approx(2.0) for _, r in got)
