@@ -267,7 +267,7 @@ def sample_adaptive(
     the batch. ``pair``: a name of `PAIRS` or an `EmbeddedPair`; ``rtol``, ``atol``:
     the tolerance of the scaled error; ``h_init``: the first step in lambda; ``controller``: a
     `PIDController` (default: Gustafsson's PI, `PIDController.pi`: 1.1-1.4x fewer evaluations than
-    the elementary controller on the toy mixtures, 1.1-1.25x more on the digits network);
+    the elementary controller on the toy mixtures, 1.1-1.3x more on the digits network);
     ``max_attempts``: the most steps (accepted or rejected) a sample may take. ``on_attempt``
     receives after every attempt a dict with ``index`` (the samples of the attempt), ``x`` (their
     states after it), ``lambda`` (their lambda after it), ``error``, ``accept``, ``h`` (their next
