@@ -342,7 +342,7 @@ def sample_adaptive(
             call,
             xa,
         )
-        err = _error(x_low, x_high, x_prev[active], rtol, atol, per_sample)
+        err = _error(x_low, x_high, x_prev[active], rtol, atol, per_sample).cpu()  # the controller runs on the host
         if not bool(torch.isfinite(err).all()):
             raise ValueError(
                 "the error estimate is not finite (the model returned NaN or Inf, or the state overflowed)"
