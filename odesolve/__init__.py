@@ -1,6 +1,6 @@
 """odesolve: diffusion ODE solvers as coefficient tables, compiled into plans, run by one executor."""
 
-from . import grids, learn, methods, models, noise, paths
+from . import adaptive, grids, learn, methods, models, noise, paths
 from .execute import NonFiniteError, Sampler, execute, sample
 from .grids import Grid
 from .models import Model
@@ -12,6 +12,7 @@ __all__ = [
     "NonFiniteError",
     "Plan",
     "Sampler",
+    "adaptive",
     "execute",
     "grids",
     "learn",

@@ -421,11 +421,15 @@ class Program:
         self.calls, self.window, self.numel = plan.calls, plan.window, math.prod(self.shape)
         self.identity = prediction == plan.prediction
         K, W, dev = plan.calls, plan.window, self.device
-        grad = self.differentiable
+        if plan.batch is not None and plan.batch != self.shape[0]:
+            raise ValueError(f"shape: the per-sample plan has {plan.batch} samples, the state {self.shape[0]}")
+        # a per-sample plan runs the tensor-coefficient rows, each coefficient shaped (batch, 1, ...)
+        self._tensor_rows = grad = self.differentiable or plan.batch is not None
+        per_sample = (1,) * (len(self.shape) - 1) if plan.batch is not None else ()
 
         def cast(v):  # tensors (autograd) or Python numbers at the working precision
             v = v.to(dev, wd) if grad else v.detach().to(wd)
-            return list(v.unbind(0)) if grad else v.tolist()
+            return list(v.reshape(*v.shape, *per_sample).unbind(0)) if grad else v.tolist()
 
         try:
             cx, cf = conversion(plan.path, prediction, plan.prediction, plan.times)
@@ -454,26 +458,31 @@ class Program:
             scale = torch.where(cf != 0, cf, torch.ones_like(cf))
             ratio = torch.where(cf != 0, cx / scale, cx)
         lag = torch.arange(K)[:, None] - torch.arange(W)[None, :]  # (K, W): the call F_{k-j} came from
-        at_lag = torch.where(lag >= 0, scale[lag.clamp(min=0)], torch.zeros_like(plan.update_hist))
+        exists = (lag >= 0).reshape(K, W, *(1,) * (plan.times.ndim - 1))  # per-sample plans: over the batch axis
+        at_lag = torch.where(exists, scale[lag.clamp(min=0)], torch.zeros_like(plan.update_hist))
         in_s, up_s, noise = cast(plan.input_state), cast(plan.update_state), cast(plan.update_noise)
         in_h, up_h = cast(plan.input_hist * at_lag), cast(plan.update_hist * at_lag)
         bx, bf = conversion(plan.path, plan.prediction, "x0", plan.times)  # buffer -> x0, for `denoised`
         self._to_x0 = list(zip(cast(bx), cast(bf * scale)))
-        conv = [0 if self.identity else 1 if c != 0 else 2 for c in cf.tolist()]
+        conv = [0 if self.identity else 1 if c != 0 else 2 for c in cf.reshape(K, -1)[:, 0].tolist()]
         cx, cf, ratio = cast(cx), cast(cf), cast(ratio)
-        ins_v, inh_v = plan.input_state.tolist(), plan.input_hist.tolist()
-        ups_v, uph_v, noise_v = plan.update_state.tolist(), plan.update_hist.tolist(), plan.update_noise.tolist()
+        # which rows and terms are there (per-sample plans: nonzero for some sample)
+        ins_v = (plan.input_state != 1).reshape(K, -1).any(1).logical_not().tolist()
+        inh_v = (plan.input_hist != 0).reshape(K, W, -1).any(2).tolist()
+        ups_v = (plan.update_state != 1).reshape(K, -1).any(1).logical_not().tolist()
+        uph_v = (plan.update_hist != 0).reshape(K, W, -1).any(2).tolist()
+        noise_v = (plan.update_noise != 0).reshape(K, -1).any(1).tolist()
         self.step_of = tuple(plan.step.tolist())
         self.last_of_step = tuple(k == K - 1 or self.step_of[k + 1] != self.step_of[k] for k in range(K))
         # F_{k-j} lives in ring slot (k-j) % W; outputs of calls before 0 do not exist (are 0).
         # Without gradients only the nonzero terms are kept; with them every existing one.
-        keep = (lambda c: True) if grad else (lambda c: c != 0)
+        keep = (lambda c: True) if self.differentiable else bool
         rows = []
         for k in range(K):
             in_terms = tuple(((k - j) % W, in_h[k][j]) for j in range(1, W) if k - j >= 0 and keep(inh_v[k][j]))
             up_terms = tuple(((k - j) % W, up_h[k][j]) for j in range(W) if k - j >= 0 and keep(uph_v[k][j]))
-            plain = ins_v[k] == 1 and not any(inh_v[k][1:])
-            update = ups_v[k] != 1 or any(uph_v[k]) or noise_v[k] != 0
+            plain = ins_v[k] and not any(inh_v[k][1:])
+            update = not ups_v[k] or any(uph_v[k]) or noise_v[k]
             rows.append(
                 _Row(
                     plain,
@@ -482,7 +491,7 @@ class Program:
                     update,
                     up_s[k],
                     up_terms,
-                    noise[k] if noise_v[k] != 0 else 0,
+                    noise[k] if noise_v[k] else 0,
                     cx[k],
                     cf[k],
                     conv[k],
@@ -502,7 +511,7 @@ class Program:
         self.correlated_noise = plan.correlated_noise
         iv = None if plan.noise_interval is None else plan.noise_interval.detach().tolist()
         self._interval = tuple(
-            None if iv is None or noise_v[k] == 0 or not all(map(math.isfinite, iv[k])) else tuple(iv[k])
+            None if iv is None or not noise_v[k] or not all(map(math.isfinite, iv[k])) else tuple(iv[k])
             for k in range(K)
         )
 
@@ -562,7 +571,7 @@ class Program:
 
     def _interpret(self, x: Tensor, generator, step_ends: bool, check: bool, noise=None):
         shape, W, wd, dev = self.shape, self.window, self.working_dtype, self.device
-        grad, identity, rows, times = self.differentiable, self.identity, self._rows, self._t
+        grad, identity, rows, times = self._tensor_rows, self.identity, self._rows, self._t
         s = x.to(wd, memory_format=torch.contiguous_format, copy=True)  # the run's own state, never x itself
         if grad:
             ring = [None] * W
@@ -824,10 +833,11 @@ def _convertible(path, prediction: str, target: str, t: Tensor) -> bool:
 
 
 def _raise_nonfinite(plan: Plan, k: int):
+    t = plan.times[k].detach().reshape(-1)[0]  # a per-sample plan: the time of sample 0
     raise NonFiniteError(
         f"the model returned NaN or Inf at call {k} (grid step {int(plan.step[k])}, "
-        f"t = {float(plan.times[k]):.6g}, noise level sigma/alpha = "
-        f"{float(plan.path.noise_level(plan.times[k].detach())):.6g}) of {plan.method!r}"
+        f"t = {float(t):.6g}, noise level sigma/alpha = "
+        f"{float(plan.path.noise_level(t)):.6g}) of {plan.method!r}"
     )
 
 

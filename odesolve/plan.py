@@ -19,6 +19,12 @@ may consume correlated increments (several sub-intervals of one step) and a Brow
 are the law of these increments exactly when the noisy intervals do not overlap
 (``not plan.correlated_noise``).
 Coefficients are float64 torch tensors, so gradients flow from them to the grid.
+
+Per-sample plans: every coefficient and time may carry a trailing batch axis (``times`` of shape
+``(calls, batch)``, ``input_hist`` of shape ``(calls, window, batch)``): sample b then runs the
+plan with the coefficients ``[..., b]`` (one step of a different length per sample, as the
+adaptive driver `odesolve.adaptive` compiles it). ``grid`` is then the envelope of the
+samples' steps; ``step`` has no batch axis.
 """
 
 from __future__ import annotations
@@ -45,25 +51,29 @@ class Plan:
     path: Path
     grid: Grid
     prediction: Literal["x0", "eps"]
-    times: Float64[Tensor, " calls"]  # model-call times, in the path's time
+    times: Float64[Tensor, " calls *batch"]  # model-call times, in the path's time
     step: Int64[Tensor, " calls"]  # grid step of each call
-    input_state: Float64[Tensor, " calls"]
-    input_hist: Float64[Tensor, "calls window"]  # column 0 is always 0
-    update_state: Float64[Tensor, " calls"]
-    update_hist: Float64[Tensor, "calls window"]
-    update_noise: Float64[Tensor, " calls"]
+    input_state: Float64[Tensor, " calls *batch"]
+    input_hist: Float64[Tensor, " calls window *batch"]  # column 0 is always 0
+    update_state: Float64[Tensor, " calls *batch"]
+    update_hist: Float64[Tensor, " calls window *batch"]
+    update_noise: Float64[Tensor, " calls *batch"]
     meta: dict = field(default_factory=dict)
     noise_interval: Float64[Tensor, "calls 2"] | None = None  # Brownian interval (a, b) of each noisy call
 
     def __post_init__(self):
-        K = self.times.numel()
+        if self.times.ndim not in (1, 2):
+            raise ValueError(f"plan.times must have shape (calls,) or (calls, batch), got {tuple(self.times.shape)}")
+        K, batch = self.times.shape[0], tuple(self.times.shape[1:])
         for name in ("input_state", "update_state", "update_noise", "step"):
-            if getattr(self, name).shape != (K,):
-                raise ValueError(f"plan.{name} must have shape ({K},), got {tuple(getattr(self, name).shape)}")
+            want = (K,) if name == "step" else (K, *batch)
+            if tuple(getattr(self, name).shape) != want:
+                raise ValueError(f"plan.{name} must have shape {want}, got {tuple(getattr(self, name).shape)}")
         for name in ("input_hist", "update_hist"):
             v = getattr(self, name)
-            if v.ndim != 2 or v.shape[0] != K:
-                raise ValueError(f"plan.{name} must have shape ({K}, window), got {tuple(v.shape)}")
+            if v.ndim != 2 + len(batch) or v.shape[0] != K or tuple(v.shape[2:]) != batch:
+                want = f"({K}, window{', batch' * len(batch)})"
+                raise ValueError(f"plan.{name} must have shape {want}, got {tuple(v.shape)}")
         if self.prediction not in ("x0", "eps"):
             raise ValueError(f"prediction must be 'x0' or 'eps', got {self.prediction!r}")
         for name in ("times", "input_state", "input_hist", "update_state", "update_hist", "update_noise"):
@@ -91,7 +101,12 @@ class Plan:
     @property
     def calls(self) -> int:
         """Number of model calls (NFE)."""
-        return self.times.numel()
+        return self.times.shape[0]
+
+    @property
+    def batch(self) -> int | None:
+        """The number of samples of a per-sample plan (coefficients with a batch axis), else None."""
+        return self.times.shape[1] if self.times.ndim == 2 else None
 
     @property
     def window(self) -> int:
@@ -153,11 +168,13 @@ class Rows:
       increment over ``[a, b]`` (path time); without ``a, b`` an independent normal.
 
     :meth:`plan` builds the dense :class:`Plan` (window = the largest k - j + 1); every coefficient
-    stays differentiable.
+    stays differentiable. With ``batch`` the rows are per-sample: times and coefficients broadcast
+    to ``(len(k), batch)`` (a per-sample plan, module docstring).
     """
 
-    def __init__(self, K: int):
+    def __init__(self, K: int, batch: int | None = None):
         self.K = int(K)
+        self._batch = () if batch is None else (int(batch),)
         self._times, self._step, self._in_s, self._up_s, self._in, self._up = [], [], [], [], [], []
         self._noise, self._interval = [], []
 
@@ -167,32 +184,32 @@ class Rows:
 
     def call(self, k, step, t):
         k = self._idx(k)
-        self._times.append((k, torch.as_tensor(t, dtype=torch.float64).expand(k.shape)))
+        self._times.append((k, self._values(t, k)))
         self._step.append((k, torch.as_tensor(step, dtype=torch.int64).expand(k.shape)))
 
     def input_state(self, k, c):
         k = self._idx(k)
-        self._in_s.append((k, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+        self._in_s.append((k, self._values(c, k)))
 
     def update_state(self, k, c):
         k = self._idx(k)
-        self._up_s.append((k, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+        self._up_s.append((k, self._values(c, k)))
 
     def input(self, k, j, c):
         k, j = self._idx(k), self._idx(j)
         if k.numel() and bool((j >= k).any() | (j < 0).any()):
             raise ValueError("an input row refers to the output of a call that is not yet known")
-        self._in.append((k, j, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+        self._in.append((k, j, self._values(c, k)))
 
     def update(self, k, j, c):
         k, j = self._idx(k), self._idx(j)
         if k.numel() and bool((j > k).any() | (j < 0).any()):
             raise ValueError("an update row refers to the output of a call that is not yet known")
-        self._up.append((k, j, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+        self._up.append((k, j, self._values(c, k)))
 
     def noise(self, k, c, a=None, b=None):
         k = self._idx(k)
-        self._noise.append((k, torch.as_tensor(c, dtype=torch.float64).expand(k.shape)))
+        self._noise.append((k, self._values(c, k)))
         if (a is None) != (b is None):
             raise ValueError("a noise interval needs both ends a and b")
         if a is not None:
@@ -205,22 +222,26 @@ class Rows:
             )
             self._interval.append((k, ab))
 
-    def _vector(self, pairs, fill, dtype=torch.float64) -> Tensor:
-        out = torch.full((self.K,), fill, dtype=dtype)
+    def _values(self, c, k: Tensor) -> Tensor:
+        return torch.as_tensor(c, dtype=torch.float64).expand(*k.shape, *self._batch)
+
+    def _vector(self, pairs, fill, dtype=torch.float64, batched: bool = True) -> Tensor:
+        out = torch.full((self.K, *(self._batch if batched else ())), fill, dtype=dtype)
         for k, v in pairs:
             if k.numel():
                 out = out.index_put((k,), v.to(dtype))
         return out
 
     def _dense(self, triples, W) -> Tensor:
-        out = torch.zeros(self.K, W, dtype=torch.float64)
+        out = torch.zeros(self.K, W, *self._batch, dtype=torch.float64)
         for k, j, c in triples:
             if k.numel():
                 out = out.index_put((k, k - j), c, accumulate=True)
         return out
 
     def plan(self, method: str, path: Path, grid: Grid, prediction: str, meta: dict | None = None) -> Plan:
-        called = self._vector([(k, torch.ones_like(k, dtype=torch.float64)) for k, _ in self._times], 0.0)
+        ones = [(k, torch.ones_like(k, dtype=torch.float64)) for k, _ in self._times]
+        called = self._vector(ones, 0.0, batched=False)
         if not bool((called == 1).all()):
             raise ValueError(f"{method}: calls {torch.nonzero(called != 1).flatten()[:4].tolist()} have no time")
         W = max([1] + [int((k - j).max()) + 1 for k, j, _ in self._in + self._up if k.numel()])
@@ -230,7 +251,7 @@ class Rows:
             grid=grid,
             prediction=prediction,
             times=self._vector(self._times, 0.0),
-            step=self._vector(self._step, 0, torch.int64),
+            step=self._vector(self._step, 0, torch.int64, batched=False),
             input_state=self._vector(self._in_s, 1.0),
             input_hist=self._dense(self._in, W),
             update_state=self._vector(self._up_s, 1.0),

@@ -173,19 +173,22 @@ def _copy(plan: Plan) -> Plan:
 
 class Geometry:
     """Per-step quantities of a grid on a path, float64 tensors over all steps at once:
-    t, log alpha, log sigma, lambda (length N + 1), the steps h in lambda (length N)."""
+    t, log alpha, log sigma, lambda (length N + 1), the steps h in lambda (length N).
 
-    def __init__(self, path: Path, grid: Grid):
+    ``t``: per-sample times of shape (N + 1, batch) instead of ``grid.t`` (the steps of a
+    per-sample plan, `odesolve.plan`; ``grid`` is then their envelope)."""
+
+    def __init__(self, path: Path, grid: Grid, t: Tensor | None = None):
         self.path, self.grid = path, grid
-        self.t = grid.t
+        self.t = grid.t if t is None else t
         self.log_alpha, self.log_sigma = path.log_alpha(self.t), path.log_sigma(self.t)
         self.lam = self.log_alpha - self.log_sigma
         self.h = self.lam[1:] - self.lam[:-1]
-        self.steps = grid.steps
+        self.steps = self.t.shape[0] - 1
         finite = torch.isfinite(self.lam)
         self.singular = ~(finite[:-1] & finite[1:])  # (N,) steps of infinite length in lambda
         self.sigma_zero_end = torch.isposinf(self.lam[1:])  # (N,) steps that end at sigma = 0
-        self.alpha_zero_start = bool(torch.isneginf(self.lam[0]))
+        self.alpha_zero_start = bool(torch.isneginf(self.lam[0]).any())
 
     def rho(self, i=slice(None)) -> Tensor:
         """sigma/alpha at grid points ``i``."""
