@@ -78,10 +78,10 @@ _ids = lambda cases: [
 
 
 def test_every_k_diffusion_name_is_provided_with_k_diffusions_signature(K):
-    """k-diffusion's parameters, in order and with their defaults, then odesolve's keyword-only extras;
-    sample_dpm_adaptive is the one name left to the adaptive driver."""
+    """k-diffusion's parameters, in order and with their defaults, then odesolve's keyword-only extras
+    (sample_dpm_adaptive is odesolve.adaptive's batch-wide driver; its parity is in tests/core/test_adaptive.py)."""
     names = sorted(n for n in vars(K) if n.startswith("sample_"))
-    assert set(names) - set(kd.KDIFFUSION_NAMES) <= {"sample_dpm_adaptive"}  # (wired to the adaptive driver)
+    assert set(names) <= set(kd.KDIFFUSION_NAMES)
     assert set(kd.KDIFFUSION_NAMES) - set(names) == {"sample_dpmpp_2m_sde_gpu", "sample_dpmpp_3m_sde_gpu"}
     for name in [*names, "sample_dpmpp_2m_sde_gpu", "sample_dpmpp_3m_sde_gpu"]:
         if name not in kd.KDIFFUSION_NAMES:

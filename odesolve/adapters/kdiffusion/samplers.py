@@ -22,6 +22,7 @@ sample_dpmpp_2m                        dpmpp-2m
 sample_dpmpp_2m_sde(eta, solver_type)  dpmpp-2m-sde / dpmpp-2m-sde-heun (eta)
 sample_dpmpp_3m_sde(eta)               dpmpp-3m-sde (eta)
 sample_dpm_fast(sigma_min, sigma_max, n)  dpm-solver-fast on a uniform lambda grid
+sample_dpm_adaptive(order, rtol, ...)  odesolve.adaptive's driver, batch-wide (DPM-Solver-12/23)
 =====================================  ==================================================
 
 Refused, with the argument named: ``s_churn > 0`` where a step lies in ``[s_tmin, s_tmax]`` (EDM's churn
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor
 
 from ... import grids, methods
+from ...adaptive import sample_dpm_adaptive
 from ...methods.ancestral import dpm_solver_fast_tail
 from ...methods.exponential_rk import ExponentialRK
 from ...noise import BrownianPaths, NoiseSource
@@ -49,6 +51,7 @@ from .run import PATH, grid_of, run
 __all__ = [
     "sample_dpm_2",
     "sample_dpm_2_ancestral",
+    "sample_dpm_adaptive",
     "sample_dpm_fast",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
