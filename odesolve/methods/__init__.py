@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import classical, exponential_multistep, exponential_rk, stochastic
+from . import classical, exponential_multistep, exponential_rk, stochastic, stochastic_adams
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
@@ -94,7 +94,13 @@ def get(name: str | Method) -> Method:
         raise ValueError(f"method {name!r} is not registered{hint} (odesolve.methods.names() lists all)") from None
 
 
-for _m in (*exponential_rk.TABLES, *exponential_multistep.TABLES, *classical.TABLES, *stochastic.TABLES):
+for _m in (
+    *exponential_rk.TABLES,
+    *exponential_multistep.TABLES,
+    *classical.TABLES,
+    *stochastic.TABLES,
+    *stochastic_adams.TABLES,
+):
     register(_m)
 
 # Tables that reduce to another's plan on every grid (tests/core/test_registry.py compiles both):
