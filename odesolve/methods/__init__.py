@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 
-from . import classical, exponential_multistep, exponential_rk, stochastic, stochastic_adams
+from . import classical, exponential_multistep, exponential_rk, extended_reverse_sde, stochastic, stochastic_adams
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
@@ -100,6 +100,7 @@ for _m in (
     *classical.TABLES,
     *stochastic.TABLES,
     *stochastic_adams.TABLES,
+    *extended_reverse_sde.TABLES,
 ):
     register(_m)
 
