@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import difflib
 
-from . import classical, exponential_multistep, exponential_rk, extended_reverse_sde, stochastic, stochastic_adams
+from . import (
+    classical,
+    exponential_multistep,
+    exponential_rk,
+    extended_reverse_sde,
+    noise_jumps,
+    stochastic,
+    stochastic_adams,
+)
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
@@ -101,6 +109,7 @@ for _m in (
     *stochastic.TABLES,
     *stochastic_adams.TABLES,
     *extended_reverse_sde.TABLES,
+    *noise_jumps.TABLES,
 ):
     register(_m)
 
