@@ -163,6 +163,43 @@ def test_euler_maruyama_is_the_reverse_sde_euler_step():
     assert torch.equal(plan.noise_interval, torch.stack([grid.t[:-1], grid.t[1:]], 1))
 
 
+def test_euler_maruyama_covers_ve():
+    """On the VE (EDM) path sigma = t, alpha = 1: f = 0, g^2 = d sigma^2/dt = 2t, so
+    x_{n+1} = x_n + dt (2/t) (x_n - x0) + sqrt(2 t |dt|) z (Song et al.'s VE reverse diffusion, Euler step)."""
+    grid = G.karras(EDM, 7, sigma_min=0.05, sigma_max=20.0, to_zero=False)
+    plan = ods.methods.get("euler-maruyama").compile(EDM, grid)
+    t, dt = grid.t[:-1], grid.t[1:] - grid.t[:-1]
+    assert torch.allclose(plan.update_state, 1 + 2 * dt / t, rtol=1e-12)
+    assert torch.allclose(plan.update_hist[:, 0], -2 * dt / t, rtol=1e-12)
+    assert torch.allclose(plan.update_noise, torch.sqrt(2 * t * dt.abs()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_input_noise_enters_the_input_and_the_update_with_the_same_xi(grad):
+    """Plan.input_noise: call k's input is input_state s + input_noise xi_k and its update adds
+    update_noise xi_k, one xi_k (with gradients and without)."""
+    grid = G.karras(EDM, 2, sigma_min=0.5, sigma_max=2.0, to_zero=False)
+    rows = Rows(2)
+    rows.call([0, 1], [0, 1], grid.t[:-1])
+    rows.input_state(0, 0.5)
+    rows.update_state([0, 1], 0.9)
+    rows.update(1, 0, 0.25)
+    rows.noise([0, 1], [0.3, 0.2], grid.t[:-1], grid.t[1:], input=[0.7, 0.0])
+    plan = rows.plan("jump", EDM, grid, "x0")
+    assert plan.stochastic and plan.input_noise.tolist() == [0.7, 0.0]
+    seen = []
+    model = ods.Model(lambda x, t: (seen.append(x.detach().clone()), 2 * x)[1], EDM, "x0")
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(grad)
+    src = N.BrownianPaths(range(3))
+    out = ods.execute(plan, model, x, noise=src)
+    xi = [src.standard_normal(k, (float(grid.t[k]), float(grid.t[k + 1])), x.shape) for k in range(2)]
+    X0 = 0.5 * x.detach() + 0.7 * xi[0]
+    s1 = 0.9 * x.detach() + 0.3 * xi[0]
+    assert torch.allclose(seen[0], X0, rtol=1e-14) and torch.allclose(seen[1], s1, rtol=1e-14)
+    want = 0.9 * s1 + 0.25 * 2 * X0 + 0.2 * xi[1]
+    assert torch.allclose(out.detach(), want, rtol=1e-14)
+
+
 # -- k-diffusion: same noise in, same samples out -------------------------------------------------------
 
 
