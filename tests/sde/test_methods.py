@@ -200,6 +200,23 @@ def test_input_noise_enters_the_input_and_the_update_with_the_same_xi(grad):
     assert torch.allclose(out.detach(), want, rtol=1e-14)
 
 
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_the_reference_interpreter_agrees_with_the_executor_on_noisy_plans(name):
+    """odesolve.analysis's interpreter over plain numbers, given the executor's normals, reproduces
+    its samples: input and update noise read the same way in both."""
+    from odesolve.analysis._plan import structure
+
+    grid = G.karras(EDM, 6, sigma_min=0.05, sigma_max=20.0)
+    plan = ods.methods.get(name).compile(EDM, grid)
+    model = MIXTURE.model(EDM, plan.prediction)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 20
+    src = N.PerSampleNormal(range(3))
+    got = ods.execute(plan, model, x, noise=src)
+    F = lambda k, X: model(X, plan.times[k].expand(3))
+    want, _ = structure(plan).run(0, plan.calls, x, {}, F, xi=lambda k: src.standard_normal(k, None, x.shape))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 # -- k-diffusion: same noise in, same samples out -------------------------------------------------------
 
 
