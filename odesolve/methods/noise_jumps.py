@@ -117,6 +117,7 @@ class HeunJumps(_Stochastic):
     s_tmax: float = 50.0
     s_noise: float = 1.0
     restart: tuple = ((0.1, 1.0, 2),)
+    restart_steps: int | None = None
     variable = "rho"
 
     @property
@@ -125,7 +126,9 @@ class HeunJumps(_Stochastic):
 
     @property
     def calls_per_step(self) -> int:
-        return 2
+        """Heun's 2; Restart adds at most 2 K calls per main step and interval (a restart segment has
+        no more steps than the main grid), so it declares the bound ``2 (1 + sum K)``."""
+        return 2 if self.kind == "churn" else 2 * (1 + sum(iv[2] for iv in self.restart))
 
     def __post_init__(self):
         super().__post_init__()
@@ -158,6 +161,7 @@ class HeunJumps(_Stochastic):
 
     def _restart(self, g, prog, restart=None, restart_steps=None):
         intervals = _intervals(self.restart if restart is None else restart)
+        restart_steps = self.restart_steps if restart_steps is None else restart_steps
         if restart_steps is not None and (
             isinstance(restart_steps, bool) or not isinstance(restart_steps, int) or restart_steps < 1
         ):

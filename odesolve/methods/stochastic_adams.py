@@ -64,6 +64,7 @@ class StochasticAdams(_Stochastic):
     predictor: int = 3
     corrector: int = 3
     tau: float = 1.0
+    lower_order_final: bool = False
     options = ("tau", "lower_order_final")
 
     def __post_init__(self):
@@ -78,8 +79,11 @@ class StochasticAdams(_Stochastic):
     def history(self) -> int:
         return max(self.predictor, self.corrector - 1)  # the correction of step i - 1 removes its predictor's F_{i-p}
 
-    def _rows(self, g, tau=None, lower_order_final: bool = False) -> Rows:
+    def _rows(self, g, tau=None, lower_order_final=None) -> Rows:
         tau = self.tau if tau is None else check_real(tau, "tau", 0.0)
+        lower_order_final = self.lower_order_final if lower_order_final is None else lower_order_final
+        if not isinstance(lower_order_final, bool):
+            raise TypeError(f"lower_order_final must be a bool, got {lower_order_final!r}")
         kappa = 1.0 + tau * tau
         N = g.steps
         h = g.h
