@@ -1,10 +1,13 @@
 """ER-SDE-Solvers: the extended reverse-time SDE with a noise-scale function (Cui et al., "Elucidating
 the solution space of extended reverse-time SDE for diffusion models", 2023).
 
-In ``y = x/alpha`` and ``rho = sigma/alpha`` the reverse SDEs that keep the marginals form a family
-``dy = (phi'(rho)/phi(rho)) (y - D) drho + sqrt(d(rho^2) - 2 rho^2 dphi/phi ...) dW``, one per noise-scale
-function ``phi`` (``phi = rho``: the probability-flow ODE; ``phi = rho^2``: the reverse diffusion). Its
-exact step from rho_s to rho_t, with ``r = phi(rho_t)/phi(rho_s)`` and D expanded in rho at rho_s:
+In ``y = x/alpha`` and ``rho = sigma/alpha`` the reverse SDEs that keep the marginals form a family,
+one per noise-scale function ``phi`` with ``eta^2 = rho phi'/phi - 1 >= 0``, run from large to small rho:
+
+    dy = (phi'(rho)/phi(rho)) (y - D(y, rho)) drho + eta sqrt(2 rho |drho|) xi
+
+(``phi = rho``: the probability-flow ODE; ``phi = rho^2``: the reverse diffusion). Its exact step from
+rho_s to rho_t, with ``r = phi(rho_t)/phi(rho_s)`` and D expanded in rho at rho_s:
 
     y_t = r y_s + (1 - r) D_s + [(rho_t - rho_s) + phi_t S_1] D'_s
           + [(rho_t - rho_s)^2 / 2 + phi_t S_2] D''_s + sqrt(rho_t^2 - rho_s^2 r^2) xi,
