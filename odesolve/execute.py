@@ -34,9 +34,10 @@ receives the model's raw output. Every driver drives it one call at a time::
   ValueError naming the call) and checked for NaN/Inf: at once on CPU, after the last call on
   other devices (no synchronisation per call); :class:`NonFiniteError` names the call.
 - Noise: call ``k`` adds ``update_noise[k] * xi_k`` (and ``input_noise[k] * xi_k`` to its input),
-  drawn in :func:`standard_normal`, the one place noise is drawn: from ``noise`` (an :mod:`odesolve.noise` source: per sample, keyed by
-  seeds; a Brownian source answers the call's ``plan.noise_interval``), else from ``generator``
-  (torch's stream; independent normals, refused for a plan whose noise intervals overlap).
+  drawn in :func:`standard_normal`, the one place noise is drawn: from ``noise`` (an
+  :mod:`odesolve.noise` source: per sample, keyed by seeds; a Brownian source answers the call's
+  ``plan.noise_interval``), else from ``generator`` (torch's stream; independent normals, refused
+  for a plan whose noise intervals overlap).
 
 Drivers: :meth:`Program.run` (what :func:`execute`, :func:`sample` and :class:`Sampler` use: model
 calls, callback, trajectory, progress, and a guard against models that modify their input in place:
