@@ -19,8 +19,8 @@ Warm-up: step i uses at most i + 1 predictor and i + 2 corrector nodes; ``lower_
 diffusers' SASolverScheduler does by default) lowers the last steps to the nodes left. A step of
 infinite length (from alpha = 0, to sigma = 0) takes the one-node predictor, uncorrected.
 
-Orders. The paper gives the Adams orders: s for the s-node predictor, one more for the corrector
-(its convergence analysis; for tau = 0 these are the ODE orders). With tau > 0 they do not hold as
+Orders. The paper's convergence analysis gives the orders of the deterministic Adams rules (3 for
+the 3-node predictor and corrector; for tau = 0 these are the ODE orders). With tau > 0 they do not hold as
 strong or weak orders: the noise enters through one Brownian increment per step, so the strong order
 is 1 (additive noise), and on the exact Gaussian laws (tests/sde) the 3-node pair's weak order
 measures 2.0, not 3 (registered: strong 1, weak 2). The 2-node pair's variance error falls like h^3
