@@ -33,10 +33,11 @@ receives the model's raw output. Every driver drives it one call at a time::
 - Each output is validated (a real floating tensor of ``x``'s shape on ``x``'s device; TypeError or
   ValueError naming the call) and checked for NaN/Inf: at once on CPU, after the last call on
   other devices (no synchronisation per call); :class:`NonFiniteError` names the call.
-- Noise: call ``k`` adds ``update_noise[k] * xi_k``, drawn in :func:`standard_normal`, the one
-  place noise is drawn: from ``noise`` (an :mod:`odesolve.noise` source: per sample, keyed by
-  seeds; a Brownian source answers the call's ``plan.noise_interval``), else from ``generator``
-  (torch's stream; independent normals, refused for a plan whose noise intervals overlap).
+- Noise: call ``k`` adds ``update_noise[k] * xi_k`` (and ``input_noise[k] * xi_k`` to its input),
+  drawn in :func:`standard_normal`, the one place noise is drawn: from ``noise`` (an
+  :mod:`odesolve.noise` source: per sample, keyed by seeds; a Brownian source answers the call's
+  ``plan.noise_interval``), else from ``generator`` (torch's stream; independent normals, refused
+  for a plan whose noise intervals overlap).
 
 Drivers: :meth:`Program.run` (what :func:`execute`, :func:`sample` and :class:`Sampler` use: model
 calls, callback, trajectory, progress, and a guard against models that modify their input in place:
@@ -265,7 +266,7 @@ def _finite(v: Tensor) -> bool:
 
 # -- the program cache ---------------------------------------------------------------------------
 
-_COEFFICIENTS = ("times", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
+_COEFFICIENTS = ("times", "input_state", "input_hist", "update_state", "update_hist", "update_noise", "input_noise")
 _CACHE_SIZE = 32
 _programs: OrderedDict[tuple, Program] = OrderedDict()
 _lock = threading.Lock()
@@ -297,6 +298,7 @@ def plan_fingerprint(plan: Plan) -> tuple:
         plan.update_state,
         plan.update_hist,
         plan.update_noise,
+        plan.input_noise,
         plan.grid.t,
         *(() if plan.noise_interval is None else (plan.noise_interval,)),
     )
@@ -379,6 +381,7 @@ class _Row(NamedTuple):
     a_up: object  # update_state[k]
     up_terms: tuple  # ((ring slot, update_hist coefficient), ...)
     noise: object  # update_noise[k] (0: none)
+    in_noise: object  # input_noise[k] (0: none): X_k += in_noise xi_k, the xi_k of the update
     cx: object  # output -> buffer: F = cx X + cf out (with gradients)
     cf: object
     conv: int  # without gradients, the ring's G = F / scale from the output: 0 copy, 1 out + ratio X, 2 ratio X
@@ -461,6 +464,7 @@ class Program:
         exists = (lag >= 0).reshape(K, W, *(1,) * (plan.times.ndim - 1))  # per-sample plans: over the batch axis
         at_lag = torch.where(exists, scale[lag.clamp(min=0)], torch.zeros_like(plan.update_hist))
         in_s, up_s, noise = cast(plan.input_state), cast(plan.update_state), cast(plan.update_noise)
+        in_noise = cast(plan.input_noise)
         in_h, up_h = cast(plan.input_hist * at_lag), cast(plan.update_hist * at_lag)
         bx, bf = conversion(plan.path, plan.prediction, "x0", plan.times)  # buffer -> x0, for `denoised`
         self._to_x0 = list(zip(cast(bx), cast(bf * scale)))
@@ -472,6 +476,7 @@ class Program:
         ups_v = (plan.update_state != 1).reshape(K, -1).any(1).logical_not().tolist()
         uph_v = (plan.update_hist != 0).reshape(K, W, -1).any(2).tolist()
         noise_v = (plan.update_noise != 0).reshape(K, -1).any(1).tolist()
+        in_noise_v = (plan.input_noise != 0).reshape(K, -1).any(1).tolist()
         self.step_of = tuple(plan.step.tolist())
         self.last_of_step = tuple(k == K - 1 or self.step_of[k + 1] != self.step_of[k] for k in range(K))
         # F_{k-j} lives in ring slot (k-j) % W; outputs of calls before 0 do not exist (are 0).
@@ -481,7 +486,7 @@ class Program:
         for k in range(K):
             in_terms = tuple(((k - j) % W, in_h[k][j]) for j in range(1, W) if k - j >= 0 and keep(inh_v[k][j]))
             up_terms = tuple(((k - j) % W, up_h[k][j]) for j in range(W) if k - j >= 0 and keep(uph_v[k][j]))
-            plain = ins_v[k] and not any(inh_v[k][1:])
+            plain = ins_v[k] and not any(inh_v[k][1:]) and not in_noise_v[k]
             update = not ups_v[k] or any(uph_v[k]) or noise_v[k]
             rows.append(
                 _Row(
@@ -492,6 +497,7 @@ class Program:
                     up_s[k],
                     up_terms,
                     noise[k] if noise_v[k] else 0,
+                    in_noise[k] if in_noise_v[k] else 0,
                     cx[k],
                     cf[k],
                     conv[k],
@@ -511,7 +517,9 @@ class Program:
         self.correlated_noise = plan.correlated_noise
         iv = None if plan.noise_interval is None else plan.noise_interval.detach().tolist()
         self._interval = tuple(
-            None if iv is None or not noise_v[k] or not all(map(math.isfinite, iv[k])) else tuple(iv[k])
+            None
+            if iv is None or not (noise_v[k] or in_noise_v[k]) or not all(map(math.isfinite, iv[k]))
+            else tuple(iv[k])
             for k in range(K)
         )
 
@@ -583,12 +591,16 @@ class Program:
         out_dtype, sum_dtype = wd, _sum_dtype(wd)
         end = None
         for k, row in enumerate(rows):
+            xi = None
             if row.plain:
                 X = s
             elif grad:
                 X = _combination(row.a_in, s, row.in_terms, ring)
             else:
                 X = _combination_(xin, row.a_in, s, row.in_terms, ring)
+            if row.in_noise:  # a noise jump before the call: the same xi_k enters the update
+                xi = self._draw(k, generator, noise)
+                X = X + xi * row.in_noise if grad else X.add_(xi, alpha=row.in_noise)
             out = yield k, X, times[k], end
             end = None
             if type(out) is not Tensor or out.dtype is not out_dtype or out.shape != shape or out.device != dev:
@@ -622,11 +634,11 @@ class Program:
                 if grad:
                     s = _combination(row.a_up, s, row.up_terms, ring)
                     if row.noise:
-                        s = s + self._draw(k, generator, noise) * row.noise
+                        s = s + (self._draw(k, generator, noise) if xi is None else xi) * row.noise
                 else:
                     _combination_(s, row.a_up, s, row.up_terms, ring)
                     if row.noise:
-                        s.add_(self._draw(k, generator, noise), alpha=row.noise)
+                        s.add_(self._draw(k, generator, noise) if xi is None else xi, alpha=row.noise)
             if step_ends and row.last:
                 end = StepEnd(row.step, self._grid_t[row.step + 1], s if grad else s.clone(), denoised)
         if sums:  # other devices: one synchronisation per run

@@ -8,7 +8,9 @@ and a ring of the last ``window`` model outputs ``F``, converted to the plan's `
     F_k  = prediction of the model at (X_k, times[k])
     s   <- update_state[k] * s + sum_j update_hist[k, j] * F_{k-j}  +  update_noise[k] * xi_k   (j >= 0)
 
-and the result is the final ``s``. Every deterministic sampler in the literature is of this form
+and the result is the final ``s``. A noise jump before a call (the churn of Karras et al.'s
+stochastic sampler) adds the same ``xi_k`` to the input as well: ``X_k += input_noise[k] * xi_k``
+(``input_noise`` is 0 unless a method sets it). Every deterministic sampler in the literature is of this form
 (its coefficients depend only on the grid); SDE samplers add the Gaussian inputs ``xi_k``.
 
 Noise: ``xi_k`` is standard normal, independent across calls, unless the plan names the Brownian
@@ -60,12 +62,15 @@ class Plan:
     update_noise: Float64[Tensor, " calls *batch"]
     meta: dict = field(default_factory=dict)
     noise_interval: Float64[Tensor, "calls 2"] | None = None  # Brownian interval (a, b) of each noisy call
+    input_noise: Float64[Tensor, " calls *batch"] | None = None  # X_k += input_noise[k] xi_k (None: zeros)
 
     def __post_init__(self):
         if self.times.ndim not in (1, 2):
             raise ValueError(f"plan.times must have shape (calls,) or (calls, batch), got {tuple(self.times.shape)}")
         K, batch = self.times.shape[0], tuple(self.times.shape[1:])
-        for name in ("input_state", "update_state", "update_noise", "step"):
+        if self.input_noise is None:
+            object.__setattr__(self, "input_noise", torch.zeros(K, *batch, dtype=torch.float64))
+        for name in ("input_state", "update_state", "update_noise", "input_noise", "step"):
             want = (K,) if name == "step" else (K, *batch)
             if tuple(getattr(self, name).shape) != want:
                 raise ValueError(f"plan.{name} must have shape {want}, got {tuple(getattr(self, name).shape)}")
@@ -76,7 +81,15 @@ class Plan:
                 raise ValueError(f"plan.{name} must have shape {want}, got {tuple(v.shape)}")
         if self.prediction not in ("x0", "eps"):
             raise ValueError(f"prediction must be 'x0' or 'eps', got {self.prediction!r}")
-        for name in ("times", "input_state", "input_hist", "update_state", "update_hist", "update_noise"):
+        for name in (
+            "times",
+            "input_state",
+            "input_hist",
+            "update_state",
+            "update_hist",
+            "update_noise",
+            "input_noise",
+        ):
             v = getattr(self, name)
             if not bool(torch.isfinite(v).all()):
                 bad = torch.nonzero(~torch.isfinite(v))[0].tolist()
@@ -91,7 +104,7 @@ class Plan:
                     f"{getattr(iv, 'dtype', type(iv).__name__)} {tuple(getattr(iv, 'shape', ()))}"
                 )
             named, unnamed = torch.isfinite(iv).all(1), torch.isnan(iv).all(1)  # NaN rows: independent normals
-            bad = (self.update_noise != 0) & ~((named & (iv[:, 0] != iv[:, 1])) | unnamed)
+            bad = self._noisy() & ~((named & (iv[:, 0] != iv[:, 1])) | unnamed)
             if bool(bad.any()):
                 raise ValueError(
                     f"plan.noise_interval of {self.method!r}: noisy call {int(torch.nonzero(bad)[0])} "
@@ -112,9 +125,13 @@ class Plan:
     def window(self) -> int:
         return self.update_hist.shape[1]
 
+    def _noisy(self) -> Tensor:
+        """The calls that draw a normal xi_k."""
+        return (self.update_noise != 0) | (self.input_noise != 0)
+
     @property
     def stochastic(self) -> bool:
-        return bool((self.update_noise != 0).any())
+        return bool(self._noisy().any())
 
     @property
     def correlated_noise(self) -> bool:
@@ -123,7 +140,7 @@ class Plan:
         if self.noise_interval is None:
             return False
         iv = self.noise_interval.detach()
-        iv = iv[(self.update_noise != 0) & torch.isfinite(iv).all(1)]
+        iv = iv[self._noisy() & torch.isfinite(iv).all(1)]
         lo, hi = iv.min(1).values, iv.max(1).values
         order = torch.argsort(lo)
         return bool((hi[order][:-1] > lo[order][1:]).any())
@@ -138,10 +155,12 @@ class Plan:
             inp = " ".join(f(v) for v in [self.input_state[k], *self.input_hist[k, 1:]])
             up = " ".join(f(v) for v in [self.update_state[k], *self.update_hist[k]])
             noise = f"  noise {f(self.update_noise[k])}" if self.stochastic else ""
+            if self.input_noise[k] != 0:
+                noise += f" (input {f(self.input_noise[k])})"
             if (
                 self.stochastic
                 and self.noise_interval is not None
-                and self.update_noise[k] != 0
+                and self._noisy()[k]
                 and bool(torch.isfinite(self.noise_interval[k]).all())
             ):
                 noise += f" dW[{float(self.noise_interval[k, 0]):.6g}, {float(self.noise_interval[k, 1]):.6g}]"
@@ -164,8 +183,9 @@ class Rows:
     - ``input_state(k, c)`` / ``update_state(k, c)``: the factor of the state (default 1);
     - ``input(k, j, c)`` / ``update(k, j, c)``: add c F_j to the input / update row of call k
       (entries of one (k, j) add up);
-    - ``noise(k, c, a, b)``: call k's update adds ``c xi_k``, ``xi_k`` the normalised Brownian
-      increment over ``[a, b]`` (path time); without ``a, b`` an independent normal.
+    - ``noise(k, c, a, b, input=0)``: call k's update adds ``c xi_k`` (and its input ``input xi_k``),
+      ``xi_k`` the normalised Brownian increment over ``[a, b]`` (path time); without ``a, b`` an
+      independent normal.
 
     :meth:`plan` builds the dense :class:`Plan` (window = the largest k - j + 1); every coefficient
     stays differentiable. With ``batch`` the rows are per-sample: times and coefficients broadcast
@@ -176,7 +196,7 @@ class Rows:
         self.K = int(K)
         self._batch = () if batch is None else (int(batch),)
         self._times, self._step, self._in_s, self._up_s, self._in, self._up = [], [], [], [], [], []
-        self._noise, self._interval = [], []
+        self._noise, self._interval, self._in_noise = [], [], []
 
     @staticmethod
     def _idx(k) -> Tensor:
@@ -207,9 +227,10 @@ class Rows:
             raise ValueError("an update row refers to the output of a call that is not yet known")
         self._up.append((k, j, self._values(c, k)))
 
-    def noise(self, k, c, a=None, b=None):
+    def noise(self, k, c, a=None, b=None, input=0.0):
         k = self._idx(k)
         self._noise.append((k, self._values(c, k)))
+        self._in_noise.append((k, self._values(input, k)))
         if (a is None) != (b is None):
             raise ValueError("a noise interval needs both ends a and b")
         if a is not None:
@@ -259,6 +280,7 @@ class Rows:
             update_noise=self._vector(self._noise, 0.0),
             meta=meta or {},
             noise_interval=self._intervals(),
+            input_noise=self._vector(self._in_noise, 0.0),
         )
 
     def _intervals(self) -> Tensor | None:

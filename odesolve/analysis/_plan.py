@@ -91,6 +91,8 @@ class PlanStructure:
             "up_s": f(p.update_state),
             "up_h": f(p.update_hist),
             "times": f(p.times),
+            "in_xi": f(p.input_noise),
+            "up_xi": f(p.update_noise),
         }
 
     @cached_property
@@ -140,9 +142,10 @@ class PlanStructure:
             used |= self.reads[k]
         return sorted(used)
 
-    def run(self, k0: int, k1: int, s, hist: dict, model: Callable[[int, object], object]):
+    def run(self, k0: int, k1: int, s, hist: dict, model: Callable[[int, object], object], xi=None):
         """Execute rows ``k0 <= k < k1`` from state ``s`` with earlier outputs ``hist`` (call -> value);
-        ``model(k, X_k)`` returns ``F_k``. Returns the new state and ``hist`` extended by F_k."""
+        ``model(k, X_k)`` returns ``F_k``; ``xi(k)`` the normal of a noisy call (None: the noise terms
+        are left out, the plan's mean). Returns the new state and ``hist`` extended by F_k."""
         r = self.rows
         W = r["up_h"].shape[1]
         hist = dict(hist)
@@ -152,12 +155,17 @@ class PlanStructure:
                 c = r["in_h"][k, j]
                 if c != 0:
                     X = X + c * hist[k - j]
+            z = xi(k) if xi is not None and (r["in_xi"][k] != 0 or r["up_xi"][k] != 0) else None
+            if z is not None and r["in_xi"][k] != 0:
+                X = X + r["in_xi"][k] * z
             hist[k] = model(k, X)
             s_new = s * r["up_s"][k] if r["up_s"][k] != 1 else s
             for j in range(W):
                 c = r["up_h"][k, j]
                 if c != 0:
                     s_new = s_new + c * hist[k - j]
+            if z is not None and r["up_xi"][k] != 0:
+                s_new = s_new + r["up_xi"][k] * z
             s = s_new
         return s, hist
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import difflib
 
-from . import ancestral, classical, exponential_multistep, exponential_rk, stochastic
+from . import (
+    ancestral,
+    classical,
+    exponential_multistep,
+    exponential_rk,
+    extended_reverse_sde,
+    noise_jumps,
+    stochastic,
+    stochastic_adams,
+)
 from .base import Method, chi, phi
 from .classical import FixedAdams, RungeKutta
 from .exponential_multistep import BH1, HALF_SECOND_DIFFERENCE, MIDPOINT, ExponentialMultistep, Weight
@@ -94,7 +103,15 @@ def get(name: str | Method) -> Method:
         raise ValueError(f"method {name!r} is not registered{hint} (odesolve.methods.names() lists all)") from None
 
 
-for _m in (*exponential_rk.TABLES, *exponential_multistep.TABLES, *classical.TABLES, *stochastic.TABLES):
+for _m in (
+    *exponential_rk.TABLES,
+    *exponential_multistep.TABLES,
+    *classical.TABLES,
+    *stochastic.TABLES,
+    *stochastic_adams.TABLES,
+    *extended_reverse_sde.TABLES,
+    *noise_jumps.TABLES,
+):
     register(_m)
 for _m in ancestral.TABLES:  # stochastic tables built on deterministic ones (ancestral, multistep SDE)
     register(_m)

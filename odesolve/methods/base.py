@@ -164,7 +164,16 @@ class Method:
 
 def _copy(plan: Plan) -> Plan:
     """A plan with its own tensors: a cached plan must not be edited through a returned one."""
-    fields = ("times", "step", "input_state", "input_hist", "update_state", "update_hist", "update_noise")
+    fields = (
+        "times",
+        "step",
+        "input_state",
+        "input_hist",
+        "update_state",
+        "update_hist",
+        "update_noise",
+        "input_noise",
+    )
     copies = {f: getattr(plan, f).clone() for f in fields}
     if plan.noise_interval is not None:
         copies["noise_interval"] = plan.noise_interval.clone()

@@ -11,7 +11,9 @@ not 1/2. Every table below makes one model call per step, keeps x0 in the buffer
 time): driven by one Brownian path, the same seed follows the same path on any grid.
 
 A stochastic table declares ``stochastic = True``, ``strong_order`` and ``weak_order`` (its
-``order`` is the weak order); tests/sde measures both on the exact Gaussian toy.
+``order`` is the weak order); tests/sde measures both on the exact Gaussian toy. A sampler that
+does not converge to the exact law under refinement declares ``weak_order = 0`` (and ``order = 1``,
+the least order a table can have).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ class _Stochastic(Method):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.weak_order != self.order:
+        if self.weak_order != self.order and not (self.weak_order == 0 and self.order == 1):
             raise ValueError(f"{self.name}: order must be the weak order {self.weak_order}, got {self.order}")
-        check_real(self.strong_order, "strong_order", 0.0, lo_open=True)
+        check_real(self.strong_order, "strong_order", 0.0, lo_open=self.weak_order != 0)
         object.__setattr__(self, "eta", check_real(self.eta, "eta", 0.0))
 
     def _option_eta(self, eta) -> float:
@@ -205,6 +207,64 @@ class EulerMaruyama(_Stochastic):
         return rows
 
 
+@table
+class LangevinPC(_Stochastic):
+    """The predictor-corrector sampler of Song et al. (Score-SDE, ICLR 2021, Alg. 2 and 3): at each
+    grid time t_n a Langevin corrector step, then the reverse-diffusion predictor to t_{n+1}. With
+    the forward step from t_{n+1} to t_n written ``x_n = a x_{n+1} + G z`` (``a = alpha_n/alpha_{n+1}``,
+    ``G^2 = sigma_n^2 - a^2 sigma_{n+1}^2``: VE's ``sigma_n^2 - sigma_{n+1}^2``, VP's ``beta_n``) and the
+    score ``s = (alpha D - x)/sigma^2``:
+
+        corrector  x <- x + eps s(x, t_n) + sqrt(2 eps) z,   eps = 2 a^2 (snr sigma_n)^2,
+        predictor  x_{n+1} = (2 - a) x + G^2 s(x, t_n) + G xi.
+
+    The paper's step size is ``eps = 2 alpha_i (snr ||z|| / ||s||)^2`` with norms averaged over the
+    batch (sample i then depends on the others); here ``||z|| / ||s||`` takes its value for
+    noise-dominated inputs, ``sigma_n`` (``||z|| ~ sqrt(d)``, ``||s|| ~ sqrt(d)/sigma``), so each sample
+    depends on its own noise only. A step to sigma = 0 returns the predictor's mean (the paper's
+    final denoising). Undefined at an alpha = 0 start (a = 0): refused.
+
+    Order: the corrector's step does not shrink with the grid, so N steps make N Langevin steps of a
+    fixed size, whose bias (relative variance error ``snr^2 sigma^2 / Var_t`` on a Gaussian) does not
+    vanish under refinement: the sampler does not converge to the exact law (weak and strong order
+    0, declared as such; the error floor is measured in tests/sde). The predictor alone is the
+    reverse diffusion's Euler step (order 1)."""
+
+    snr: float = 0.16
+    variable = "t"
+    options = ("snr",)
+
+    @property
+    def calls_per_step(self) -> int:
+        return 2
+
+    def _rows(self, g, snr=None) -> Rows:
+        snr = self.snr if snr is None else check_real(snr, "snr", 0.0)
+        if g.alpha_zero_start:
+            raise ValueError(
+                f"grid starts at alpha = 0 (zero terminal SNR), where {self.name!r} is undefined (its "
+                "predictor divides by alpha); use 'ddpm' or 'dpmpp-2m-sde'"
+            )
+        N = g.steps
+        n = torch.arange(N)
+        la0, la1, ls0, ls1 = g.log_alpha[:-1], g.log_alpha[1:], g.log_sigma[:-1], g.log_sigma[1:]
+        a = torch.exp(la0 - la1)
+        s0 = torch.exp(ls0)
+        G2 = s0**2 - torch.exp(2 * (la0 - la1 + ls1))  # sigma_n^2 - a^2 sigma_{n+1}^2
+        e = 2 * a**2 * snr**2  # eps / sigma_n^2
+        rows = Rows(2 * N)
+        rows.call(2 * n, n, g.t[:-1])
+        rows.call(2 * n + 1, n, g.t[:-1])
+        rows.update_state(2 * n, 1 - e)
+        rows.update(2 * n, 2 * n, e * torch.exp(la0))
+        rows.update_state(2 * n + 1, 2 - a - G2 / s0**2)
+        rows.update(2 * n + 1, 2 * n + 1, G2 / s0**2 * torch.exp(la0))
+        if snr > 0:
+            rows.noise(2 * n, torch.sqrt(2 * e) * s0)  # an independent normal: Langevin's own noise
+        rows.noise(2 * n + 1, torch.where(g.sigma_zero_end, torch.zeros_like(G2), torch.sqrt(G2)), g.t[:-1], g.t[1:])
+        return rows
+
+
 DDPM = ExponentialSDE(
     "ddpm",
     order=1,
@@ -252,7 +312,16 @@ EULER_MARUYAMA = EulerMaruyama(
     paper="Song et al., Score-SDE, ICLR 2021 (reverse diffusion); Maruyama 1955",
 )
 
-TABLES = [DDPM, DPMPP_2M_SDE, DPMPP_2M_SDE_HEUN, SDE_DPM_SOLVER_1, EULER_MARUYAMA]
+SCORE_SDE_PC = LangevinPC(
+    "score-sde-pc",
+    order=1,
+    strong_order=0.0,
+    weak_order=0,
+    paper="Song et al., Score-SDE, ICLR 2021, Alg. 2-3 (reverse diffusion + Langevin, snr = 0.16); "
+    "does not converge under refinement (weak order 0)",
+)
+
+TABLES = [DDPM, DPMPP_2M_SDE, DPMPP_2M_SDE_HEUN, SDE_DPM_SOLVER_1, EULER_MARUYAMA, SCORE_SDE_PC]
 # Euler ancestral is DDIM with eta for every eta (see ExponentialSDE): the same table under its name
 ALIASED = [
     (

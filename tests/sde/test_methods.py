@@ -30,14 +30,30 @@ MIXTURE = GaussianMixture(
 )
 
 
+# (weak order, strong order) as declared; tests/sde/test_orders.py measures them
+ORDERS = {
+    "ddpm": (1, 1.0),
+    "dpmpp-2m-sde": (2, 1.0),
+    "dpmpp-2m-sde-heun": (2, 1.0),
+    "sde-dpm-solver-1": (1, 1.0),
+    "euler-maruyama": (1, 1.0),
+    "score-sde-pc": (0, 0.0),
+    "sa-solver": (2, 1.0),
+    "er-sde-1": (1, 1.0),
+    "er-sde-2": (2, 1.0),
+    "er-sde-3": (2, 1.0),
+    "edm-sde": (2, 1.0),
+    "restart": (2, 2.0),
+}
+
+
 def test_the_stochastic_tables_are_registered_with_their_orders():
-    mine = [t.name for t in ods.methods.stochastic.TABLES]  # (odesolve.methods.ancestral: tests/sde/test_ancestral.py)
-    assert set(mine) == {"ddpm", "dpmpp-2m-sde", "dpmpp-2m-sde-heun", "sde-dpm-solver-1", "euler-maruyama"}
-    assert set(mine) <= set(STOCHASTIC)
+    ancestral = {t.name for t in ods.methods.ancestral.TABLES if t.stochastic}  # tests/sde/test_ancestral.py
+    assert set(STOCHASTIC) == set(ORDERS) | ancestral
     assert ods.methods.aliases()["euler-ancestral"] == "ddpm"
-    for name in mine:
+    for name in ORDERS:
         m = ods.methods.get(name)
-        assert m.order == m.weak_order == (2 if "2m" in name else 1) and m.strong_order == 1.0 and m.paper
+        assert (m.weak_order, m.strong_order) == ORDERS[name] and m.order == max(m.weak_order, 1) and m.paper
         assert m.compile(EDM, G.karras(EDM, 5)).stochastic
     with pytest.raises(ValueError, match="order must be the weak order"):
         ods.methods.stochastic.ExponentialSDE("x", order=1, weak_order=2, paper="x")
@@ -148,6 +164,60 @@ def test_euler_maruyama_is_the_reverse_sde_euler_step():
     assert torch.equal(plan.noise_interval, torch.stack([grid.t[:-1], grid.t[1:]], 1))
 
 
+def test_euler_maruyama_covers_ve():
+    """On the VE (EDM) path sigma = t, alpha = 1: f = 0, g^2 = d sigma^2/dt = 2t, so
+    x_{n+1} = x_n + dt (2/t) (x_n - x0) + sqrt(2 t |dt|) z (Song et al.'s VE reverse diffusion, Euler step)."""
+    grid = G.karras(EDM, 7, sigma_min=0.05, sigma_max=20.0, to_zero=False)
+    plan = ods.methods.get("euler-maruyama").compile(EDM, grid)
+    t, dt = grid.t[:-1], grid.t[1:] - grid.t[:-1]
+    assert torch.allclose(plan.update_state, 1 + 2 * dt / t, rtol=1e-12)
+    assert torch.allclose(plan.update_hist[:, 0], -2 * dt / t, rtol=1e-12)
+    assert torch.allclose(plan.update_noise, torch.sqrt(2 * t * dt.abs()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_input_noise_enters_the_input_and_the_update_with_the_same_xi(grad):
+    """Plan.input_noise: call k's input is input_state s + input_noise xi_k and its update adds
+    update_noise xi_k, one xi_k (with gradients and without)."""
+    grid = G.karras(EDM, 2, sigma_min=0.5, sigma_max=2.0, to_zero=False)
+    rows = Rows(2)
+    rows.call([0, 1], [0, 1], grid.t[:-1])
+    rows.input_state(0, 0.5)
+    rows.update_state([0, 1], 0.9)
+    rows.update(1, 0, 0.25)
+    rows.noise([0, 1], [0.3, 0.2], grid.t[:-1], grid.t[1:], input=[0.7, 0.0])
+    plan = rows.plan("jump", EDM, grid, "x0")
+    assert plan.stochastic and plan.input_noise.tolist() == [0.7, 0.0]
+    seen = []
+    model = ods.Model(lambda x, t: (seen.append(x.detach().clone()), 2 * x)[1], EDM, "x0")
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(grad)
+    src = N.BrownianPaths(range(3))
+    out = ods.execute(plan, model, x, noise=src)
+    xi = [src.standard_normal(k, (float(grid.t[k]), float(grid.t[k + 1])), x.shape) for k in range(2)]
+    X0 = 0.5 * x.detach() + 0.7 * xi[0]
+    s1 = 0.9 * x.detach() + 0.3 * xi[0]
+    assert torch.allclose(seen[0], X0, rtol=1e-14) and torch.allclose(seen[1], s1, rtol=1e-14)
+    want = 0.9 * s1 + 0.25 * 2 * X0 + 0.2 * xi[1]
+    assert torch.allclose(out.detach(), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_the_reference_interpreter_agrees_with_the_executor_on_noisy_plans(name):
+    """odesolve.analysis's interpreter over plain numbers, given the executor's normals, reproduces
+    its samples: input and update noise read the same way in both."""
+    from odesolve.analysis._plan import structure
+
+    grid = G.karras(EDM, 6, sigma_min=0.05, sigma_max=20.0)
+    plan = ods.methods.get(name).compile(EDM, grid)
+    model = MIXTURE.model(EDM, plan.prediction)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 20
+    src = N.PerSampleNormal(range(3))
+    got = ods.execute(plan, model, x, noise=src)
+    F = lambda k, X: model(X, plan.times[k].expand(3))
+    want, _ = structure(plan).run(0, plan.calls, x, {}, F, xi=lambda k: src.standard_normal(k, None, x.shape))
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 # -- k-diffusion: same noise in, same samples out -------------------------------------------------------
 
 
@@ -206,7 +276,7 @@ def test_zero_terminal_snr_start_and_the_step_to_sigma_zero(name):
     x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     model = MIXTURE.model(ZSNR, "x0")
     src = N.BrownianPaths(range(6))
-    if name in ("euler-maruyama", "sde-dpm-solver-1") or ods.methods.get(name).prediction == "eps":  # refused
+    if name in ("euler-maruyama", "sde-dpm-solver-1", "score-sde-pc") or ods.methods.get(name).prediction == "eps":
         with pytest.raises(ValueError, match="alpha = 0"):
             ods.sample(model, x, grid, method=name, noise=src)
         grid = G.discrete(DISCRETE, 8, spacing="trailing")
@@ -216,10 +286,13 @@ def test_zero_terminal_snr_start_and_the_step_to_sigma_zero(name):
         return
     out, traj = ods.sample(model, x, grid, method=name, noise=src, return_trajectory=True)
     assert bool(torch.isfinite(traj).all())
-    xi = src.standard_normal(0, (float(grid.t[0]), float(grid.t[1])), x.shape)
     a1, s1 = ZSNR.alpha(grid.t[1]), ZSNR.sigma(grid.t[1])
-    assert torch.allclose(traj[1], a1 * model.x0(x, grid.t[0]) + s1 * xi, rtol=1e-12, atol=1e-12)
     assert float(ZSNR.sigma(grid.t[-1])) == 0.0
+    if name in ("edm-sde", "restart"):  # Heun's first step from rho = inf is the Euler (DDIM) step, no churn
+        assert torch.allclose(traj[1], a1 * model.x0(x, grid.t[0]) + s1 * x, rtol=1e-12, atol=1e-12)
+        return
+    xi = src.standard_normal(0, (float(grid.t[0]), float(grid.t[1])), x.shape)
+    assert torch.allclose(traj[1], a1 * model.x0(x, grid.t[0]) + s1 * xi, rtol=1e-12, atol=1e-12)
     assert torch.allclose(out, ZSNR.alpha(grid.t[-1]) * model.x0(traj[-2], grid.t[-2]), rtol=1e-12, atol=1e-12)
 
 
