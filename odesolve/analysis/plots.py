@@ -17,6 +17,7 @@ __all__ = [
     "plot_stability_regions",
     "plot_trajectories",
     "save",
+    "svg",
 ]
 
 
@@ -32,6 +33,23 @@ def save(fig, path, dpi: int = 100) -> str:
     """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise); returns the path."""
     fig.savefig(str(path), dpi=dpi)
     return str(path)
+
+
+def svg(fig) -> str:
+    """``fig`` as an inline SVG string (text kept as text, no XML header), ready to print into an HTML page.
+
+    The docs print it from a ``python exec="on" html="true"`` block, so that each lesson's figure is drawn
+    by the lesson's own code when the site is built.
+    """
+    import io
+
+    from matplotlib import rc_context
+
+    buf = io.StringIO()
+    with rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
 
 
 def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequence[int] = (1, 2, 3, 4)):
