@@ -1,6 +1,6 @@
 """k-diffusion style sampler functions for every registered method, generated from the registry.
 
-For each name in :func:`odesolve.methods.names` (``-`` replaced by ``_``) this module offers
+For each name in [`odesolve.methods.names`][odesolve.methods.names] (``-`` replaced by ``_``) this module offers
 
     sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)
 

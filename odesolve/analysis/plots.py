@@ -1,6 +1,6 @@
 """Figures of the analysis (matplotlib is imported inside each function, never at import time).
 
-Every function returns a :class:`matplotlib.figure.Figure` built with the object-oriented API (no
+Every function returns a `matplotlib.figure.Figure` built with the object-oriented API (no
 pyplot, no global backend change), so it works headless: ``fig.savefig("x.png")``.
 """
 
@@ -53,7 +53,7 @@ def svg(fig) -> str:
 
 
 def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequence[int] = (1, 2, 3, 4)):
-    """Error against NFE (log-log) for :class:`~odesolve.analysis.convergence.ConvergenceResult` s, with
+    """Error against NFE (log-log) for [`ConvergenceResult`][odesolve.analysis.convergence.ConvergenceResult] s, with
     the fitted points marked and reference slopes."""
     fig = _figure()
     ax = fig.add_subplot()
@@ -119,7 +119,7 @@ def plot_stability_regions(
 
 def plot_local_errors(profiles: Sequence, title: str | None = None):
     """Local truncation errors (solid) and their propagated contributions to the global error
-    (dashed) per step, for :class:`~odesolve.analysis.truncation.LocalErrors` profiles."""
+    (dashed) per step, for [`LocalErrors`][odesolve.analysis.truncation.LocalErrors] profiles."""
     fig = _figure()
     ax = fig.add_subplot()
     for i, p in enumerate(profiles):
@@ -182,7 +182,7 @@ def plot_trajectories(
 
 def plot_guidance(results: Sequence, title: str | None = None):
     """mu_w per step (most negative direction) and the steps that are unstable, for
-    :class:`~odesolve.analysis.stability.GuidanceStability` results."""
+    [`GuidanceStability`][odesolve.analysis.stability.GuidanceStability] results."""
     fig = _figure((6.5, 4.2))
     ax = fig.add_subplot()
     for i, g in enumerate(results):

@@ -4,9 +4,9 @@ and its stability interval, as one table, PNG figures and a Markdown report.
 For each method:
 
 - **declared**: ``method.order``;
-- **derived**: :func:`~odesolve.analysis.numeric.numeric_order` (polynomial and linear test models
+- **derived**: [`numeric_order`][odesolve.analysis.numeric.numeric_order] (polynomial and linear test models
   pushed through the plan on a refinement family; random step ratios, or random smooth grids for
-  equal-step tables), and **symbolic**: :func:`~odesolve.analysis.symbolic.derive` where the table
+  equal-step tables), and **symbolic**: [`derive`][odesolve.analysis.symbolic.derive] where the table
   has a closed form;
 - **measured**: the least-squares slope of error against NFE on the problem (Karras grids,
   sigma 1 -> 0.1, float64 states and exact model, DOP853 reference);
@@ -15,8 +15,8 @@ For each method:
 - **mu* (h)**: the stability interval on the lambda test (most negative stable mu of an interior step,
   uniform lambda-grid with step h; DDIM: -2/(e^h - 1)).
 
-Use from Python with :func:`run_report`, or from the command line (``odesolve report``,
-:mod:`odesolve.commands.report`).
+Use from Python with [`run_report`][odesolve.analysis.report.run_report], or from the command line (``odesolve report``,
+`odesolve.commands.report`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``odesolve report``: every method's declared, derived and measured order, its error at a few NFE
 and its stability interval, as one table, PNG figures and a Markdown report in ``--out``.
 
-The work is :func:`odesolve.analysis.report.run_report`; this module parses and checks the
+The work is [`odesolve.analysis.report.run_report`][odesolve.analysis.report.run_report]; this module parses and checks
+the
 arguments (before the minutes of analysis start) and prints the table.
 """
 

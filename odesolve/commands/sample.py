@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def make_grid(path, steps: int, kind: str = "trailing"):
-    """The grid ``kind`` (one of :data:`GRIDS`) with ``steps`` steps on a discrete VP ``path``,
+    """The grid ``kind`` (one of [`GRIDS`][odesolve.commands.sample.GRIDS]) with ``steps`` steps on a discrete VP
+    ``path``,
     from its noise end to t = -1 (sigma = 0)."""
     from .. import grids
     from ..toy import reference
