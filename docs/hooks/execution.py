@@ -1,8 +1,9 @@
-"""MkDocs hook: CPU time of the execution of each page's code blocks.
+"""MkDocs hook: the CPU time that each page's code blocks take.
 
 markdown-exec runs a page's ``python exec="on"`` blocks while the page's Markdown is converted, i.e.
-between ``on_page_markdown`` and ``on_page_content``. This hook measures the CPU time of that interval per page (wall time means little on a shared machine) and, when
-``ODESOLVE_DOCS_TIMINGS`` names a file, writes ``{page: seconds}`` there as JSON (the docs tests read it).
+between ``on_page_markdown`` and ``on_page_content``. This hook measures the CPU time of that interval
+per page (wall time means little on a shared machine) and, when ``ODESOLVE_DOCS_TIMINGS`` names a file,
+writes ``{page: seconds}`` there as JSON (the docs tests read it).
 """
 
 import json
