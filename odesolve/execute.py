@@ -12,8 +12,7 @@ keyed on the plan's content, and [`sample`][odesolve.execute.sample] keys it on 
 on, so a repeated ``sample`` on the same grid and method compiles and prepares nothing.
 
 [`Program.steps`][odesolve.execute.Program.steps] is the interpreter: a generator that yields the input of each model
-call and
-receives the model's raw output. Every driver drives it one call at a time::
+call and receives the model's raw output. Every driver drives it one call at a time::
 
     run = program.steps(x, generator)            # x: the state at grid.t[0]
     k, X, t, end = next(run)                      # the input of call 0
@@ -35,8 +34,7 @@ receives the model's raw output. Every driver drives it one call at a time::
   ValueError naming the call) and checked for NaN/Inf: at once on CPU, after the last call on
   other devices (no synchronisation per call); [`NonFiniteError`][odesolve.execute.NonFiniteError] names the call.
 - Noise: call ``k`` adds ``update_noise[k] * xi_k``, drawn in [`standard_normal`][odesolve.execute.standard_normal],
-  the one
-  place noise is drawn: from ``noise`` (an [`odesolve.noise`][odesolve.noise] source: per sample, keyed by
+  the one place noise is drawn: from ``noise`` (an [`odesolve.noise`][odesolve.noise] source: per sample, keyed by
   seeds; a Brownian source answers the call's ``plan.noise_interval``), else from ``generator``
   (torch's stream; independent normals, refused for a plan whose noise intervals overlap).
 

@@ -8,8 +8,7 @@ does not depend on the batch size, its position in the batch or the number of pr
 - [`PerSampleNormal`][odesolve.noise.PerSampleNormal]: independent standard normals per call, keyed by (seed, call
   index).
 - [`BrownianPaths`][odesolve.noise.BrownianPaths]: one two-sided Brownian motion ``W: R -> R^d`` per sample (``W(0) =
-  0``),
-  a deterministic function of (seed, time): it answers any increment ``W(t) - W(s)`` the same
+  0``), a deterministic function of (seed, time): it answers any increment ``W(t) - W(s)`` the same
   whatever order and resolution the grid queries it in, so the same seed at 10 and at 40 steps
   follows the same path. For a call whose plan names its Brownian interval (``plan.noise_interval``)
   the source answers ``xi_k = (W(b) - W(a)) / sqrt(|b - a|)``; a call without an interval gets an

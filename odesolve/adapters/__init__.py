@@ -7,8 +7,7 @@
   scheduler backed by a compiled plan (``pipe.scheduler = OdesolveScheduler.from_config(...)``);
   a package with one module per concern (config, families, timesteps, grids, model, scheduler).
 - [`odesolve.adapters.kdiffusion`][odesolve.adapters.kdiffusion]: k-diffusion style functions ``sample_<name>(model, x,
-  sigmas,
-  extra_args=None, callback=None, disable=None)`` for every registered method, generated from the
+  sigmas, extra_args=None, callback=None, disable=None)`` for every registered method, generated from the
   registry.
 
 Neither is imported by ``import odesolve``; ``diffusers`` is needed only by the first.

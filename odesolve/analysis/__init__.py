@@ -4,8 +4,7 @@ Everything works on compiled plans (or on tables, compiled for you), so a new me
 being registered:
 
 - order, derived numerically: [`numeric_order`][odesolve.analysis.numeric.numeric_order] (polynomial-in-time and linear
-  test models pushed
-  through the plan on refinement families; the warm-up rule ``min(p_int + 1, p_b + 2)``),
+  test models pushed through the plan on refinement families; the warm-up rule ``min(p_int + 1, p_b + 2)``),
   [`polynomial_errors`][odesolve.analysis.numeric.polynomial_errors],
   [`step_exactness`][odesolve.analysis.numeric.step_exactness]; and symbolically:
   [`derive`][odesolve.analysis.symbolic.derive] (closed-form

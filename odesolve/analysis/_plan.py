@@ -3,8 +3,7 @@ structure of a plan (which calls belong to which grid step, which earlier output
 and the reference interpreter of plan rows over plain numbers (numpy arrays, complex and sympy
 values) that the linear analyses (stability, truncation error) use. It is the only interpreter
 besides the executor's ([`odesolve.execute.Program.steps`][odesolve.execute.Program.steps]), and the tests check that
-the two
-agree.
+the two agree.
 
 The interpreter follows the semantics in the docstring of [`odesolve.plan`][odesolve.plan] exactly:
 

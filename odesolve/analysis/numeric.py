@@ -43,8 +43,7 @@ next step (UniPC in PEC mode) has defects that telescope between neighbouring st
 per-step degree of the corrected state is the one that counts.
 
 Both refinements are asymptotic statements about sums, so [`numeric_order`][odesolve.analysis.numeric.numeric_order]
-measures the rule
-on the sum itself: for each degree d it computes the *global* error of the whole plan on ``m_d``
+measures the rule on the sum itself: for each degree d it computes the *global* error of the whole plan on ``m_d``
 along a refinement family ([`families`][odesolve.analysis.families]). The error is 0 (to a round-off
 tolerance computed from the magnitudes of the plan's coefficients: the same plan run with absolute
 values) when every step is exact at degree d; otherwise it decays like ``N^-d`` when interior

@@ -2,8 +2,7 @@
 
 A `Problem` (of `odesolve.toy.problems`) is a distribution with a
 path and a noise range; an [`InitialValueProblem`][odesolve.analysis.problems.InitialValueProblem] is what a
-convergence study integrates: a
-distribution whose exact model is ``distribution.model(path, prediction)``
+convergence study integrates: a distribution whose exact model is ``distribution.model(path, prediction)``
 (anything with that method: [`odesolve.toy.GaussianMixture`][odesolve.toy.gmm.GaussianMixture], a user's own), a path,
 the noise
 levels ``sigma_start > sigma_end`` between which the probability-flow ODE is integrated, float64

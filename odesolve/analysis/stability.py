@@ -20,8 +20,7 @@ lambda test sees ``eps = (1 - mu) x / sigma``; an x0-plan on the rho test sees
 ``x0 = (1 + rho mu) x / alpha``). The plan is linear in its state, so one step maps the vector
 ``z_n = (scaled state, scaled earlier outputs still needed)`` to ``z_{n+1} = M_n(mu) z_n``.
 [`step_matrices`][odesolve.analysis.stability.step_matrices] builds ``M_n`` by running the plan's rows (via the row
-interpreter of
-``analysis._plan``) on the basis vectors, for many ``mu`` at once. The scaling (``y = x / sigma``
+interpreter of ``analysis._plan``) on the basis vectors, for many ``mu`` at once. The scaling (``y = x / sigma``
 and the outputs as ``e^lambda x0``, or ``xbar = x / alpha`` and the outputs as they are) makes
 ``M_n`` the same for every interior step of a uniform grid: singlestep plans give a 1x1 matrix, the
 stability function ``R(mu, h)``; multistep plans a companion-like matrix whose spectral radius

@@ -2,8 +2,7 @@
 and its stability interval, as one table, PNG figures and a Markdown report in ``--out``.
 
 The work is [`odesolve.analysis.report.run_report`][odesolve.analysis.report.run_report]; this module parses and checks
-the
-arguments (before the minutes of analysis start) and prints the table.
+the arguments (before the minutes of analysis start) and prints the table.
 """
 
 from __future__ import annotations

@@ -5,13 +5,11 @@ for ``p`` at the last time of the grid (``p_{sigma_min} = p_0 * N(0, sigma_min^2
 right target for a sampler that stops at ``sigma_min > 0``.
 
 - [`endpoint_error`][odesolve.toy.metrics.endpoint_error]: RMSE ``sqrt(mean_i |x_i - x*_i|^2 / d)`` of samples against
-  reference end
-  points from the same starting points, the median of the per-sample RMS error, and the rate at which
+  reference end points from the same starting points, the median of the per-sample RMS error, and the rate at which
   a sample lands in the same mode (most responsible component) as its reference;
 - [`nll`][odesolve.toy.metrics.nll]: exact mean negative log-likelihood ``-mean_i log p(x_i)`` (cross-entropy);
 - [`sliced_w2`][odesolve.toy.metrics.sliced_w2]: sliced Wasserstein-2 distance between two sample sets (Rabin et al.
-  2011;
-  Bonneel et al. 2015) over a fixed number of random directions;
+  2011; Bonneel et al. 2015) over a fixed number of random directions;
 - [`mode_coverage`][odesolve.toy.metrics.mode_coverage]: the histogram of most-responsible components and its
   total-variation
   distance ``(1/2) sum_k |hat pi_k - pi_k|`` from the weights.

@@ -40,8 +40,7 @@ Self-check: the problem is solved at ``(rtol, atol)`` and at ``(100 rtol, 100 at
 solution's error is about 100 times the tighter one's, so ``|x - x_loose|`` is a conservative
 estimate of the reference's error. ``check="raise"`` (default) raises
 [`ReferenceAccuracyError`][odesolve.toy.reference.ReferenceAccuracyError] where it exceeds ``1e4 (atol + rtol max|x|)``
-(100 times the loose
-tolerance; scipy controls the RMS error over the batch, so single entries may exceed the
+(100 times the loose tolerance; scipy controls the RMS error over the batch, so single entries may exceed the
 tolerance itself), ``"warn"`` warns, ``"off"`` skips the second solve.
 """
 
@@ -319,8 +318,7 @@ def solve_by_halving(
 
     Where [`solve`][odesolve.toy.reference.solve] adapts its steps to 1e-12 (right for exact float64 models), a float32
     network is solved on [`halving_grid`][odesolve.toy.reference.halving_grid] with ``steps`` steps of ``method``
-    (default
-    DPM-Solver-3, third order: ``3 (steps - 1) + 1`` model calls) in float64 state, and again with
+    (default DPM-Solver-3, third order: ``3 (steps - 1) + 1`` model calls) in float64 state, and again with
     ``steps // 2`` steps. The largest difference between the two over all entries must be below
     ``tol`` (in the data's units; ``digits`` has grey levels 0.125 apart), else
     [`ReferenceAccuracyError`][odesolve.toy.reference.ReferenceAccuracyError]; for a third-order method the fine

@@ -231,8 +231,7 @@ def load(name: str = "digits", device=None, dtype: torch.dtype | None = None) ->
     (default float32; bfloat16 and float16 work too, the state is then kept in float32 by the executor).
 
     ``model.fn`` is a [`ZooDenoiser`][odesolve.toy.zoo.ZooDenoiser]; ``model.fn.network`` the bare network. Times are
-    embedded
-    in float32. Wrap calls in ``torch.inference_mode()`` when no gradients are needed.
+    embedded in float32. Wrap calls in ``torch.inference_mode()`` when no gradients are needed.
     """
     ck = _checkpoint(_check_name(name))
     return Model(

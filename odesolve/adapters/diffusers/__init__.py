@@ -16,12 +16,12 @@ EDM (``sigma_data``)          ``EDM`` (x = x0 + sigma eps)     EDM preconditioni
 ============================= ================================ ======================== ==================
 
 [`model_from_diffusers`][odesolve.adapters.diffusers.model.model_from_diffusers] wraps a network called as
-``net(sample, timestep, **kwargs).sample``
-(UNet2DModel, UNet2DConditionModel, the transformer models) as an [`odesolve.Model`][odesolve.models.Model].
+``net(sample, timestep, **kwargs).sample`` (UNet2DModel, UNet2DConditionModel, the transformer models) as an
+[`odesolve.Model`][odesolve.models.Model].
 
 [`OdesolveScheduler`][odesolve.adapters.diffusers.scheduler.OdesolveScheduler] is a diffusers scheduler
-(``SchedulerMixin`` + ``ConfigMixin``) that runs
-any registered method: ``pipe.scheduler = OdesolveScheduler.from_config(pipe.scheduler.config,
+(``SchedulerMixin`` + ``ConfigMixin``) that runs any registered method: ``pipe.scheduler =
+OdesolveScheduler.from_config(pipe.scheduler.config,
 method="unipc-bh2-3")``. A diffusers pipeline calls ``step()`` once per model call, so
 ``timesteps`` has one entry per row of the compiled plan and ``step()`` applies that row. The
 time grid follows ``DPMSolverMultistepScheduler``'s conventions for the same config

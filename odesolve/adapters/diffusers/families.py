@@ -1,8 +1,7 @@
 """Model families: what a diffusers scheduler config says about the network it was trained with.
 
 One small class per family, registered in `FAMILIES`; [`family_for`][odesolve.adapters.diffusers.families.family_for]
-picks the one a
-config describes (by its scheduler class name when it has one, else by its fields) and checks the
+picks the one a config describes (by its scheduler class name when it has one, else by its fields) and checks the
 config against it. A family knows
 
 - the path and the prediction type of the network (`Family.path`,

@@ -2,8 +2,7 @@
 
 A diffusers pipeline calls ``step()`` once per model call, so ``timesteps`` has one entry per row
 of the compiled plan. The rows are interpreted by [`odesolve.execute.Program.steps`][odesolve.execute.Program.steps],
-the one
-interpreter: the first ``step`` of a run prepares the plan's program for the sample's shape, dtype
+the one interpreter: the first ``step`` of a run prepares the plan's program for the sample's shape, dtype
 and device ([`odesolve.execute.prepare`][odesolve.execute.prepare], cached) and starts it from the sample; every
 ``step`` sends the network's output into it and returns a copy of the next model input it
 yields, in the sample's dtype.

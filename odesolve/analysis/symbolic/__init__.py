@@ -1,8 +1,8 @@
 r"""Symbolic analysis of method tables: [`derive`][odesolve.analysis.symbolic.derive].
 
 - **Exponential Adams** ([`ExponentialMultistep`][odesolve.methods.exponential_multistep.ExponentialMultistep] in
-  lambda, q nodes): the
-  coefficients in closed form as functions of the step ``h``, the node ratios ``r_m = (lambda_{n-m} -
+  lambda, q nodes): the coefficients in closed form as functions of the step ``h``, the node ratios ``r_m =
+  (lambda_{n-m} -
   lambda_n)/h`` and the phi-functions, ``c = V^{-T} w`` with ``V_{mi} = r_m^i``,
   ``w_i = i! h phi_{i+1}(zeta)`` (``zeta = -h`` for x0 prediction, ``+h`` for eps),
   the published modifications (midpoint / B(h) = h weight for two nodes, the halved second
@@ -10,8 +10,7 @@ r"""Symbolic analysis of method tables: [`derive`][odesolve.analysis.symbolic.de
   of [`numeric`][odesolve.analysis.numeric] (warm-up and corrector included). ``rho``-interpolating tables
   (``lms-k``) give variable-step Adams-Bashforth in rho, AB-k in the equal-step limit.
 - **Exponential Runge-Kutta** ([`ExponentialRK`][odesolve.methods.exponential_rk.ExponentialRK]): the stiff order
-  conditions of
-  Hochbruck & Ostermann (2005, SIAM J. Numer. Anal. 43, "Explicit exponential Runge-Kutta methods for
+  conditions of Hochbruck & Ostermann (2005, SIAM J. Numer. Anal. 43, "Explicit exponential Runge-Kutta methods for
   semilinear parabolic problems", Table 5.1; also Acta Numerica 19 (2010), Table 2.2) up to order 4,
   for ``u' = -A u + g(t, u)``. In lambda-time the x0-prediction form is ``d(x/alpha)/dlambda = -(x/alpha) + x0``
   (A = 1) and the eps-prediction form ``d(x/sigma)/dlambda = (x/sigma) - eps`` (A = -1): the linear part is a
