@@ -15,6 +15,10 @@ For each method:
 - **mu* (h)**: the stability interval on the lambda test (most negative stable mu of an interior step,
   uniform lambda-grid with step h; DDIM: -2/(e^h - 1)).
 
+The error and convergence figures are small multiples, one panel per method family
+([`method_family`][odesolve.analysis.report.method_family]), on shared axes; a method that cannot fit an NFE budget
+(fewer than two steps) has a dash in the tables and no point in the figures.
+
 Use from Python with [`run_report`][odesolve.analysis.report.run_report], or from the command line (``odesolve report``,
 `odesolve.commands.report`).
 """
