@@ -1,4 +1,4 @@
-"""``python -m odesolve``: the ``odesolve`` command (:mod:`odesolve.commands`)."""
+"""``python -m odesolve``: the ``odesolve`` command ([`odesolve.commands`][odesolve.commands])."""
 
 import sys
 

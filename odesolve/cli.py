@@ -1,4 +1,5 @@
-"""The ``odesolve`` console script (``odesolve.cli:main``); the subcommands live in :mod:`odesolve.commands`."""
+"""The ``odesolve`` console script (``odesolve.cli:main``); the subcommands live in
+[`odesolve.commands`][odesolve.commands]."""
 
 from __future__ import annotations
 

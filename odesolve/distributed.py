@@ -4,9 +4,9 @@
     odesolve.distributed.sample(model, plan, "DIR", n=50000, shape=(1, 8, 8), seed=0, batch=1024)
 
 Sample ``j`` of a job with seed ``s`` is keyed by ``key(s, j) = (s mod 2^31) * 2^32 + j``
-(:func:`sample_keys`): its initial noise is the :class:`odesolve.noise.PerSampleNormal` normal of
+(``sample_keys``): its initial noise is the ``odesolve.noise.PerSampleNormal`` normal of
 that key at call ``-1`` (no plan call has a negative index), and a stochastic plan's noise comes
-from the same key (:func:`noise_source`: independent normals per call, or Brownian paths where
+from the same key (``noise_source``: independent normals per call, or Brownian paths where
 the plan's increments overlap). So a sample depends on its index alone, never on the process or the
 position in a batch that computed it.
 
@@ -25,7 +25,7 @@ Resuming. ``DIR/manifest.json`` holds the job's settings (everything that change
 plan's coefficients and grid, model, dtype, device type, seed, ``n``, ``batch``, the torch
 version). The same command run again, with any number of processes, computes only the batches
 missing on disk; a finished job is not recomputed; settings that differ from an unfinished job's are
-refused (:class:`SettingsMismatch`), naming each difference. A finished job with other settings is
+refused (``SettingsMismatch``), naming each difference. A finished job with other settings is
 replaced. Across machines ``DIR`` must be a shared file system.
 """
 
@@ -84,8 +84,8 @@ def sample_keys(seed: int, start: int, stop: int) -> list[int]:
 
 def initial_noise(seed: int, start: int, stop: int, shape, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """The initial states ``x_T`` of samples ``start .. stop - 1``, shape ``(stop - start, *shape)``:
-    standard normals keyed by :func:`sample_keys` (the normal of call ``-1`` of
-    :class:`odesolve.noise.PerSampleNormal`), computed on ``device``."""
+    standard normals keyed by ``sample_keys`` (the normal of call ``-1`` of
+    ``odesolve.noise.PerSampleNormal``), computed on ``device``."""
     source = _noise.PerSampleNormal(sample_keys(seed, start, stop))
     return source.standard_normal(INITIAL_CALL, None, (stop - start, *shape), torch.float64, device).to(dtype)
 
@@ -219,7 +219,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What :func:`sample` did on this rank. ``samples``: the merged ``(n, *shape)`` float32 array
+    """What ``sample`` did on this rank. ``samples``: the merged ``(n, *shape)`` float32 array
     on rank 0 (``None`` elsewhere); ``computed``: the batches (``(start, stop)``) this rank computed;
     ``resumed``: batches found on disk when the job started (all of them for a finished job)."""
 

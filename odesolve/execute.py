@@ -1,18 +1,18 @@
-"""The one executor: the rows of a :class:`~odesolve.plan.Plan` (module docstring of
-:mod:`odesolve.plan`) are interpreted here and nowhere else.
+"""The one executor: the rows of a [`Plan`][odesolve.plan.Plan] (module docstring of
+[`odesolve.plan`][odesolve.plan]) are interpreted here and nowhere else.
 
-A :class:`Program` is a plan prepared for one model prediction, state shape, dtype and device:
+A [`Program`][odesolve.execute.Program] is a plan prepared for one model prediction, state shape, dtype and device:
 the coefficients cast once to the working dtype (at least float32) and read as Python numbers, the
 nonzero history terms of every row, the conversion of the model's prediction into the plan's
 buffer (``F = cx X + cf out``) folded into them: the ring of outputs holds ``F / cf = out + (cx/cf) X``,
 one op per call, and every coefficient that reads it is multiplied by ``cf``. A conversion that is
 undefined at a call (an eps model at alpha = 0 for a plan that keeps x0) is refused here, naming
-the call. :func:`prepare` returns programs from a small bounded cache
-keyed on the plan's content, and :func:`sample` keys it on what ``Method.compile`` keys its plans
+the call. [`prepare`][odesolve.execute.prepare] returns programs from a small bounded cache
+keyed on the plan's content, and [`sample`][odesolve.execute.sample] keys it on what ``Method.compile`` keys its plans
 on, so a repeated ``sample`` on the same grid and method compiles and prepares nothing.
 
-:meth:`Program.steps` is the interpreter: a generator that yields the input of each model call and
-receives the model's raw output. Every driver drives it one call at a time::
+[`Program.steps`][odesolve.execute.Program.steps] is the interpreter: a generator that yields the input of each model
+call and receives the model's raw output. Every driver drives it one call at a time::
 
     run = program.steps(x, generator)            # x: the state at grid.t[0]
     k, X, t, end = next(run)                      # the input of call 0
@@ -25,21 +25,22 @@ receives the model's raw output. Every driver drives it one call at a time::
   float64 times, shape ``(batch,)``. When ``program.plain_input[k]`` (the first call of every step
   of every registered method), ``X`` *is* the state: a driver may overwrite it before sending
   (diffusers pipelines that replace the latents, inpainting). The model must not.
-- ``end``: with ``step_ends=True``, the :class:`StepEnd` ``(step, t, x, denoised)`` of the grid
+- ``end``: with ``step_ends=True``, the [`StepEnd`][odesolve.execute.StepEnd] ``(step, t, x, denoised)`` of the grid
   step completed by the previous call (``x`` a copy of the state at ``grid.t[step + 1]``,
   ``denoised`` the data prediction of the step's last call); otherwise ``None``.
 - After the last output ``send`` yields ``(calls, x_final, None, end)``: ``x_final`` in the dtype
   of ``x``. A further ``send`` raises ``StopIteration``.
 - Each output is validated (a real floating tensor of ``x``'s shape on ``x``'s device; TypeError or
   ValueError naming the call) and checked for NaN/Inf: at once on CPU, after the last call on
-  other devices (no synchronisation per call); :class:`NonFiniteError` names the call.
+  other devices (no synchronisation per call); [`NonFiniteError`][odesolve.execute.NonFiniteError] names the call.
 - Noise: call ``k`` adds ``update_noise[k] * xi_k`` (and ``input_noise[k] * xi_k`` to its input),
-  drawn in :func:`standard_normal`, the one place noise is drawn: from ``noise`` (an
-  :mod:`odesolve.noise` source: per sample, keyed by seeds; a Brownian source answers the call's
-  ``plan.noise_interval``), else from ``generator`` (torch's stream; independent normals, refused
-  for a plan whose noise intervals overlap).
+  drawn in [`standard_normal`][odesolve.execute.standard_normal], the one place noise is drawn: from
+  ``noise`` (an [`odesolve.noise`][odesolve.noise] source: per sample, keyed by seeds; a Brownian source
+  answers the call's ``plan.noise_interval``), else from ``generator`` (torch's stream; independent
+  normals, refused for a plan whose noise intervals overlap).
 
-Drivers: :meth:`Program.run` (what :func:`execute`, :func:`sample` and :class:`Sampler` use: model
+Drivers: [`Program.run`][odesolve.execute.Program.run] (what [`execute`][odesolve.execute.execute],
+[`sample`][odesolve.execute.sample] and [`Sampler`][odesolve.execute.Sampler] use: model
 calls, callback, trajectory, progress, and a guard against models that modify their input in place:
 the input's version counter read before and after each call, two attribute reads where handing the
 model a copy would cost a pass over the state); a diffusers scheduler's ``step(model_output, ...)``
@@ -154,13 +155,13 @@ def sample(
 ):
     """Integrate from ``x`` (the state at ``grid.t[0]``, in the path's coordinates) along ``grid``.
 
-    ``method`` is a registered name (:func:`odesolve.methods.names`), a method table, or a compiled
-    :class:`Plan`; ``options`` go to the method's ``compile`` (for example ``lower_order_final``).
+    ``method`` is a registered name ([`odesolve.methods.names`][odesolve.methods.names]), a method table, or a compiled
+    [`Plan`][odesolve.plan.Plan]; ``options`` go to the method's ``compile`` (for example ``lower_order_final``).
     Returns the state at ``grid.t[-1]``, and with ``return_trajectory`` also the states at every
     grid time, stacked on a new first axis. ``callback`` receives, after every grid step, a dict
     with ``step`` (= ``i``), ``t``, ``x`` (a copy of the state) and ``denoised``.
 
-    Stochastic methods draw their noise from ``noise`` (an :mod:`odesolve.noise` source, one seed
+    Stochastic methods draw their noise from ``noise`` (an [`odesolve.noise`][odesolve.noise] source, one seed
     per sample), ``seeds`` (shorthand for ``noise=odesolve.noise.BrownianPaths(seeds)``) or
     ``generator`` (torch's stream: the noise then depends on the batch); one of them is required.
     """
@@ -198,7 +199,7 @@ def execute(
     noise: NoiseSource | None = None,
     seeds=None,
 ):
-    """Run ``plan`` with ``model`` from ``x``. See :func:`sample`."""
+    """Run ``plan`` with ``model`` from ``x``. See [`sample`][odesolve.execute.sample]."""
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be an odesolve.Plan, got {type(plan).__name__}")
     _check_inputs(model, x, plan.path)
@@ -287,7 +288,7 @@ def _cached(key, build: Callable[[], Program]) -> Program:
 
 
 def plan_fingerprint(plan: Plan) -> tuple:
-    """A key equal for two plans exactly when everything a :class:`Program` reads from them is
+    """A key equal for two plans exactly when everything a [`Program`][odesolve.execute.Program] reads from them is
     equal: method name, path, prediction, sizes, and the bytes of every coefficient, time and
     step index and of the grid."""
     tensors = (
@@ -324,9 +325,10 @@ def prepare(
     *,
     differentiable: bool = False,
 ) -> Program:
-    """The :class:`Program` of ``plan`` for a model predicting ``prediction`` and a state of
+    """The [`Program`][odesolve.execute.Program] of ``plan`` for a model predicting ``prediction`` and a state of
     ``shape``, ``dtype`` on ``device``, from a bounded cache keyed on the plan's content
-    (:func:`plan_fingerprint`); a plan whose coefficients require gradients is prepared afresh."""
+    ([`plan_fingerprint`][odesolve.execute.plan_fingerprint]); a plan whose coefficients require gradients is prepared
+    afresh."""
     shape, device = torch.Size(shape), torch.device(device)
     if _plan_requires_grad(plan):  # the program holds the plan's autograd graph: not shared
         return Program(plan, prediction, shape, dtype, device, differentiable=differentiable)
@@ -541,9 +543,9 @@ class Program:
     ) -> Generator:
         """The interpreter, driven one model call at a time (protocol in the module docstring).
 
-        ``step_ends``: report every completed grid step (:class:`StepEnd`). ``check=False`` skips
+        ``step_ends``: report every completed grid step ([`StepEnd`][odesolve.execute.StepEnd]). ``check=False`` skips
         the NaN/Inf check of the outputs (for captured loops, which check their result instead).
-        ``noise``: a per-sample :mod:`odesolve.noise` source for the plan's noise (instead of
+        ``noise``: a per-sample [`odesolve.noise`][odesolve.noise] source for the plan's noise (instead of
         ``generator``)."""
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -682,7 +684,7 @@ class Program:
         guard: bool = True,
         noise: NoiseSource | None = None,
     ):
-        """Drive :meth:`steps` with ``model`` to the end; returns the final state (and with
+        """Drive `steps` with ``model`` to the end; returns the final state (and with
         ``return_trajectory`` the states at every grid time). ``guard``: refuse a model that
         modifies its input in place (read from the tensor's version counter around each call)."""
         if self.stochastic and generator is None and noise is None:
@@ -757,7 +759,8 @@ class Sampler:
 
     ``capture="cuda-graph"`` records the whole sampling loop, model calls included, as one CUDA
     graph on the first call and replays it afterwards; ``capture="compile"`` hands the loop to
-    ``torch.compile``. Both run the same :class:`Program` as :func:`execute`, without per-call
+    ``torch.compile``. Both run the same [`Program`][odesolve.execute.Program] as
+    [`execute`][odesolve.execute.execute], without per-call
     checks (no host synchronisation): a non-finite result is re-run eagerly to name the call. Both
     need a deterministic plan and a model that is itself capturable. ``capture=None`` runs the
     eager loop.

@@ -1,6 +1,6 @@
 """Time grids: the decreasing times t_0 > t_1 > ... > t_N at which a sampler steps.
 
-A :class:`Grid` holds a path and its times (float64). Noise levels follow k-diffusion's meaning,
+A [`Grid`][odesolve.grids.Grid] holds a path and its times (float64). Noise levels follow k-diffusion's meaning,
 ``sigma = sigma(t)/alpha(t) = exp(-lambda)``, so the same Karras grid means the same thing on a
 VP and on an EDM path. A grid may end at sigma = 0 and may start at alpha = 0 (zero terminal SNR).
 

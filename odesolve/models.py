@@ -14,7 +14,7 @@ score       grad log p_t = -eps / sigma    (x + sigma^2 F) / alpha
 =========== ============================== ===========================================
 
 so conversions are two float64 coefficients per time, computed once for a whole grid
-(:meth:`Model.conversion`), and the solvers never branch on the prediction type.
+([`Model.conversion`][odesolve.models.Model.conversion]), and the solvers never branch on the prediction type.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ class Model:
         return self.predict(x, t, "score")
 
     def conversion(self, target: str, t) -> tuple[Tensor, Tensor]:
-        """``(c_x, c_F)`` with ``target = c_x x + c_F model(x, t)``; see :func:`conversion`."""
+        """``(c_x, c_F)`` with ``target = c_x x + c_F model(x, t)``; see [`conversion`][odesolve.models.conversion]."""
         return conversion(self.path, self.prediction, target, t)
 
     def with_prediction(self, target: Prediction) -> Model:

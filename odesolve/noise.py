@@ -1,13 +1,14 @@
 """Noise that belongs to each sample: sources keyed by one integer seed per sample.
 
-A stochastic plan adds ``update_noise[k] * xi_k`` at call k (:mod:`odesolve.plan`). The executor
+A stochastic plan adds ``update_noise[k] * xi_k`` at call k ([`odesolve.plan`][odesolve.plan]). The executor
 asks a noise source for ``xi_k`` of the whole batch; a source answers every sample from its own
 seed alone, so sample i's noise (and, for a model that treats samples independently, its result)
 does not depend on the batch size, its position in the batch or the number of processes.
 
-- :class:`PerSampleNormal`: independent standard normals per call, keyed by (seed, call index).
-- :class:`BrownianPaths`: one two-sided Brownian motion ``W: R -> R^d`` per sample (``W(0) = 0``),
-  a deterministic function of (seed, time): it answers any increment ``W(t) - W(s)`` the same
+- [`PerSampleNormal`][odesolve.noise.PerSampleNormal]: independent standard normals per call, keyed by (seed, call
+  index).
+- [`BrownianPaths`][odesolve.noise.BrownianPaths]: one two-sided Brownian motion ``W: R -> R^d`` per sample (``W(0) =
+  0``), a deterministic function of (seed, time): it answers any increment ``W(t) - W(s)`` the same
   whatever order and resolution the grid queries it in, so the same seed at 10 and at 40 steps
   follows the same path. For a call whose plan names its Brownian interval (``plan.noise_interval``)
   the source answers ``xi_k = (W(b) - W(a)) / sqrt(|b - a|)``; a call without an interval gets an

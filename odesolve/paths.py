@@ -10,7 +10,7 @@ gives, in float64 and vectorized over ``t``:
 The ends are taken analytically: ``sigma = 0`` gives ``lambda = +inf`` and ``alpha = 0`` gives
 ``lambda = -inf``; neither produces NaN.
 
-The methods take times as numbers, sequences or tensors of any real dtype (:func:`as_time` refuses
+The methods take times as numbers, sequences or tensors of any real dtype ([`as_time`][odesolve.paths.as_time] refuses
 the rest, naming the argument), so only their results carry a jaxtyping annotation:
 ``Float64[Tensor, "*t"]``, the shape of the times given.
 """

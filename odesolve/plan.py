@@ -17,7 +17,7 @@ Noise: ``xi_k`` is standard normal, independent across calls, unless the plan na
 increment it is: ``noise_interval[k] = (a, b)`` (in the path's time) makes
 ``xi_k = (W(b) - W(a)) / sqrt(|b - a|)`` for one Brownian motion W per sample, so that a method
 may consume correlated increments (several sub-intervals of one step) and a Brownian noise source
-(:class:`odesolve.noise.BrownianPaths`) follows one path whatever the grid. Independent normals
+([`odesolve.noise.BrownianPaths`][odesolve.noise.BrownianPaths]) follows one path whatever the grid. Independent normals
 are the law of these increments exactly when the noisy intervals do not overlap
 (``not plan.correlated_noise``).
 Coefficients are float64 torch tensors, so gradients flow from them to the grid.
@@ -187,7 +187,7 @@ class Rows:
       ``xi_k`` the normalised Brownian increment over ``[a, b]`` (path time); without ``a, b`` an
       independent normal.
 
-    :meth:`plan` builds the dense :class:`Plan` (window = the largest k - j + 1); every coefficient
+    `plan` builds the dense [`Plan`][odesolve.plan.Plan] (window = the largest k - j + 1); every coefficient
     stays differentiable. With ``batch`` the rows are per-sample: times and coefficients broadcast
     to ``(len(k), batch)`` (a per-sample plan, module docstring).
     """

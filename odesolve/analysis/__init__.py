@@ -3,19 +3,28 @@
 Everything works on compiled plans (or on tables, compiled for you), so a new method is analysed by
 being registered:
 
-- order, derived numerically: :func:`numeric_order` (polynomial-in-time and linear test models pushed
-  through the plan on refinement families; the warm-up rule ``min(p_int + 1, p_b + 2)``),
-  :func:`polynomial_errors`, :func:`step_exactness`; and symbolically: :func:`derive` (closed-form
+- order, derived numerically: [`numeric_order`][odesolve.analysis.numeric.numeric_order] (polynomial-in-time and linear
+  test models pushed through the plan on refinement families; the warm-up rule ``min(p_int + 1, p_b + 2)``),
+  [`polynomial_errors`][odesolve.analysis.numeric.polynomial_errors],
+  [`step_exactness`][odesolve.analysis.numeric.step_exactness]; and symbolically:
+  [`derive`][odesolve.analysis.symbolic.derive] (closed-form
   exponential Adams coefficients, Hochbruck-Ostermann stiff order conditions of exponential RK
-  tables, Butcher trees, linear multistep conditions); :func:`order` picks one;
-- order, measured: :func:`convergence` and :func:`assert_order` on exact problems
-  (:mod:`~odesolve.analysis.problems`) along grid families (:mod:`~odesolve.analysis.families`);
-- linear stability: :func:`step_matrices`, :func:`amplification`, :func:`stability_function`,
-  :func:`stability_region`, :func:`boundary_locus`, :func:`stability_interval`, and classifier-free
-  guidance: :func:`guidance_mu`, :func:`guidance_stability`; classical tables in :mod:`~odesolve.analysis.lmm`;
-- truncation error: :func:`local_errors` (exact history; Lady Windermere's fan);
-- figures: :mod:`~odesolve.analysis.plots` (matplotlib imported on use);
-- the ``odesolve report`` command: :func:`run_report` (:mod:`~odesolve.analysis.report`).
+  tables, Butcher trees, linear multistep conditions); [`order`][odesolve.analysis.order] picks one;
+- order, measured: [`convergence`][odesolve.analysis.convergence] and
+  [`assert_order`][odesolve.analysis.convergence.assert_order] on exact problems
+  ([`problems`][odesolve.analysis.problems]) along grid families ([`families`][odesolve.analysis.families]);
+- linear stability: [`step_matrices`][odesolve.analysis.stability.step_matrices],
+  [`amplification`][odesolve.analysis.stability.amplification],
+  [`stability_function`][odesolve.analysis.stability.stability_function],
+  [`stability_region`][odesolve.analysis.stability.stability_region],
+  [`boundary_locus`][odesolve.analysis.stability.boundary_locus],
+  [`stability_interval`][odesolve.analysis.stability.stability_interval], and classifier-free
+  guidance: [`guidance_mu`][odesolve.analysis.stability.guidance_mu],
+  [`guidance_stability`][odesolve.analysis.stability.guidance_stability]; classical tables in
+  [`lmm`][odesolve.analysis.lmm];
+- truncation error: [`local_errors`][odesolve.analysis.truncation.local_errors] (exact history; Lady Windermere's fan);
+- figures: [`plots`][odesolve.analysis.plots] (matplotlib imported on use);
+- the ``odesolve report`` command: [`run_report`][odesolve.analysis.run_report] ([`report`][odesolve.analysis.report]).
 """
 
 from . import families, lmm, plots, problems
@@ -83,8 +92,9 @@ __all__ = [
 
 
 def order(method, *, symbolic: bool = True) -> int:
-    """The derived global order of ``method`` (a name or a table): from :func:`derive` when the table
-    has a closed form (fast, exact), else from :func:`numeric_order`."""
+    """The derived global order of ``method`` (a name or a table): from [`derive`][odesolve.analysis.symbolic.derive]
+    when the table
+    has a closed form (fast, exact), else from [`numeric_order`][odesolve.analysis.numeric.numeric_order]."""
     if symbolic:
         try:
             return derive(method).order
@@ -94,7 +104,8 @@ def order(method, *, symbolic: bool = True) -> int:
 
 
 def run_report(*args, **kwargs):
-    """See :func:`odesolve.analysis.report.run_report` (imported on use: it pulls in tqdm)."""
+    """See [`odesolve.analysis.report.run_report`][odesolve.analysis.report.run_report] (imported on use: it pulls in
+    tqdm)."""
     from .report import run_report as _run
 
     return _run(*args, **kwargs)

@@ -2,10 +2,10 @@
 structure of a plan (which calls belong to which grid step, which earlier outputs a step reads),
 and the reference interpreter of plan rows over plain numbers (numpy arrays, complex and sympy
 values) that the linear analyses (stability, truncation error) use. It is the only interpreter
-besides the executor's (:meth:`odesolve.execute.Program.steps`), and the tests check that the two
-agree.
+besides the executor's ([`odesolve.execute.Program.steps`][odesolve.execute.Program.steps]), and the tests check that
+the two agree.
 
-The interpreter follows the semantics in the docstring of :mod:`odesolve.plan` exactly:
+The interpreter follows the semantics in the docstring of [`odesolve.plan`][odesolve.plan] exactly:
 
     X_k = input_state[k] s + sum_{j>=1} input_hist[k, j] F_{k-j}
     F_k = prediction at (X_k, times[k])
@@ -58,7 +58,7 @@ def as_method(method):
 def interpolation_variable(method) -> Variable:
     """The variable in which ``method`` integrates polynomials exactly, as the table declares it
     (``method.variable``): ``"lambda"`` for exponential methods, ``"rho"`` (= sigma/alpha) for classical
-    tables in k-diffusion's variables and ``lms-*``, ``"t"`` for DEIS's tAB. A :class:`Plan` falls back
+    tables in k-diffusion's variables and ``lms-*``, ``"t"`` for DEIS's tAB. A [`Plan`][odesolve.plan.Plan] falls back
     on its buffer: x0 -> lambda, eps -> rho."""
     if isinstance(method, Plan):
         return "lambda" if method.prediction == "x0" else "rho"

@@ -12,7 +12,7 @@ least-squares slope of log error against log NFE over the points left after drop
   by more than ``tol`` (0.3).
 
 The indices of both are returned, so a test can see what was fitted. Grid families (see
-:mod:`~odesolve.analysis.families`) stop at ``sigma_end > 0``.
+[`families`][odesolve.analysis.families]) stop at ``sigma_end > 0``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class ConvergenceResult:
 def nominal_steps(method, nfe: int) -> int:
     """``max(1, round(nfe / calls_per_step))``: the step count that spends about ``nfe`` model calls
     (warm-up calls and a step to sigma = 0 may change the real count; the exact budget rule of
-    ``odesolve sample`` is :func:`odesolve.commands.sample.steps_for_nfe`)."""
+    ``odesolve sample`` is `odesolve.commands.sample.steps_for_nfe`)."""
     m = as_method(method)
     return max(1, round(nfe / m.calls_per_step))
 
@@ -97,16 +97,16 @@ def convergence(
 
     Args:
         method: a registered name or a method table.
-        problem: a problem name (:func:`odesolve.analysis.problems.get`), an
-            :class:`~odesolve.analysis.problems.InitialValueProblem`, an :class:`odesolve.toy.problems.Problem`,
+        problem: a problem name (`odesolve.analysis.problems.get`), an
+            [`InitialValueProblem`][odesolve.analysis.problems.InitialValueProblem], an `odesolve.toy.problems.Problem`,
             or anything with ``.model(path, prediction)`` (then pass ``x=`` and/or ``reference=``, see
-            :func:`~odesolve.analysis.problems.as_ivp`).
+            `as_ivp`).
         grids: a family kind (``"karras"``, ``"uniform"``, ``"smooth"``, ``"random"``), a
-            :class:`~odesolve.analysis.families.Family`, or a callable ``steps -> Grid``.
+            [`Family`][odesolve.analysis.families.Family], or a callable ``steps -> Grid``.
         nfe: model-call budgets; the steps are ``nfe / calls per step`` (or give ``steps``).
         options: passed to ``compile``.
         problem_kw: ``path``, ``sigma_start``, ``sigma_end``, ``n``, ``seed``, ``x``, ``reference`` for
-            :func:`~odesolve.analysis.problems.as_ivp`.
+            `as_ivp`.
     """
     m = as_method(method)
     P = as_ivp(problem, **problem_kw)
@@ -161,7 +161,8 @@ def convergence(
 
 def assert_order(method, problem, expected: float, tol: float = 0.2, **kw) -> ConvergenceResult:
     """Assert that ``method`` converges with order ``expected`` (within ``tol``) on ``problem``;
-    ``kw`` go to :func:`convergence`. Returns the study; raises ``AssertionError`` with its table."""
+    ``kw`` go to [`convergence`][odesolve.analysis.convergence.convergence]. Returns the study; raises
+    ``AssertionError`` with its table."""
     res = convergence(method, problem, **kw)
     if not np.isfinite(res.slope) or len(res.used) < 2:
         raise AssertionError(f"{res.method}: too few points above the round-off floor to fit an order\n{res.table()}")

@@ -114,7 +114,7 @@ class Family:
 
 
 def family(kind: Kind | Family | Callable = "auto", method=None, **kw) -> Family | Callable:
-    """A :class:`Family` by kind; ``"auto"`` picks ``"random"`` for methods whose
+    """A [`Family`][odesolve.analysis.families.Family] by kind; ``"auto"`` picks ``"random"`` for methods whose
     ``grid_requirement`` is ``"any"`` and ``"smooth"`` otherwise. Callables and families pass through."""
     if isinstance(kind, Family) or (callable(kind) and not isinstance(kind, str)):
         return kind

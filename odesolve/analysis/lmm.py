@@ -4,7 +4,7 @@ error constants, characteristic polynomials, boundary loci and real stability in
 
 They are the equal-step limit of odesolve's ``lms-k`` (variable-step Adams in rho) and of the
 fixed-coefficient tables inside ``ipndm`` / ``plms``; the analysis of compiled plans
-(:mod:`~odesolve.analysis.stability`) must reproduce their numbers, and the tests check that it does.
+(`stability`) must reproduce their numbers, and the tests check that it does.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class LinearMultistep:
         return self.conditions(self.order + 1)[self.order + 1] / sum(self.beta)
 
     def derivation(self, max_order: int | None = None, budget=None):
-        """The conditions C_q (:func:`odesolve.analysis.symbolic.lmm.lmm_conditions`)."""
+        """The conditions C_q (`odesolve.analysis.symbolic.lmm.lmm_conditions`)."""
         from .symbolic.lmm import lmm_conditions
 
         return lmm_conditions(self, max_order)

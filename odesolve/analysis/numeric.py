@@ -12,10 +12,10 @@ exact linear part is the identity,
 
 (docs/theory.md section 2), evaluated here by Gauss-Legendre quadrature in lambda (24 nodes per step: exact to
 round-off for polynomial times exponential integrands on steps of length <= 1, independent of the
-phi-functions of :mod:`odesolve.methods`). ``F`` is a monomial ``((u - u_c)/u_r)^d`` in the
+phi-functions of [`odesolve.methods`][odesolve.methods]). ``F`` is a monomial ``((u - u_c)/u_r)^d`` in the
 method's interpolation variable ``u`` (lambda for exponential methods, rho for the classical
 tables and lms, t for DEIS), normalised to [-1, 1] on the interval. Models are pushed through the
-plan with :func:`odesolve.execute` on a float64 state (one batch row per test model).
+plan with [`odesolve.execute`][odesolve.execute] on a float64 state (one batch row per test model).
 
 The rule: exactness degree per step -> global order
 -------------------------------------------------
@@ -42,20 +42,22 @@ ratios are 1 + O(h)) has ``D_n[m_d] = O(h^(1+k))``; it counts as degree p when
 next step (UniPC in PEC mode) has defects that telescope between neighbouring steps: the
 per-step degree of the corrected state is the one that counts.
 
-Both refinements are asymptotic statements about sums, so :func:`numeric_order` measures the rule
-on the sum itself: for each degree d it computes the *global* error of the whole plan on ``m_d``
-along a refinement family (:mod:`~odesolve.analysis.families`). The error is 0 (to a round-off
+Both refinements are asymptotic statements about sums, so [`numeric_order`][odesolve.analysis.numeric.numeric_order]
+measures the rule on the sum itself: for each degree d it computes the *global* error of the whole plan on ``m_d``
+along a refinement family ([`families`][odesolve.analysis.families]). The error is 0 (to a round-off
 tolerance computed from the magnitudes of the plan's coefficients: the same plan run with absolute
 values) when every step is exact at degree d; otherwise it decays like ``N^-d`` when interior
 steps are not exact and like ``N^-(d+1)`` when only boundary steps are, exactly the two terms of
-the rule. The order is the smallest slope over d. :func:`step_exactness` gives the per-step exact
+the rule. The order is the smallest slope over d. [`step_exactness`][odesolve.analysis.numeric.step_exactness] gives
+the per-step exact
 degrees on one grid (a lower bound: it does not see telescoping or leading-order exactness).
 
 An x-independent model cannot see how stages feed each other (it measures the quadrature order of
 an RK table, an upper bound), so a manufactured linear problem with a time-dependent coefficient,
 ``F = mu(u) x_scaled + g(u)`` with a known solution, is pushed through as well: it checks every
 order condition of linear non-autonomous problems, which includes all rooted trees up to order 4.
-Use :func:`odesolve.analysis.derive` for the full (nonlinear, stiff) conditions of a table.
+Use [`odesolve.analysis.derive`][odesolve.analysis.symbolic.derive] for the full (nonlinear, stiff) conditions of a
+table.
 """
 
 from __future__ import annotations
@@ -259,7 +261,7 @@ class StepExactness:
     defects: np.ndarray  # (steps, D+1) relative defects of the local monomials ((u - u_n)/h_n)^d
     tolerance: np.ndarray  # (steps, D+1)
     variable: str
-    boundary: int = 2  # steps at each end counted as boundary steps by :meth:`bound`
+    boundary: int = 2  # steps at each end counted as boundary steps by `bound`
 
     def bound(self, boundary: int | None = None) -> int:
         """``min(p_int + 1, p_b + 2)`` with ``boundary`` steps at each end counted as boundary steps
@@ -277,7 +279,7 @@ class StepExactness:
 def step_exactness(plan: Plan, variable: str | None = None, max_degree: int = MAX_DEGREE) -> StepExactness:
     """For each grid step n, the highest degree d such that the step integrates every polynomial of
     degree <= d in ``variable`` exactly, given exact history (x-independent models are exact
-    everywhere). One :func:`odesolve.execute` run: batch row (n, d) carries the local monomial
+    everywhere). One [`odesolve.execute`][odesolve.execute] run: batch row (n, d) carries the local monomial
     ``((u - u_n)/(u_{n+1} - u_n))^d`` on the calls step n reads, and 0 elsewhere."""
     st = structure(plan)
     plan = st.plan
@@ -362,7 +364,8 @@ class DegreeFit:
 
 @dataclass(frozen=True)
 class OrderResult:
-    """The numeric order of a method along a grid family (see :func:`numeric_order`)."""
+    """The numeric order of a method along a grid family (see
+    [`numeric_order`][odesolve.analysis.numeric.numeric_order])."""
 
     method: str
     order: int  # the derived global order: round(min slope)
@@ -480,9 +483,9 @@ def numeric_order(
 
     Args:
         method: a registered name, a method table, or a callable ``grid -> Plan``.
-        grids: the grid family (as in :func:`~odesolve.analysis.convergence.convergence`):
+        grids: the grid family (as in [`convergence`][odesolve.analysis.convergence.convergence]):
             ``"auto"`` (``"random"`` for methods with ``grid_requirement == "any"``,
-            ``"smooth"`` otherwise), a kind of :mod:`~odesolve.analysis.families`, a :class:`Family`,
+            ``"smooth"`` otherwise), a kind of [`families`][odesolve.analysis.families], a `Family`,
             or a callable ``steps -> Grid``.
         steps: the step counts (default 8, 16, 32, 64).
         options: passed to ``compile`` (e.g. ``{"lower_order_final": True}``).

@@ -1,6 +1,6 @@
 """Figures of the analysis (matplotlib is imported inside each function, never at import time).
 
-Every function returns a :class:`matplotlib.figure.Figure` built with the object-oriented API (no
+Every function returns a `matplotlib.figure.Figure` built with the object-oriented API (no
 pyplot, no global backend change), so it works headless: ``fig.savefig("x.png")``.
 """
 
@@ -17,6 +17,8 @@ __all__ = [
     "plot_stability_regions",
     "plot_trajectories",
     "save",
+    "small_multiples",
+    "svg",
 ]
 
 
@@ -34,11 +36,29 @@ def save(fig, path, dpi: int = 100) -> str:
     return str(path)
 
 
-def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequence[int] = (1, 2, 3, 4)):
-    """Error against NFE (log-log) for :class:`~odesolve.analysis.convergence.ConvergenceResult` s, with
-    the fitted points marked and reference slopes."""
-    fig = _figure()
-    ax = fig.add_subplot()
+def svg(fig) -> str:
+    """``fig`` as an inline SVG string (text kept as text, no XML header), ready to print into an HTML page.
+
+    The docs print it from a ``python exec="on" html="true"`` block, so that each lesson's figure is drawn
+    by the lesson's own code when the site is built.
+    """
+    import io
+
+    from matplotlib import rc_context
+
+    buf = io.StringIO()
+    with rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequence[int] = (1, 2, 3, 4), *, ax=None):
+    """Error against NFE (log-log) for [`ConvergenceResult`][odesolve.analysis.convergence.ConvergenceResult]s,
+    with the fitted points circled and reference slopes. With ``ax``, draws into that axis (a panel of
+    [`small_multiples`][odesolve.analysis.plots.small_multiples]) and returns its figure."""
+    fig = _figure() if ax is None else ax.figure
+    ax = fig.add_subplot() if ax is None else ax
     for r in results:
         nfe, err = np.array(r.nfe, dtype=float), np.array(r.errors)
         (line,) = ax.loglog(nfe, err, "o-", ms=3, lw=1, label=f"{r.method} ({r.slope:.2f})")
@@ -52,9 +72,36 @@ def plot_convergence(results: Sequence, title: str | None = None, slopes: Sequen
             ax.annotate(f"p={p}", (nfe[-1], top * (nfe[-1] / nfe[0]) ** -p), fontsize=7, color="0.4")
     ax.set_xlabel("NFE")
     ax.set_ylabel("RMS error at the end")
-    ax.set_title(title or "error against model calls (fitted points circled)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(_wrap(title or "error against model calls (fitted points circled)"), fontsize=9)
+    ax.legend(fontsize=6, ncol=1 if len(results) <= 6 else 2)
     return fig
+
+
+def small_multiples(titles: Sequence[str], ncols: int = 3, panel=(3.4, 2.8), title: str | None = None):
+    """A figure with one log-log panel per title (shared axes, ``ncols`` across) and an optional overall
+    title; returns ``(fig, axes)`` with one axis per title, the unused panels removed."""
+    n = len(titles)
+    if n < 1:
+        raise ValueError("titles must name at least one panel")
+    ncols = max(1, min(int(ncols), n))
+    nrows = -(-n // ncols)
+    fig = _figure((panel[0] * ncols, panel[1] * nrows + (0.4 if title else 0.0)))
+    grid = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    for ax, t in zip(axes, titles):
+        ax.set_title(_wrap(t, 40), fontsize=9)
+    if title:
+        fig.suptitle(_wrap(title, 30 * ncols), fontsize=10)
+    return fig, axes[:n]
+
+
+def _wrap(text: str, width: int = 60) -> str:
+    """``text`` broken into lines of at most ``width`` characters: titles are never cut off."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def plot_stability_regions(
@@ -94,14 +141,14 @@ def plot_stability_regions(
     ax.set_xlabel("Re mu")
     ax.set_ylabel("Im mu")
     ax.set_aspect("equal")
-    ax.set_title(title or f"stability regions, {test} test, h = {h:g}")
+    ax.set_title(_wrap(title or f"stability regions, {test} test, h = {h:g}"), fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     return fig
 
 
 def plot_local_errors(profiles: Sequence, title: str | None = None):
     """Local truncation errors (solid) and their propagated contributions to the global error
-    (dashed) per step, for :class:`~odesolve.analysis.truncation.LocalErrors` profiles."""
+    (dashed) per step, for [`LocalErrors`][odesolve.analysis.truncation.LocalErrors] profiles."""
     fig = _figure()
     ax = fig.add_subplot()
     for i, p in enumerate(profiles):
@@ -111,7 +158,7 @@ def plot_local_errors(profiles: Sequence, title: str | None = None):
             ax.semilogy(n, p.fan, "s--", ms=3, color=f"C{i}", alpha=0.7, label=f"{p.method}: carried to the end")
     ax.set_xlabel("step n")
     ax.set_ylabel("RMS error")
-    ax.set_title(title or "local truncation errors (exact history) and what reaches the end")
+    ax.set_title(_wrap(title or "local truncation errors (exact history) and what reaches the end"), fontsize=9)
     ax.legend(fontsize=6)
     return fig
 
@@ -157,14 +204,14 @@ def plot_trajectories(
     ax.plot([], [], "-", color="0.3", label="exact flow")
     ax.plot([], [], "o-", ms=2, color="C1", label=f"{m.name}, {grid.steps} steps")
     ax.set_aspect("equal")
-    ax.set_title(title or f"sample paths from sigma = {P.sigma_start:g}")
+    ax.set_title(_wrap(title or f"sample paths from sigma = {P.sigma_start:g}"), fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
 
 def plot_guidance(results: Sequence, title: str | None = None):
     """mu_w per step (most negative direction) and the steps that are unstable, for
-    :class:`~odesolve.analysis.stability.GuidanceStability` results."""
+    [`GuidanceStability`][odesolve.analysis.stability.GuidanceStability] results."""
     fig = _figure((6.5, 4.2))
     ax = fig.add_subplot()
     for i, g in enumerate(results):
@@ -177,6 +224,6 @@ def plot_guidance(results: Sequence, title: str | None = None):
     ax.axhline(1.0, color="0.5", lw=0.8)
     ax.set_xlabel("step n")
     ax.set_ylabel("spectral radius of the step (max over directions)")
-    ax.set_title(title or "guided Gaussian: per-step amplification (x: unstable)")
+    ax.set_title(_wrap(title or "guided Gaussian: per-step amplification (x: unstable)"), fontsize=9)
     ax.legend(fontsize=7)
     return fig

@@ -1,16 +1,18 @@
 """Initial value problems of the probability-flow ODE with exact solutions, for convergence studies.
 
-A :class:`~odesolve.toy.problems.Problem` (of :mod:`odesolve.toy.problems`) is a distribution with a
-path and a noise range; an :class:`InitialValueProblem` is what a convergence study integrates: a
-distribution whose exact model is ``distribution.model(path, prediction)``
-(anything with that method: :class:`odesolve.toy.GaussianMixture`, a user's own), a path, the noise
+A `Problem` (of `odesolve.toy.problems`) is a distribution with a
+path and a noise range; an [`InitialValueProblem`][odesolve.analysis.problems.InitialValueProblem] is what a
+convergence study integrates: a distribution whose exact model is ``distribution.model(path, prediction)``
+(anything with that method: [`odesolve.toy.GaussianMixture`][odesolve.toy.gmm.GaussianMixture], a user's own), a path,
+the noise
 levels ``sigma_start > sigma_end`` between which the probability-flow ODE is integrated, float64
 starting states, and a reference: a callable ``reference(model, x, t_from, t_to) -> x_to`` (default:
-:func:`odesolve.toy.reference.solve`, DOP853 at rtol = atol = 1e-12, with its own error estimate) or
+[`odesolve.toy.reference.solve`][odesolve.toy.reference.solve], DOP853 at rtol = atol = 1e-12, with its own error
+estimate) or
 the exact final states.
 
-:func:`get` builds the initial value problem of a named problem: the registry of
-:mod:`odesolve.toy.problems` (``gmm2d``, ``gaussian``, ``lowrank64``, ...) when it has the name,
+`get` builds the initial value problem of a named problem: the registry of
+`odesolve.toy.problems` (``gmm2d``, ``gaussian``, ``lowrank64``, ...) when it has the name,
 else the small built-in ones below (``gmm1d``, ``gmm2d-easy``, ``gaussian2d``). Order studies stop
 at ``sigma_end > 0``: a step to sigma = 0 is infinitely long in lambda, so no power of the step
 size bounds its error.
@@ -233,8 +235,8 @@ def get(
     seed: int = 0,
 ) -> InitialValueProblem:
     """The initial value problem of the named problem ``name`` with ``n`` starting states drawn from the
-    exact marginal at ``sigma_start``: the registry of :mod:`odesolve.toy.problems` first (its
-    distribution and path), then :data:`BUILTIN`."""
+    exact marginal at ``sigma_start``: the registry of `odesolve.toy.problems` first (its
+    distribution and path), then [`BUILTIN`][odesolve.analysis.problems.BUILTIN]."""
     desc = ""
     dist = None
     try:
@@ -256,7 +258,8 @@ def get(
 
 
 def names() -> list[str]:
-    """Every name :func:`get` knows: the registry of :mod:`odesolve.toy.problems` and :data:`BUILTIN`."""
+    """Every name `get` knows: the registry of `odesolve.toy.problems` and
+    [`BUILTIN`][odesolve.analysis.problems.BUILTIN]."""
     from ..toy import problems as toy_problems
 
     return sorted(set(toy_problems.names()) | set(BUILTIN))
@@ -286,8 +289,9 @@ def as_ivp(
     seed: int = 0,
     name: str | None = None,
 ) -> InitialValueProblem:
-    """An :class:`InitialValueProblem` from a name (:func:`get`), an InitialValueProblem, a
-    :class:`odesolve.toy.problems.Problem`, or anything with ``.model(path, prediction)`` (then
+    """An [`InitialValueProblem`][odesolve.analysis.problems.InitialValueProblem] from a name (`get`), an
+    InitialValueProblem, a
+    `odesolve.toy.problems.Problem`, or anything with ``.model(path, prediction)`` (then
     ``x`` defaults to ``n`` draws of its marginal at ``sigma_start`` when it has ``sample_marginal``,
     and ``reference`` to the exact flow for distributions with ``flow`` or to the DOP853 reference)."""
     if isinstance(problem, InitialValueProblem):

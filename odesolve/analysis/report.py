@@ -4,9 +4,9 @@ and its stability interval, as one table, PNG figures and a Markdown report.
 For each method:
 
 - **declared**: ``method.order``;
-- **derived**: :func:`~odesolve.analysis.numeric.numeric_order` (polynomial and linear test models
+- **derived**: [`numeric_order`][odesolve.analysis.numeric.numeric_order] (polynomial and linear test models
   pushed through the plan on a refinement family; random step ratios, or random smooth grids for
-  equal-step tables), and **symbolic**: :func:`~odesolve.analysis.symbolic.derive` where the table
+  equal-step tables), and **symbolic**: [`derive`][odesolve.analysis.symbolic.derive] where the table
   has a closed form;
 - **measured**: the least-squares slope of error against NFE on the problem (Karras grids,
   sigma 1 -> 0.1, float64 states and exact model, DOP853 reference);
@@ -15,8 +15,12 @@ For each method:
 - **mu* (h)**: the stability interval on the lambda test (most negative stable mu of an interior step,
   uniform lambda-grid with step h; DDIM: -2/(e^h - 1)).
 
-Use from Python with :func:`run_report`, or from the command line (``odesolve report``,
-:mod:`odesolve.commands.report`).
+The error and convergence figures are small multiples, one panel per method family
+([`method_family`][odesolve.analysis.report.method_family]), on shared axes; a method that cannot fit an NFE budget
+(fewer than two steps) has a dash in the tables and no point in the figures.
+
+Use from Python with [`run_report`][odesolve.analysis.report.run_report], or from the command line (``odesolve report``,
+`odesolve.commands.report`).
 """
 
 from __future__ import annotations
@@ -40,10 +44,45 @@ from .problems import describe, get
 from .stability import stability_interval
 from .symbolic import SymbolicLimitError, derive
 
-__all__ = ["ReportResult", "ReportRow", "run_report"]
+__all__ = ["ReportResult", "ReportRow", "method_family", "run_report"]
 
 STABILITY_H = 0.5
 ORDER_SIGMAS = (1.0, 0.1)
+
+
+FAMILIES = (
+    "DDIM and singlestep DPM-Solver",
+    "multistep DPM-Solver",
+    "UniPC and UniP",
+    "DEIS and LMS",
+    "classical Runge-Kutta",
+    "fixed-coefficient Adams",
+    "other tables",
+)
+
+
+def method_family(method) -> str:
+    """The panel of the report's figures that ``method`` (a name or a table) is drawn in: one of ``FAMILIES``."""
+    m = as_method(method)
+    if isinstance(m, _methods.ExponentialRK):
+        return FAMILIES[0]
+    if isinstance(m, _methods.ExponentialMultistep):
+        if m.name.startswith("unip"):
+            return FAMILIES[2]
+        if m.name.startswith(("deis", "lms")) or m.variable != "lambda":
+            return FAMILIES[3]
+        return FAMILIES[1]
+    if isinstance(m, _methods.RungeKutta):
+        return FAMILIES[4]
+    if isinstance(m, _methods.FixedAdams):
+        return FAMILIES[5]
+    return FAMILIES[6]
+
+
+def _error_cell(value: float, width: int = 0) -> str:
+    """An error as ``1.23e-04``, or a dash where the method cannot fit the NFE budget (NaN)."""
+    text = "-" if math.isnan(value) else f"{value:.2e}"
+    return f"{text:>{width}}" if width else text
 
 
 @dataclass(frozen=True)
@@ -83,7 +122,7 @@ class ReportResult:
         for r in self.rows:
             sym = "-" if r.symbolic is None else str(r.symbolic)
             der = "?" if r.derived is None else str(r.derived)
-            errs = "".join(f"{r.errors.get(n, math.nan):>10.2e}" for n in self.nfe)
+            errs = "".join(_error_cell(r.errors.get(n, math.nan), 10) for n in self.nfe)
             flag = "" if r.consistent else "  <- declared order disagrees"
             lines.append(
                 f"{r.method:<20}{r.declared:>5}{der:>6}{sym:>5}{r.measured:>6.2f}{errs}{r.stability:>10.3f}{flag}"
@@ -207,12 +246,15 @@ def _figures(res: ReportResult, outdir: FsPath, prac, order_p, quick: bool) -> l
     files = []
     dpi = 72 if quick else 100
     names = [r.method for r in res.rows]
-    studies = [r.study for r in res.rows if r.study is not None]
-    fig = plots.plot_convergence(
-        studies, title=f"measured order on {res.problem} (Karras, sigma {ORDER_SIGMAS[0]} -> {ORDER_SIGMAS[1]})"
+    fig = _figure_by_family(
+        res,
+        lambda ax, rows: plots.plot_convergence([r.study for r in rows if r.study is not None], title="", ax=ax),
+        f"measured order on {res.problem} (Karras grids, sigma {ORDER_SIGMAS[0]} -> {ORDER_SIGMAS[1]}; "
+        "fitted points circled, dotted: slopes 1-4)",
     )
     files.append(plots.save(fig, outdir / "convergence.png", dpi))
-    fig = _figure_errors(res)
+    title = f"{res.problem}: RMS error at sigma = 0 against NFE, Karras grids 80 -> 0 (no point: budget too small)"
+    fig = _figure_by_family(res, _draw_errors, title)
     files.append(plots.save(fig, outdir / "errors.png", dpi))
     rep = [n for n in ("ddim", "dpmpp-2m", "dpmpp-3m", "unipc-bh2-3") if n in names] or names[:4]
     fig = plots.plot_stability_regions(
@@ -243,29 +285,41 @@ def _figures(res: ReportResult, outdir: FsPath, prac, order_p, quick: bool) -> l
     return files
 
 
-def _figure_errors(res: ReportResult):
-    from .plots import _figure
+def _figure_by_family(res: ReportResult, draw, title: str):
+    """Small multiples: one panel per method family present in ``res``, ``draw(ax, rows)`` fills each."""
+    from .plots import small_multiples
 
-    fig = _figure((6.5, 4.5))
-    ax = fig.add_subplot()
-    for i, r in enumerate(res.rows):
-        x = [r.nfe_used[k] for k in res.nfe if r.nfe_used.get(k)]
-        y = [r.errors[k] for k in res.nfe if r.nfe_used.get(k)]
-        ax.loglog(
-            x,
-            y,
-            marker="o",
-            ms=3,
-            lw=1,
-            color=f"C{i % 10}",
-            ls="-" if i < 10 else "--" if i < 20 else ":",
-            label=r.method,
-        )
+    groups: dict[str, list[ReportRow]] = {}
+    for r in {r.method: r for r in res.rows}.values():  # a method asked for twice (by an alias) drawn once
+        groups.setdefault(method_family(r.method), []).append(r)
+    families = [f for f in FAMILIES if f in groups]
+    fig, axes = small_multiples(families, ncols=3, title=title)
+    for i, (ax, family) in enumerate(zip(axes, families)):
+        draw(ax, groups[family])
+        ax.set_title(family, fontsize=9)
+        ax.xaxis.set_tick_params(labelbottom=True)  # every panel keeps its NFE labels (a short last row too)
+        if i % 3:
+            ax.set_ylabel("")
+    _plain_ticks(axes[0].xaxis)  # the panels share x: NFE as plain numbers
+    return fig
+
+
+def _plain_ticks(axis) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _draw_errors(ax, rows) -> None:
+    for i, r in enumerate(rows):
+        x = [r.nfe_used[k] for k in r.errors if r.nfe_used.get(k)]
+        y = [r.errors[k] for k in r.errors if r.nfe_used.get(k)]
+        ax.loglog(x, y, marker="o", ms=3, lw=1, color=f"C{i % 10}", label=r.method)
     ax.set_xlabel("NFE")
     ax.set_ylabel("RMS error at sigma = 0")
-    ax.set_title(f"{res.problem}: Karras grids sigma 80 -> 0")
-    ax.legend(fontsize=5, ncol=3)
-    return fig
+    ax.legend(fontsize=6)
 
 
 def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
@@ -284,7 +338,10 @@ def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
             f"- **measured**: least-squares slope of error vs NFE, Karras grids sigma {ORDER_SIGMAS[0]} -> "
             f"{ORDER_SIGMAS[1]};"
         ),
-        "- **err@NFE**: RMS error at sigma = 0 on Karras grids sigma 80 -> 0 (first-order last step);",
+        (
+            "- **err@NFE**: RMS error at sigma = 0 on Karras grids sigma 80 -> 0 (first-order last step); "
+            "a dash where the method cannot fit the budget (fewer than two steps);"
+        ),
         (
             f"- **mu\\***: most negative stable mu on the lambda test, uniform lambda-steps h = {STABILITY_H} "
             "(DDIM: -2/(e^h - 1))."
@@ -296,7 +353,7 @@ def _markdown(res: ReportResult, outdir: FsPath) -> FsPath:
     for r in res.rows:
         sym = "-" if r.symbolic is None else str(r.symbolic)
         der = "?" if r.derived is None else str(r.derived)
-        errs = " | ".join(f"{r.errors.get(n, math.nan):.2e}" for n in res.nfe)
+        errs = " | ".join(_error_cell(r.errors.get(n, math.nan)) for n in res.nfe)
         mark = "" if r.consistent else " **(!)**"
         lines.append(
             f"| {r.method}{mark} | {r.declared} | {der} | {sym} | {r.measured:.2f} | {errs} | {r.stability:.3f} |"

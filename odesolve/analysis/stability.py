@@ -19,8 +19,8 @@ Either test is a model like any other, given to a plan in its own buffer (an eps
 lambda test sees ``eps = (1 - mu) x / sigma``; an x0-plan on the rho test sees
 ``x0 = (1 + rho mu) x / alpha``). The plan is linear in its state, so one step maps the vector
 ``z_n = (scaled state, scaled earlier outputs still needed)`` to ``z_{n+1} = M_n(mu) z_n``.
-:func:`step_matrices` builds ``M_n`` by running the plan's rows (via the row interpreter of
-``analysis._plan``) on the basis vectors, for many ``mu`` at once. The scaling (``y = x / sigma``
+[`step_matrices`][odesolve.analysis.stability.step_matrices] builds ``M_n`` by running the plan's rows (via the row
+interpreter of ``analysis._plan``) on the basis vectors, for many ``mu`` at once. The scaling (``y = x / sigma``
 and the outputs as ``e^lambda x0``, or ``xbar = x / alpha`` and the outputs as they are) makes
 ``M_n`` the same for every interior step of a uniform grid: singlestep plans give a 1x1 matrix, the
 stability function ``R(mu, h)``; multistep plans a companion-like matrix whose spectral radius
@@ -104,7 +104,7 @@ def step_matrices(plan: Plan, mu, test: Test | None = None, steps: Sequence[int]
     """The matrices ``M_n(mu)`` (complex, shape ``(len(mu), dim_{n+1}, dim_n)``) of grid steps ``steps``
     (default: all) on the linear test (default: ``"lambda"`` for x0-plans, ``"rho"`` for eps-plans).
     Coordinate 0 is the scaled state; the others are the scaled outputs of earlier calls that later
-    steps read (see :meth:`PlanStructure.live`), oldest first."""
+    steps read (see `PlanStructure.live`), oldest first."""
     st = structure(plan)
     test = _check_test(test or ("lambda" if plan.prediction == "x0" else "rho"))
     steps = range(plan.grid.steps) if steps is None else list(steps)
@@ -140,7 +140,8 @@ def final_step_factor(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
     """The factor ``(x_N / alpha_N) / (x_{N-1} / alpha_{N-1})`` of the plan's last step, in data units,
     on the linear test with a frozen ``mu``, the earlier outputs it reads being those the same frozen
     test produced from the start of the grid. Made for a last step to sigma = 0 (infinite lambda),
-    where the scaled state of :func:`step_matrices` does not exist; valid for any last step.
+    where the scaled state of [`step_matrices`][odesolve.analysis.stability.step_matrices] does not exist; valid for
+    any last step.
 
     Compare with the exact frozen flow: in data units ``u = x / alpha`` the lambda test gives
     ``du/dlambda = (mu - 1) u``, so a step to sigma = 0 (``h = inf``) takes every mode with
@@ -167,7 +168,8 @@ def final_step_factor(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
 def plan_transfer(plan: Plan, mu, test: Test | None = None) -> np.ndarray:
     """The whole plan's factor ``(scaled final state) / (scaled initial state)`` on the linear test
     (product of the step matrices applied to ``(1, no history)``); compare with
-    :func:`odesolve.execute` on the same linear model, or with the exact ``e^(mu (lambda_N - lambda_0))``."""
+    [`odesolve.execute`][odesolve.execute] on the same linear model, or with the exact ``e^(mu (lambda_N -
+    lambda_0))``."""
     mats = step_matrices(plan, mu, test)
     v = np.ones((mats[0].shape[0], 1), dtype=complex)
     for M in mats:
@@ -462,10 +464,12 @@ def guidance_stability(
 ) -> GuidanceStability:
     """Frozen-coefficient stability of every step of ``method`` on ``grid`` for a Gaussian conditional /
     unconditional pair under classifier-free guidance of ``scale`` w: per step and eigen-direction,
-    ``mu_w`` (:func:`guidance_mu`) at both ends of the step (the one with the larger amplification),
+    ``mu_w`` ([`guidance_mu`][odesolve.analysis.stability.guidance_mu]) at both ends of the step (the one with the
+    larger amplification),
     the spectral radius of that step's matrix ``M_n(mu_w)`` on the actual (non-uniform) grid (a warm-up
     step, whose history grows, is padded with zero columns), and
-    whether a decaying mode is damped (:attr:`GuidanceStability.stable`). A last step to sigma = 0 has
+    whether a decaying mode is damped
+    ([`GuidanceStability.stable`][odesolve.analysis.stability.GuidanceStability.stable]). A last step to sigma = 0 has
     no scaled state; its ``radius`` is ``|final_step_factor|`` (data units) at ``mu_w`` of the step's
     start, where the step's call is made. It is not exact: the exact frozen flow takes the mode to 0,
     while the DDIM step gives the factor ``mu_w`` (for ``mu_w = -3`` a 3 times amplification, reported

@@ -2,7 +2,7 @@
 
 Definition (local truncation error with exact history). Let ``x*(t)`` be the exact solution through
 the problem's starting states. Step n of a plan reads the state and the outputs of earlier calls
-still in its window (:meth:`PlanStructure.live`). Its local truncation error is what the step adds
+still in its window (`PlanStructure.live`). Its local truncation error is what the step adds
 when everything it reads is exact:
 
     s      <- x*(t_n)

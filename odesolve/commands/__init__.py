@@ -7,9 +7,9 @@
 
 Each subcommand module declares ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int`` (the exit status: 0 success, 1 a failed check, 2 bad arguments). Arguments are
-validated before any work starts (:mod:`odesolve.commands._checks`). ``python -m odesolve`` and the
-``odesolve`` console script (``odesolve.cli:main``) both call :func:`main`. A new subcommand is a
-module here and its name in :data:`SUBCOMMANDS`.
+validated before any work starts (`odesolve.commands._checks`). ``python -m odesolve`` and the
+``odesolve`` console script (``odesolve.cli:main``) both call [`main`][odesolve.commands.main]. A new
+subcommand is a module here and its name in ``SUBCOMMANDS``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``odesolve report``: every method's declared, derived and measured order, its error at a few NFE
 and its stability interval, as one table, PNG figures and a Markdown report in ``--out``.
 
-The work is :func:`odesolve.analysis.report.run_report`; this module parses and checks the
-arguments (before the minutes of analysis start) and prints the table.
+The work is ``odesolve.analysis.report.run_report``; this module parses and checks the arguments
+(before the minutes of analysis start) and prints the table. (This docstring is the command's
+``--help`` text: plain text, no links.)
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ The real NFE (the compiled plan's number of calls) is printed and stored. ``--so
 sampler saved by ``odesolve.learn``) brings its own grid and coefficients: ``--method``, ``--nfe``
 and ``--grid`` are then refused.
 
-Determinism, processes, resuming (:mod:`odesolve.distributed`). Sample ``j``'s initial noise and,
+Determinism, processes, resuming (``odesolve.distributed``). Sample ``j``'s initial noise and,
 for a stochastic method, its noise path are keyed by ``(seed mod 2^31) * 2^32 + j``, so they
 depend on neither ``--batch``, the device's random generator nor the number of processes. The
 samples are computed in batches of ``--batch`` consecutive indices, written as shards in
@@ -101,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def make_grid(path, steps: int, kind: str = "trailing"):
-    """The grid ``kind`` (one of :data:`GRIDS`) with ``steps`` steps on a discrete VP ``path``,
+    """The grid ``kind`` (one of [`GRIDS`][odesolve.commands.sample.GRIDS]) with ``steps`` steps on a discrete VP
+    ``path``,
     from its noise end to t = -1 (sigma = 0)."""
     from .. import grids
     from ..toy import reference

@@ -5,7 +5,7 @@
     fitted.save("solver.json");  fitted = odesolve.learn.load("solver.json")
 
 A fitted sampler is an ordinary method (a registered table on a learned grid, or a
-:class:`~odesolve.methods.fitted.FittedPlan`): it compiles to a Plan, runs in the one executor and
+`FittedPlan`): it compiles to a Plan, runs in the one executor and
 is analysed like any other. It reports its parameter count, fit time and loss on held-out noise.
 """
 

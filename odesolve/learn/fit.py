@@ -2,7 +2,7 @@
 
 The loss is global, as in LD3 (Tong et al. 2025) and BNS (Shaul et al. 2024): the mean squared
 difference between the fitted sampler's final states and a teacher's from the same starting noise,
-its gradient taken through the differentiable compile (:meth:`Method.compile` is float64 torch) and
+its gradient taken through the differentiable compile (`Method.compile` is float64 torch) and
 the executor. The teacher's final states are computed once per fit, for the training and the
 validation noise, which never mix: the validation loss is reported after every epoch, never enters
 a gradient, and (with ``select``, the default) picks the epoch that is returned (early stopping).
@@ -61,7 +61,7 @@ class Fitted:
         return sample(model, x_T, self.grid, method=self.method, **kwargs)
 
     def save(self, path) -> None:
-        """Write a JSON file with exact float64 numbers (see :func:`odesolve.learn.load`)."""
+        """Write a JSON file with exact float64 numbers (see [`odesolve.learn.load`][odesolve.learn.io.load])."""
         from .io import save
 
         save(self, path)
@@ -76,7 +76,7 @@ class Fitted:
 def teacher_solve(model: Model, x_T: Tensor, grid: Grid, teacher=None, *, teacher_steps: int = 256) -> Tensor:
     """The teacher's final states from ``x_T`` at ``grid.t[0]`` to ``grid.t[-1]`` (float64):
 
-    - ``None`` or ``"reference"``: :func:`odesolve.toy.reference.solve` (adaptive DOP853 at
+    - ``None`` or ``"reference"``: [`odesolve.toy.reference.solve`][odesolve.toy.reference.solve] (adaptive DOP853 at
       ``rtol = atol = 1e-10``, self-checked), for exact float64 models;
     - a registered method name or table: that method on ``grid`` with every step split into
       ``ceil(teacher_steps / grid.steps)`` steps uniform in lambda (steps of infinite length stay one);
@@ -148,12 +148,12 @@ def fit(
         family: ``"grid"`` (the interior times of ``grid``, for the registered method ``init``) or
             ``"coefficients"`` (the grid and a zero-row-sum correction of every history coefficient
             of ``init``'s plan, reading up to ``window`` outputs: a non-stationary table,
-            :class:`~odesolve.methods.fitted.FittedPlan`, exact for constant predictions and for the
+            `FittedPlan`, exact for constant predictions and for the
             linear part as its initial method is).
         init: a registered deterministic method (name or table).
         grid: the initial grid, its ends kept (default: Karras, EDM's sigma range, to sigma = 0, with
             the steps that make ``nfe`` calls); ``init`` must make ``nfe`` calls on it.
-        teacher: see :func:`teacher_solve` (default: the high-accuracy reference solver).
+        teacher: see [`teacher_solve`][odesolve.learn.fit.teacher_solve] (default: the high-accuracy reference solver).
         x_T_val: validation noise (default: the last quarter of ``x_T``, not trained on).
         iterations, epochs: L-BFGS iterations (strong Wolfe line search) per epoch, and epochs; the
             validation loss is computed after each epoch (``callback(epoch, val_loss)``).

@@ -85,7 +85,8 @@ def save(fitted: Fitted, file) -> None:
 
 
 def load(file) -> Fitted:
-    """The :class:`Fitted` sampler saved in ``file`` by :meth:`Fitted.save`."""
+    """The [`Fitted`][odesolve.learn.fit.Fitted] sampler saved in ``file`` by
+    [`Fitted.save`][odesolve.learn.fit.Fitted.save]."""
     doc = json.loads(FsPath(file).read_text())
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"{file}: not a fitted sampler (format {FORMAT!r} expected)")

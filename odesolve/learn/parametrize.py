@@ -1,8 +1,9 @@
 """Parametrisations of what a fit learns, each exact at its initial value and consistent for every value.
 
-- :class:`GridLogits`: the interior times of a grid as a softmax over its steps in lambda; the grid
-  stays strictly decreasing with both ends fixed (as LD3, Tong et al. 2025, learns its grid).
-- :class:`RowCorrection`: a correction to a plan's history coefficients with zero sum in every row,
+- [`GridLogits`][odesolve.learn.parametrize.GridLogits]: the interior times of a grid as a softmax over its steps in
+  lambda; the grid stays strictly decreasing with both ends fixed (as LD3, Tong et al. 2025, learns its grid).
+- [`RowCorrection`][odesolve.learn.parametrize.RowCorrection]: a correction to a plan's history coefficients with zero
+  sum in every row,
   so the fitted plan integrates a constant prediction exactly wherever the initial one did, and its
   state factors (the exact linear part) are untouched (the consistency conditions of BNS / S4S).
 """

@@ -5,7 +5,8 @@ run over the registry pick it up. Names whose tables compile to plans bit-identi
 registered table's are aliases: ``get`` answers them, ``names`` lists each distinct method once.
 
 ``MIDPOINT``, ``BH1`` and ``HALF_SECOND_DIFFERENCE`` are the published weight rows of
-:class:`ExponentialMultistep` (``weights=MIDPOINT + HALF_SECOND_DIFFERENCE`` is DPM-Solver++(3M)).
+[`ExponentialMultistep`][odesolve.methods.exponential_multistep.ExponentialMultistep] (``weights=MIDPOINT +
+HALF_SECOND_DIFFERENCE`` is DPM-Solver++(3M)).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def register_alias(alias: str, target: str) -> None:
 
 
 def names() -> list[str]:
-    """Every distinct registered method (aliases are listed by :func:`aliases`)."""
+    """Every distinct registered method (aliases are listed by [`aliases`][odesolve.methods.aliases])."""
     return list(_REGISTRY)
 
 

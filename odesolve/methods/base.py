@@ -1,7 +1,7 @@
 """What every method table shares: the phi-functions, the step geometry, the base class.
 
 A table is data: every consumer (executor, analysis, adapters, benchmarks) reads what it needs from
-the declared attributes of :class:`Method` and never from its class or name:
+the declared attributes of [`Method`][odesolve.methods.base.Method] and never from its class or name:
 
 - ``order: int``                        the global order on the grids of ``grid_requirement``;
 - ``prediction: "x0" | "eps"``          what the plan's buffer holds (data or noise prediction);
@@ -12,7 +12,7 @@ the declared attributes of :class:`Method` and never from its class or name:
 - ``derivation(max_order, budget)``     the symbolic derivation of the family (in the family's file).
 
 Compile is vectorised over all steps: a family computes the coefficients of every step as tensors
-and fills :class:`odesolve.plan.Rows` with them.
+and fills [`odesolve.plan.Rows`][odesolve.plan.Rows] with them.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Method:
         return 0
 
     def derivation(self, max_order: int | None = None, budget=None):
-        """The symbolic analysis of this table (see :func:`odesolve.analysis.derive`)."""
+        """The symbolic analysis of this table (see [`odesolve.analysis.derive`][odesolve.analysis.symbolic.derive])."""
         from ..analysis.symbolic import SymbolicLimitError
 
         raise SymbolicLimitError(f"{type(self).__name__} tables have no symbolic derivation; use numeric_order")

@@ -62,7 +62,8 @@ class RungeKutta(Method):
         return len(self.c)
 
     def derivation(self, max_order=None, budget=None):
-        """Butcher's rooted-tree order conditions (:mod:`odesolve.analysis.symbolic.butcher`)."""
+        """Butcher's rooted-tree order conditions
+        ([`odesolve.analysis.symbolic.butcher`][odesolve.analysis.symbolic.butcher])."""
         from ..analysis.symbolic.butcher import tree_order_conditions
 
         return tree_order_conditions(self, max_order, budget)
@@ -164,7 +165,8 @@ class FixedAdams(Method):
         return tuple(adams_bashforth_weights(q) for q in range(1, self.steps_back + 1))
 
     def derivation(self, max_order=None, budget=None):
-        """Equal-step Adams conditions with the warm-up (:mod:`odesolve.analysis.symbolic.lmm`)."""
+        """Equal-step Adams conditions with the warm-up
+        ([`odesolve.analysis.symbolic.lmm`][odesolve.analysis.symbolic.lmm])."""
         from ..analysis.symbolic.lmm import fixed_adams_orders
 
         return fixed_adams_orders(self)

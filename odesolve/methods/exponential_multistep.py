@@ -72,7 +72,7 @@ class ExponentialMultistep(Method):
 
     ``weights``: rows ``(m, i, Weight)`` replacing the exact weight of Taylor term i in the steps that
     interpolate m outputs (the corrector's formula has one more node); compile and the symbolic
-    derivation both read them through :meth:`weight`."""
+    derivation both read them through [`weight`][odesolve.methods.exponential_multistep.ExponentialMultistep.weight]."""
 
     nodes: int = 2  # q, the number of outputs interpolated (the order of the interpolant + 1)
     variable: Variable = "lambda"
@@ -125,7 +125,8 @@ class ExponentialMultistep(Method):
         return Weight.taylor(i)
 
     def derivation(self, max_order=None, budget=None):
-        """Closed-form exponential Adams coefficients (:mod:`odesolve.analysis.symbolic.adams`)."""
+        """Closed-form exponential Adams coefficients
+        ([`odesolve.analysis.symbolic.adams`][odesolve.analysis.symbolic.adams])."""
         from ..analysis.symbolic.adams import exponential_adams
 
         return exponential_adams(self, max_order, budget)

@@ -68,7 +68,8 @@ class ExponentialRK(Method):
         return ("lower_order_final",) if len(self.c) == 1 else ()
 
     def derivation(self, max_order=None, budget=None):
-        """Hochbruck-Ostermann stiff order conditions (:mod:`odesolve.analysis.symbolic.erk`)."""
+        """Hochbruck-Ostermann stiff order conditions
+        ([`odesolve.analysis.symbolic.erk`][odesolve.analysis.symbolic.erk])."""
         from ..analysis.symbolic.erk import stiff_order_conditions
 
         return stiff_order_conditions(self, max_order, budget)

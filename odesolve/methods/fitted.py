@@ -1,10 +1,10 @@
 """Fitted plans: a non-stationary table (one row per model call) learned for one model on one grid.
 
-Where a registered table derives its coefficients from the grid, a :class:`FittedPlan` *is* its
-coefficients: the float64 rows of a :class:`~odesolve.plan.Plan` (semantics in the module docstring
-of :mod:`odesolve.plan`), stored as exact data, as BNS (Shaul et al. 2024) and S4S (Frankel et al.
+Where a registered table derives its coefficients from the grid, a `FittedPlan` *is* its
+coefficients: the float64 rows of a [`Plan`][odesolve.plan.Plan] (semantics in the module docstring
+of [`odesolve.plan`][odesolve.plan]), stored as exact data, as BNS (Shaul et al. 2024) and S4S (Frankel et al.
 2025) learn them. It compiles only for the grid it was fitted on and refuses any other.
-:func:`odesolve.learn.fit` builds them; they are not registered (they belong to one model).
+[`odesolve.learn.fit`][odesolve.learn.fit] builds them; they are not registered (they belong to one model).
 """
 
 from __future__ import annotations

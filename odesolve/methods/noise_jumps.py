@@ -43,7 +43,7 @@ __all__ = ["TABLES", "HeunJumps"]
 
 
 class _Program:
-    """Calls appended one by one (coefficients as 0-dim float64 tensors), then one :class:`Rows`."""
+    """Calls appended one by one (coefficients as 0-dim float64 tensors), then one ``Rows``."""
 
     def __init__(self, g):
         self.g = g

@@ -2,7 +2,8 @@
 Gaussian with closed-form ODE and SDE solutions, mixtures of low-rank Gaussians, high-accuracy
 reference solutions, distribution metrics and a registry of named problems.
 
-The hypothesis strategies live in :mod:`odesolve.toy.strategies` (a test extra; not imported here).
+The hypothesis strategies live in [`odesolve.toy.strategies`][odesolve.toy.strategies] (a test extra; not imported
+here).
 """
 
 from . import metrics, problems, reference

@@ -111,8 +111,8 @@ class _State(NamedTuple):
 
 class SpectralMixture:
     """A Gaussian mixture stored in the spectral form above. Build it with
-    :class:`~odesolve.toy.GaussianMixture`, :class:`~odesolve.toy.LowRankMixture` or
-    :class:`~odesolve.toy.Gaussian`; all methods live here."""
+    [`GaussianMixture`][odesolve.toy.gmm.GaussianMixture], [`LowRankMixture`][odesolve.toy.lowrank.LowRankMixture] or
+    [`Gaussian`][odesolve.toy.gaussian.Gaussian]; all methods live here."""
 
     def _init_spectral(self, weights: Tensor, means: Tensor, basis: Tensor, eigvals: Tensor, floor: Tensor):
         self._weights = weights
@@ -334,7 +334,7 @@ class SpectralMixture:
         return self.predict(x, t, path, "velocity")
 
     def model(self, path: Path, prediction: Prediction = "x0") -> Model:
-        """The exact network of this distribution under ``path``: an :class:`odesolve.models.Model`.
+        """The exact network of this distribution under ``path``: an [`odesolve.models.Model`][odesolve.models.Model].
         It computes in float64 and returns the dtype of its input."""
         _check_prediction(prediction)
 
@@ -373,7 +373,8 @@ class SpectralMixture:
     def sample_marginal(
         self, n: int, t, path: Path, generator: torch.Generator | None = None
     ) -> Float[Tensor, "n dim"]:
-        """``n`` exact samples of ``p_t``: ``alpha x0 + sigma eps`` with ``x0`` from :meth:`sample`."""
+        """``n`` exact samples of ``p_t``: ``alpha x0 + sigma eps`` with ``x0`` from
+        [`sample`][odesolve.toy._spectral.SpectralMixture.sample]."""
         x0 = self.sample(n, generator)
         la, ls = self._log_coefficients(x0, t, path)
         e = torch.randn(x0.shape, dtype=torch.float64, device=x0.device, generator=generator)

@@ -42,7 +42,8 @@ class ReverseSDEMarginal(NamedTuple):
 
 
 class Gaussian(GaussianMixture):
-    """``N(mean, cov)``: a :class:`GaussianMixture` with one component, plus closed-form flows.
+    """``N(mean, cov)``: a [`GaussianMixture`][odesolve.toy.gmm.GaussianMixture] with one component, plus closed-form
+    flows.
 
     Args:
         mean: (dim,).

@@ -52,5 +52,6 @@ class LowRankMixture(SpectralMixture):
         self._init_spectral(w, mu, P, S * S + s2[:, None], s2)
 
     def dense(self) -> GaussianMixture:
-        """The same distribution as a :class:`GaussianMixture` with dense covariances (for testing)."""
+        """The same distribution as a [`GaussianMixture`][odesolve.toy.gmm.GaussianMixture] with dense covariances (for
+        testing)."""
         return GaussianMixture(self.weights, self.means, self.covs)

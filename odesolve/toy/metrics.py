@@ -4,20 +4,23 @@ Pass the distribution the samples should follow: the data mixture, or ``mixture.
 for ``p`` at the last time of the grid (``p_{sigma_min} = p_0 * N(0, sigma_min^2)``), which is the
 right target for a sampler that stops at ``sigma_min > 0``.
 
-- :func:`endpoint_error`: RMSE ``sqrt(mean_i |x_i - x*_i|^2 / d)`` of samples against reference end
-  points from the same starting points, the median of the per-sample RMS error, and the rate at which
+- [`endpoint_error`][odesolve.toy.metrics.endpoint_error]: RMSE ``sqrt(mean_i |x_i - x*_i|^2 / d)`` of samples against
+  reference end points from the same starting points, the median of the per-sample RMS error, and the rate at which
   a sample lands in the same mode (most responsible component) as its reference;
-- :func:`nll`: exact mean negative log-likelihood ``-mean_i log p(x_i)`` (cross-entropy);
-- :func:`sliced_w2`: sliced Wasserstein-2 distance between two sample sets (Rabin et al. 2011;
-  Bonneel et al. 2015) over a fixed number of random directions;
-- :func:`mode_coverage`: the histogram of most-responsible components and its total-variation
+- [`nll`][odesolve.toy.metrics.nll]: exact mean negative log-likelihood ``-mean_i log p(x_i)`` (cross-entropy);
+- [`sliced_w2`][odesolve.toy.metrics.sliced_w2]: sliced Wasserstein-2 distance between two sample sets (Rabin et al.
+  2011; Bonneel et al. 2015) over a fixed number of random directions;
+- [`mode_coverage`][odesolve.toy.metrics.mode_coverage]: the histogram of most-responsible components and its
+  total-variation
   distance ``(1/2) sum_k |hat pi_k - pi_k|`` from the weights.
 
-For samples of a learned model (:mod:`odesolve.toy.zoo`), where no density is known:
+For samples of a learned model ([`odesolve.toy.zoo`][odesolve.toy.zoo]), where no density is known:
 
-- :func:`frechet_distance`: the Frechet distance between Gaussians fitted to two feature sets
+- [`frechet_distance`][odesolve.toy.metrics.frechet_distance]: the Frechet distance between Gaussians fitted to two
+  feature sets
   (FID's formula, Heusel et al. 2017, arXiv 1706.08500);
-- :func:`digits_classifier`: a small classifier of the ``digits`` images (:class:`DigitsClassifier`),
+- [`digits_classifier`][odesolve.toy.metrics.digits_classifier]: a small classifier of the ``digits`` images
+  ([`DigitsClassifier`][odesolve.toy.metrics.DigitsClassifier]),
   whose second hidden layer gives the features of the Frechet distance.
 """
 
@@ -159,7 +162,8 @@ class DigitsClassifier(nn.Module):
 def digits_classifier(
     seed: int = 0, train_fraction: float = 0.75, epochs: int = 60, noise: float = 0.1
 ) -> tuple[DigitsClassifier, Tensor, Tensor]:
-    """Train :class:`DigitsClassifier` on a seeded random ``train_fraction`` of the digits (Adam,
+    """Train [`DigitsClassifier`][odesolve.toy.metrics.DigitsClassifier] on a seeded random ``train_fraction`` of the
+    digits (Adam,
     mini-batches of 128, ``epochs`` epochs, inputs jittered by Gaussian noise of std ``noise``;
     about 3 s of one CPU core; 98 % test accuracy). Returns ``(classifier, train_index, test_index)``."""
     with torch.inference_mode(False), torch.enable_grad():  # callable from inside inference_mode

@@ -8,7 +8,8 @@
     prob.with_path(VP.cosine())      # the same distribution under another path
 
 Each problem carries the noise-level range ``[sigma_min, sigma_max]`` of a benchmark grid
-(``sigma/alpha``, default EDM's 0.002 and 80); :meth:`Problem.times` gives it in the path's time.
+(``sigma/alpha``, default EDM's 0.002 and 80); [`Problem.times`][odesolve.toy.problems.Problem.times] gives it in the
+path's time.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ _FACTORIES: dict[str, Callable[[], Problem]] = {}
 
 
 def register(name: str, factory: Callable[[], Problem]) -> None:
-    """Add a problem: ``factory()`` builds it (deterministically) on first :func:`get`."""
+    """Add a problem: ``factory()`` builds it (deterministically) on first [`get`][odesolve.toy.problems.get]."""
     if name in _FACTORIES:
         raise ValueError(f"name {name!r} is already registered")
     _FACTORIES[name] = factory

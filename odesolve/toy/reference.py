@@ -1,4 +1,4 @@
-"""High-accuracy float64 reference solutions of the probability-flow ODE of any :class:`Model`.
+"""High-accuracy float64 reference solutions of the probability-flow ODE of any [`Model`][odesolve.models.Model].
 
 Formulation. With ``s = hypot(alpha, sigma)`` the state ``w = x / s`` obeys, in half log-SNR time
 ``lambda = log(alpha / sigma)``,
@@ -39,8 +39,8 @@ a separate solve, so the reported states are step end points, never interpolants
 Self-check: the problem is solved at ``(rtol, atol)`` and at ``(100 rtol, 100 atol)``. The looser
 solution's error is about 100 times the tighter one's, so ``|x - x_loose|`` is a conservative
 estimate of the reference's error. ``check="raise"`` (default) raises
-:class:`ReferenceAccuracyError` where it exceeds ``1e4 (atol + rtol max|x|)`` (100 times the loose
-tolerance; scipy controls the RMS error over the batch, so single entries may exceed the
+[`ReferenceAccuracyError`][odesolve.toy.reference.ReferenceAccuracyError] where it exceeds ``1e4 (atol + rtol max|x|)``
+(100 times the loose tolerance; scipy controls the RMS error over the batch, so single entries may exceed the
 tolerance itself), ``"warn"`` warns, ``"off"`` skips the second solve.
 """
 
@@ -66,8 +66,9 @@ Check = Literal["raise", "warn", "off"]
 
 
 class ReferenceAccuracyError(RuntimeError):
-    """A reference failed its self-check: the solutions at two tolerances (:func:`trajectory`) or at
-    two step counts (:func:`solve_by_halving`) disagree beyond the stated bound."""
+    """A reference failed its self-check: the solutions at two tolerances
+    ([`trajectory`][odesolve.toy.reference.trajectory]) or at
+    two step counts ([`solve_by_halving`][odesolve.toy.reference.solve_by_halving]) disagree beyond the stated bound."""
 
 
 def _softplus_a(lam: Tensor) -> Tensor:
@@ -257,7 +258,8 @@ def solve(
 ):
     """The PF-ODE solution at ``t_to`` of ``model`` started from ``x`` at ``t_from`` (scalars, either
     direction; ``t_to`` may be the data end ``sigma = 0`` and ``t_from`` a zero-SNR start ``alpha = 0``).
-    Returns float64 ``x_to`` (or ``(x_to, error)`` with ``return_error``); see :func:`trajectory`."""
+    Returns float64 ``x_to`` (or ``(x_to, error)`` with ``return_error``); see
+    [`trajectory`][odesolve.toy.reference.trajectory]."""
     t_from, t_to = as_time(t_from, "t_from"), as_time(t_to, "t_to")
     if t_from.ndim or t_to.ndim:
         raise ValueError("t_from and t_to must be scalars (the whole batch shares the interval)")
@@ -288,7 +290,8 @@ def halving_grid(path: VPDiscrete, steps: int, t_start: float | None = None, t_e
     """``steps - 1`` steps uniform in lambda from ``t_start`` (default the noise end) to ``t_end``
     (default 0, the first training time of a discrete model), then the step to ``t = -1``
     (sigma = 0), one model call (for the exponential methods the DDIM limit ``x = x0_hat(x, t_end)``
-    of their step as ``h -> inf``; docs/theory.md section 2). The grid of :func:`solve_by_halving`."""
+    of their step as ``h -> inf``; docs/theory.md section 2). The grid of
+    [`solve_by_halving`][odesolve.toy.reference.solve_by_halving]."""
     from .. import grids
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
@@ -309,15 +312,17 @@ def solve_by_halving(
     return_error: bool = False,
 ):
     """A reference solution of the probability-flow ODE of a learned discrete-time ``model`` (a
-    :class:`~odesolve.paths.VPDiscrete` path, e.g. :func:`odesolve.toy.zoo.load`) from ``x_T`` at
+    [`VPDiscrete`][odesolve.paths.VPDiscrete] path, e.g. [`odesolve.toy.zoo.load`][odesolve.toy.zoo.load]) from ``x_T``
+    at
     ``t_start`` (default the noise end) to sigma = 0, by a fine-step high-order odesolve method.
 
-    Where :func:`solve` adapts its steps to 1e-12 (right for exact float64 models), a float32
-    network is solved on :func:`halving_grid` with ``steps`` steps of ``method`` (default
-    DPM-Solver-3, third order: ``3 (steps - 1) + 1`` model calls) in float64 state, and again with
+    Where [`solve`][odesolve.toy.reference.solve] adapts its steps to 1e-12 (right for exact float64 models), a float32
+    network is solved on [`halving_grid`][odesolve.toy.reference.halving_grid] with ``steps`` steps of ``method``
+    (default DPM-Solver-3, third order: ``3 (steps - 1) + 1`` model calls) in float64 state, and again with
     ``steps // 2`` steps. The largest difference between the two over all entries must be below
     ``tol`` (in the data's units; ``digits`` has grey levels 0.125 apart), else
-    :class:`ReferenceAccuracyError`; for a third-order method the fine solve's error is about 1/8
+    [`ReferenceAccuracyError`][odesolve.toy.reference.ReferenceAccuracyError]; for a third-order method the fine
+    solve's error is about 1/8
     of that difference. The end point is ``x0_hat`` at ``t_end = 0`` (sigma = 0.01 for ``digits``):
     the network was not trained closer to the data.
 

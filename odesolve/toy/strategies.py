@@ -1,6 +1,6 @@
 """Hypothesis strategies for property-based tests: random valid mixtures, paths, times and grids.
 
-Needs ``hypothesis`` (a test extra); :mod:`odesolve.toy` does not import this module.
+Needs ``hypothesis`` (a test extra); [`odesolve.toy`][odesolve.toy] does not import this module.
 
     from hypothesis import given
     from odesolve.toy import strategies as ts
@@ -81,8 +81,9 @@ def weights(k: int, min_weight: Real = 0.05) -> st.SearchStrategy[torch.Tensor]:
 
 @st.composite
 def mixtures(draw, dims=None, components=None, condition: Real = 100.0, spread: Real = 3.0) -> GaussianMixture:
-    """Random :class:`GaussianMixture`: ``dims`` and ``components`` are strategies (or ints), means
-    in ``[-spread, spread]^d``, covariances from :func:`spd_matrices` with the given conditioning."""
+    """Random [`GaussianMixture`][odesolve.toy.gmm.GaussianMixture]: ``dims`` and ``components`` are strategies (or
+    ints), means
+    in ``[-spread, spread]^d``, covariances from `spd_matrices` with the given conditioning."""
     d = _value(draw, dims, st.integers(1, 4))
     K = _value(draw, components, st.integers(1, 4))
     w = draw(weights(K))
@@ -93,7 +94,8 @@ def mixtures(draw, dims=None, components=None, condition: Real = 100.0, spread: 
 
 @st.composite
 def lowrank_mixtures(draw, dims=None, components=None, ranks=None, orthonormal: bool | None = None) -> LowRankMixture:
-    """Random :class:`LowRankMixture` with rank ``r < dim``; factors orthonormal-times-scales or general."""
+    """Random [`LowRankMixture`][odesolve.toy.lowrank.LowRankMixture] with rank ``r < dim``; factors
+    orthonormal-times-scales or general."""
     d = _value(draw, dims, st.integers(2, 24))
     K = _value(draw, components, st.integers(1, 4))
     r = min(_value(draw, ranks, st.integers(1, 3)), d - 1)
@@ -110,7 +112,7 @@ def lowrank_mixtures(draw, dims=None, components=None, ranks=None, orthonormal: 
 
 @st.composite
 def gaussians(draw, dims=None, condition: Real = 100.0) -> Gaussian:
-    """Random :class:`Gaussian` (``dims``: an int or a strategy, default 1 to 6)."""
+    """Random [`Gaussian`][odesolve.toy.gaussian.Gaussian] (``dims``: an int or a strategy, default 1 to 6)."""
     d = _value(draw, dims, st.integers(1, 6))
     return Gaussian(draw(vectors(d, -2.0, 2.0)), draw(spd_matrices(d, condition)))
 
@@ -144,7 +146,7 @@ def _vp_discrete(schedule: str, T: int, zero_snr: bool) -> Path:
 def paths(
     kinds: tuple[str, ...] = ("vp-linear", "vp-cosine", "vp-discrete", "edm", "ve", "flow"),
 ) -> st.SearchStrategy[Path]:
-    """Paths of :mod:`odesolve.paths` with random valid parameters."""
+    """Paths of [`odesolve.paths`][odesolve.paths] with random valid parameters."""
     options = {
         "vp-linear": st.builds(
             lambda b0, db: VP.linear(beta_min=b0, beta_max=b0 + db),
@@ -198,7 +200,8 @@ def grids(
     end_at_zero=None,
     kind=None,
 ):
-    """Random non-uniform grids from :func:`odesolve.grids.from_times` or :func:`~odesolve.grids.from_sigmas`.
+    """Random non-uniform grids from [`odesolve.grids.from_times`][odesolve.grids.from_times] or
+    [`from_sigmas`][odesolve.grids.from_sigmas].
 
     The steps in ``lambda = -log(noise level)`` between ``sigma_max`` and ``sigma_min`` (clipped to
     the path) have consecutive ratios ``h_{i+1} / h_i`` in ``[1/ratio, ratio]``; with ``end_at_zero``

@@ -16,8 +16,8 @@ the half log-SNR ``lambda(t)``, which keeps its probability-flow ODE smooth). It
 
 This module holds the networks and their checkpoints only. What the tests and the docs measure
 them with lives with the other metrics and references: the digits classifier and the Frechet
-distance in :mod:`odesolve.toy.metrics`, the step-halving reference solution in
-:mod:`odesolve.toy.reference` (:func:`~odesolve.toy.reference.solve_by_halving`).
+distance in [`odesolve.toy.metrics`][odesolve.toy.metrics], the step-halving reference solution in
+[`odesolve.toy.reference`][odesolve.toy.reference] ([`solve_by_halving`][odesolve.toy.reference.solve_by_halving]).
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def noise_embedding(lam: Tensor, dim: int, w_min: float = 0.1, w_max: float = 3.
 
 
 class LambdaOfTime:
-    """``lambda(t)`` of a :class:`VPDiscrete` path on any device, from a table of ``log alpha`` at the
+    """``lambda(t)`` of a [`VPDiscrete`][odesolve.paths.VPDiscrete] path on any device, from a table of ``log alpha``
+    at the
     integer times (the path interpolates ``log alpha`` linearly in between, and so does this)."""
 
     def __init__(self, path: VPDiscrete):
@@ -144,7 +145,8 @@ class DigitsNet(nn.Module):
     3x3 convolution at 8x8 runs at a small fraction of the speed of a matrix product (a (32, 64, 64)
     UNet of 1M parameters took 7 times the CPU time per training step of a 2.7M-parameter MLP).
     ``forward(x, lam)`` takes ``x`` of shape ``(batch, *shape)`` and the half log-SNR ``lam`` of
-    each sample's noise level (:func:`noise_embedding`); it runs in the dtype of its parameters.
+    each sample's noise level ([`noise_embedding`][odesolve.toy.zoo.noise_embedding]); it runs in the dtype of its
+    parameters.
     """
 
     def __init__(
@@ -200,8 +202,8 @@ def network(name: str = "digits", device=None, dtype: torch.dtype | None = None)
 
 
 class ZooDenoiser(nn.Module):
-    """The function ``fn(x, t)`` of a zoo :class:`~odesolve.Model`: the network ``network`` evaluated
-    at the half log-SNR ``lambda(t)`` of the time ``t`` on ``path`` (:class:`LambdaOfTime`).
+    """The function ``fn(x, t)`` of a zoo [`Model`][odesolve.models.Model]: the network ``network`` evaluated
+    at the half log-SNR ``lambda(t)`` of the time ``t`` on ``path`` ([`LambdaOfTime`][odesolve.toy.zoo.LambdaOfTime]).
 
     ``network`` is the bare ``nn.Module`` (for ``torch.compile``, hooks, counting parameters);
     ``name`` the zoo name. ``x`` is cast to the network's dtype and the output returned in it."""
@@ -218,17 +220,18 @@ class ZooDenoiser(nn.Module):
 
 def config(name: str = "digits") -> dict:
     """The training configuration stored with the checkpoint of ``name`` (a copy): ``net`` (the
-    :class:`DigitsNet` arguments, ``shape`` among them), ``path`` (the diffusers schedule arguments),
+    [`DigitsNet`][odesolve.toy.zoo.DigitsNet] arguments, ``shape`` among them), ``path`` (the diffusers schedule
+    arguments),
     ``prediction``."""
     return copy.deepcopy(_checkpoint(_check_name(name))["config"])
 
 
 def load(name: str = "digits", device=None, dtype: torch.dtype | None = None) -> Model:
-    """The zoo model ``name`` as an :class:`odesolve.Model` on ``device`` with parameters in ``dtype``
+    """The zoo model ``name`` as an [`odesolve.Model`][odesolve.models.Model] on ``device`` with parameters in ``dtype``
     (default float32; bfloat16 and float16 work too, the state is then kept in float32 by the executor).
 
-    ``model.fn`` is a :class:`ZooDenoiser`; ``model.fn.network`` the bare network. Times are embedded
-    in float32. Wrap calls in ``torch.inference_mode()`` when no gradients are needed.
+    ``model.fn`` is a [`ZooDenoiser`][odesolve.toy.zoo.ZooDenoiser]; ``model.fn.network`` the bare network. Times are
+    embedded in float32. Wrap calls in ``torch.inference_mode()`` when no gradients are needed.
     """
     ck = _checkpoint(_check_name(name))
     return Model(
@@ -246,5 +249,5 @@ def data(name: str = "digits", device=None, dtype: torch.dtype = torch.float32) 
 
 
 def labels(name: str = "digits", device=None) -> Tensor:
-    """The class labels (int64) of :func:`data`."""
+    """The class labels (int64) of [`data`][odesolve.toy.zoo.data]."""
     return _checkpoint(_check_name(name))["labels"].to(device=device, dtype=torch.int64)

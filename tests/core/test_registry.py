@@ -40,7 +40,7 @@ ORDER_SETTINGS = settings(
 @table
 class TwoStageRho(Method):
     """Explicit two-stage RK in (rho, x/alpha) with its second node at c2 (Ralston: c2 = 2/3), written
-    directly against :class:`~odesolve.plan.Rows`: the second order pair a21 = c2, b = (1 - 1/(2 c2), 1/(2 c2))."""
+    directly against ``odesolve.plan.Rows``: the second order pair a21 = c2, b = (1 - 1/(2 c2), 1/(2 c2))."""
 
     prediction: str = "eps"
     c2: Fr = Fr(2, 3)

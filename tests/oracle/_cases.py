@@ -1,6 +1,6 @@
 """The diffusers schedulers, their configs, and the odesolve method and grid each one equals.
 
-A :class:`Case` runs a diffusers scheduler like a pipeline with the exact Gaussian-mixture model
+A ``Case`` runs a diffusers scheduler like a pipeline with the exact Gaussian-mixture model
 (``_oracle_lib.run_diffusers``), maps its timesteps / sigmas to an odesolve grid, runs odesolve,
 and returns the relative difference of the final samples. ``f64`` re-tabulates the scheduler in
 float64 after ``set_timesteps`` (its own tensors -- ``sigmas``, ``alphas_cumprod``... -- replaced by

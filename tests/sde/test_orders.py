@@ -68,7 +68,7 @@ def marginal_weak_errors(name, path, grid, **options):
     """(error of the mean, error of the variance) of the result when x_T is drawn from the exact marginal
     p_{t_0}: for the Gaussian it is N(a + M m_0, M^2 v_0 + sum c_k^2) against the exact p_{t_N}. Every
     sampler that keeps the marginals (any member of the reverse-SDE family, churn, restarts, Langevin
-    corrections) is measured by this one; the conditional law of :func:`weak_errors` belongs to the
+    corrections) is measured by this one; the conditional law of ``weak_errors`` belongs to the
     reverse diffusion alone."""
     plan = ods.methods.get(name).compile(path, grid, **options)
     noisy = torch.nonzero((plan.update_noise != 0) | (plan.input_noise != 0)).flatten().tolist()
@@ -105,7 +105,7 @@ def test_the_linear_response_reads_the_law_of_a_sample():
 # ancestral tables: first-order mean error, second-order variance error (tests/sde/test_ancestral.py measures them)
 WEAK_BY_VARIANCE = [n for n in STOCHASTIC if not isinstance(ods.methods.get(n), ods.methods.ancestral.Ancestral)]
 # The reverse diffusion's own discretisations are measured against its conditional law from x_T
-# (:func:`weak_errors`); the other samplers keep the marginals only (:func:`marginal_weak_errors`).
+# (``weak_errors``); the other samplers keep the marginals only (``marginal_weak_errors``).
 REVERSE_DIFFUSION = {
     *("ddpm", "dpmpp-2m-sde", "dpmpp-2m-sde-heun", "dpmpp-3m-sde", "sde-dpm-solver-1", "euler-maruyama", "sa-solver")
 }

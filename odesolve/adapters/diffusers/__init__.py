@@ -1,7 +1,7 @@
-"""diffusers interop: networks as :class:`odesolve.Model`, and a scheduler backed by a compiled plan.
+"""diffusers interop: networks as [`odesolve.Model`][odesolve.models.Model], and a scheduler backed by a compiled plan.
 
 Three model families are understood, each read from a scheduler config (a scheduler, its
-``.config`` or a plain dict), one class each in :mod:`~odesolve.adapters.diffusers.families`:
+``.config`` or a plain dict), one class each in [`families`][odesolve.adapters.diffusers.families]:
 
 ============================= ================================ ======================== ==================
 config                        path                             prediction               network time
@@ -15,11 +15,13 @@ flow matching (``shift``,     ``FlowMatching`` (x = (1-t) x0   ``velocity``     
 EDM (``sigma_data``)          ``EDM`` (x = x0 + sigma eps)     EDM preconditioning      ``log(sigma) / 4``
 ============================= ================================ ======================== ==================
 
-:func:`model_from_diffusers` wraps a network called as ``net(sample, timestep, **kwargs).sample``
-(UNet2DModel, UNet2DConditionModel, the transformer models) as an :class:`odesolve.Model`.
+[`model_from_diffusers`][odesolve.adapters.diffusers.model.model_from_diffusers] wraps a network called as
+``net(sample, timestep, **kwargs).sample`` (UNet2DModel, UNet2DConditionModel, the transformer models) as an
+[`odesolve.Model`][odesolve.models.Model].
 
-:class:`OdesolveScheduler` is a diffusers scheduler (``SchedulerMixin`` + ``ConfigMixin``) that runs
-any registered method: ``pipe.scheduler = OdesolveScheduler.from_config(pipe.scheduler.config,
+[`OdesolveScheduler`][odesolve.adapters.diffusers.scheduler.OdesolveScheduler] is a diffusers scheduler
+(``SchedulerMixin`` + ``ConfigMixin``) that runs any registered method: ``pipe.scheduler =
+OdesolveScheduler.from_config(pipe.scheduler.config,
 method="unipc-bh2-3")``. A diffusers pipeline calls ``step()`` once per model call, so
 ``timesteps`` has one entry per row of the compiled plan and ``step()`` applies that row. The
 time grid follows ``DPMSolverMultistepScheduler``'s conventions for the same config
@@ -64,8 +66,11 @@ def family_of(config) -> str:
 
 def path_from_config(config) -> Path:
     """The odesolve path of the model a scheduler config describes (see the module docstring).
-    Equal configs give equal paths, so a model from :func:`model_from_diffusers` and a grid from
-    :func:`grid_from_config` or :class:`OdesolveScheduler` built from the same config go together."""
+    Equal configs give equal paths, so a model from
+    [`model_from_diffusers`][odesolve.adapters.diffusers.model.model_from_diffusers] and a grid from
+    [`grid_from_config`][odesolve.adapters.diffusers.grids.grid_from_config] or
+    [`OdesolveScheduler`][odesolve.adapters.diffusers.scheduler.OdesolveScheduler] built from the same config go
+    together."""
     return family_for(config).path
 
 
@@ -81,5 +86,5 @@ def network_time(config, t) -> Tensor:
 
 
 def path_time(config, timestep) -> Tensor:
-    """Inverse of :func:`network_time`."""
+    """Inverse of [`network_time`][odesolve.adapters.diffusers.network_time]."""
     return family_for(config).path_time(timestep)

@@ -2,7 +2,7 @@
 
 A config is a scheduler, its ``.config`` or a plain dict (a saved ``scheduler_config.json``).
 diffusers records which fields hold only their class's defaults (``_use_default_values``) and drops
-them when a config moves to another scheduler class; :func:`read_config` drops them too, so that
+them when a config moves to another scheduler class; `read_config` drops them too, so that
 ``grid_from_config(cfg)`` is the grid of ``OdesolveScheduler.from_config(cfg)``. The fields that
 tell the model families apart (``keep``: each family's ``marks``) are kept even where they hold defaults.
 """

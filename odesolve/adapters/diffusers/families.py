@@ -1,15 +1,19 @@
 """Model families: what a diffusers scheduler config says about the network it was trained with.
 
-One small class per family, registered in :data:`FAMILIES`; :func:`family_for` picks the one a
-config describes (by its scheduler class name when it has one, else by its fields) and checks the
+One small class per family, registered in `FAMILIES`; [`family_for`][odesolve.adapters.diffusers.families.family_for]
+picks the one a config describes (by its scheduler class name when it has one, else by its fields) and checks the
 config against it. A family knows
 
-- the path and the prediction type of the network (:meth:`Family.path`, :meth:`Family.prediction`),
-- the network's time as a function of the path's time and back (:meth:`Family.network_time`,
-  :meth:`Family.path_time`),
-- how to turn the network's raw output into a prediction (:meth:`Family.output_coefficients`,
+- the path and the prediction type of the network (`Family.path`,
+  [`Family.prediction`][odesolve.adapters.diffusers.families.Family.prediction]),
+- the network's time as a function of the path's time and back
+  ([`Family.network_time`][odesolve.adapters.diffusers.families.Family.network_time],
+  [`Family.path_time`][odesolve.adapters.diffusers.families.Family.path_time]),
+- how to turn the network's raw output into a prediction
+  ([`Family.output_coefficients`][odesolve.adapters.diffusers.families.Family.output_coefficients],
   with the EDM preconditioning of Karras et al. 2022, Table 1, where the family has one),
-- its default grid (:meth:`Family.grid`), as the diffusers schedulers of the family build it.
+- its default grid ([`Family.grid`][odesolve.adapters.diffusers.families.Family.grid]), as the diffusers schedulers of
+  the family build it.
 
 A new family is one class here with ``@register``; nothing else dispatches on the family.
 """
@@ -37,7 +41,7 @@ FAMILIES: dict[str, type[Family]] = {}  # in order of precedence: the first that
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Add a family to :data:`FAMILIES` (class decorator)."""
+    """Add a family to `FAMILIES` (class decorator)."""
     FAMILIES[cls.name] = cls
     return cls
 
@@ -50,10 +54,11 @@ def marks() -> tuple[str, ...]:
 def family_for(config) -> Family:
     """The family a scheduler config describes, its config checked (a ``ValueError`` names the field).
 
-    A config whose scheduler class name starts with a family's :attr:`~Family.class_prefix`
+    A config whose scheduler class name starts with a family's `class_prefix`
     (``EDMEulerScheduler``, ``FlowMatchEulerDiscreteScheduler``) is of that family; otherwise the
-    first family in :data:`FAMILIES` whose :meth:`~Family.describes` accepts its fields, and the
-    :attr:`~Family.default` family (VP) when none does."""
+    first family in `FAMILIES` whose [`describes`][odesolve.adapters.diffusers.families.Family.describes] accepts its
+    fields, and the
+    `default` family (VP) when none does."""
     cfg = read_config(config, keep=marks())
     name = str(cfg.get("_class_name") or "")
     by_name = [f for f in FAMILIES.values() if f.class_prefix and name.startswith(f.class_prefix)]
@@ -66,7 +71,7 @@ def family_for(config) -> Family:
 
 
 class Family:
-    """A model family, bound to one config (a dict from :func:`~.config.read_config`)."""
+    """A model family, bound to one config (a dict from `read_config`)."""
 
     name: ClassVar[str]
     class_prefix: ClassVar[str | None] = None  # diffusers scheduler classes that belong to this family
@@ -104,7 +109,7 @@ class Family:
         return torch.as_tensor(t, dtype=torch.float64)
 
     def path_time(self, timestep) -> Tensor:
-        """Inverse of :meth:`network_time` (float64)."""
+        """Inverse of `network_time` (float64)."""
         return torch.as_tensor(timestep).to(torch.float64)
 
     def preconditioning(self, t) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -261,7 +266,7 @@ class FlowFamily(Family):
 
 @register
 class VPFamily(Family):
-    """Discrete-time variance-preserving models (DDPM): the path :class:`~odesolve.paths.VPDiscrete` of the
+    """Discrete-time variance-preserving models (DDPM): the path [`VPDiscrete`][odesolve.paths.VPDiscrete] of the
     config's betas (``beta_schedule`` or ``trained_betas``, ``rescale_betas_zero_snr``), its time the
     timestep index, the network called at it. Default grid: ``DPMSolverMultistepScheduler``'s
     (``timestep_spacing``, ``steps_offset``, ``use_karras_sigmas``, ``use_lu_lambdas``). The default family."""

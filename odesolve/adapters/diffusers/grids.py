@@ -24,7 +24,7 @@ def _final(cfg: dict) -> str:
 
 
 def grid_from_config(config, steps: int, *, path: Path | None = None, mu: float | None = None) -> Grid:
-    """The time grid a diffusers scheduler with this config samples on, as an odesolve :class:`Grid`.
+    """The time grid a diffusers scheduler with this config samples on, as an odesolve [`Grid`][odesolve.grids.Grid].
 
     VP models follow ``DPMSolverMultistepScheduler`` (and ``UniPCMultistepScheduler``, whose
     conventions are the same): ``timestep_spacing`` / ``steps_offset``, or ``use_karras_sigmas`` /
@@ -33,7 +33,7 @@ def grid_from_config(config, steps: int, *, path: Path | None = None, mu: float 
     ``FlowMatchEulerDiscreteScheduler`` (``shift``, or ``use_dynamic_shifting`` with ``mu``; or
     ``use_flow_sigmas`` / ``flow_shift`` as in the multistep schedulers); EDM models the Karras or
     exponential ramp of ``EDMEulerScheduler``. Zero-length steps (a duplicated last sigma) are
-    merged by :class:`Grid`. A step count the model's timesteps cannot hold (more steps than
+    merged by [`Grid`][odesolve.grids.Grid]. A step count the model's timesteps cannot hold (more steps than
     ``num_train_timesteps`` on integer timesteps) is refused.
     """
     family = family_for(config)
@@ -41,7 +41,8 @@ def grid_from_config(config, steps: int, *, path: Path | None = None, mu: float 
 
 
 def family_grid(family: Family, steps: int, *, path: Path | None = None, mu: float | None = None) -> Grid:
-    """:func:`grid_from_config` for a family already read from its config."""
+    """[`grid_from_config`][odesolve.adapters.diffusers.grids.grid_from_config] for a family already read from its
+    config."""
     path = family.path if path is None else path
     return family.grid(steps, path, mu, _final(family.cfg))
 

@@ -84,12 +84,13 @@ def model_from_diffusers(
     path: Path | None = None,
     **network_kwargs,
 ) -> Model:
-    """An :class:`odesolve.Model` for a diffusers network and the scheduler config it was trained with.
+    """An [`odesolve.Model`][odesolve.models.Model] for a diffusers network and the scheduler config it was trained
+    with.
 
     ``network(sample, timestep, **network_kwargs)`` is called with the state (cast to ``dtype``
     when given, e.g. ``torch.float16`` for a half-precision network with a float32 state; by
     default to the dtype of the network's parameters) and the network's timestep as float32
-    (:func:`network_time`); ``.sample`` (or the first element of a tuple) is its output. A network
+    (`network_time`); ``.sample`` (or the first element of a tuple) is its output. A network
     with a learned variance (twice the channels) gives its first half. EDM networks are
     preconditioned (``c_skip x + c_out F(c_in x)``) and predict x0. ``clip_sample=True`` clips the
     data prediction to ``config.clip_sample_range`` (as DDIMScheduler does when its config says

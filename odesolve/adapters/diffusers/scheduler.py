@@ -1,9 +1,9 @@
 """OdesolveScheduler: a diffusers scheduler (``SchedulerMixin`` + ``ConfigMixin``) driving odesolve's executor.
 
 A diffusers pipeline calls ``step()`` once per model call, so ``timesteps`` has one entry per row
-of the compiled plan. The rows are interpreted by :meth:`odesolve.execute.Program.steps`, the one
-interpreter: the first ``step`` of a run prepares the plan's program for the sample's shape, dtype
-and device (:func:`odesolve.execute.prepare`, cached) and starts it from the sample; every
+of the compiled plan. The rows are interpreted by [`odesolve.execute.Program.steps`][odesolve.execute.Program.steps],
+the one interpreter: the first ``step`` of a run prepares the plan's program for the sample's shape, dtype
+and device ([`odesolve.execute.prepare`][odesolve.execute.prepare], cached) and starts it from the sample; every
 ``step`` sends the network's output into it and returns a copy of the next model input it
 yields, in the sample's dtype.
 """
@@ -69,7 +69,8 @@ def _entry(timestep, timesteps: Tensor) -> int | None:
 
 def _clipping(config, model: Model) -> Model | None:
     """``clip_sample`` / ``thresholding`` of a diffusers config as odesolve's wrappers of ``model``
-    (:func:`~odesolve.models.clip_data`, :func:`~odesolve.models.dynamic_thresholding`, which refuse
+    ([`clip_data`][odesolve.models.clip_data], [`dynamic_thresholding`][odesolve.models.dynamic_thresholding], which
+    refuse
     bad ranges naming the field); None when the config clips nothing."""
     if config.thresholding:
         return dynamic_thresholding(model, config.dynamic_thresholding_ratio, config.sample_max_value)
@@ -92,13 +93,13 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs an odesolve method from a compiled plan.
 
     ``method`` is a registered name (``odesolve.methods.names()``). The other arguments read the
-    model description and the time grid from a diffusers config (see :func:`path_from_config`
-    and :func:`grid_from_config`); keys of other schedulers' configs that do not apply here are
+    model description and the time grid from a diffusers config (see `path_from_config`
+    and `grid_from_config`); keys of other schedulers' configs that do not apply here are
     ignored, as diffusers does.
 
     Stepping: ``timesteps`` has one entry per model call of the plan (``order`` calls per grid
     step for multi-stage methods) and ``step(model_output, t, sample)`` sends the output into the
-    plan's :class:`~odesolve.execute.Program` and returns the next model input (the final sample
+    plan's [`Program`][odesolve.execute.Program] and returns the next model input (the final sample
     after the last call). ``t`` must be the next entry of ``timesteps`` (a ``ValueError`` names
     it otherwise). The state and the history are kept at float32 or better, whatever the
     network's dtype. A pipeline may replace ``sample`` before a call whose input is the state
@@ -107,8 +108,9 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     ``lower_order_final`` is passed to multistep methods when ``num_inference_steps <
     lower_order_final_max_steps`` (15 by default, DPMSolverMultistepScheduler's rule; ``None``
     applies it at any number of steps, as UniPCMultistepScheduler does). ``clip_sample`` and
-    ``thresholding`` clip the data prediction on the model side (:func:`odesolve.models.clip_data`,
-    :func:`odesolve.models.dynamic_thresholding`).
+    ``thresholding`` clip the data prediction on the model side
+    ([`odesolve.models.clip_data`][odesolve.models.clip_data],
+    [`odesolve.models.dynamic_thresholding`][odesolve.models.dynamic_thresholding]).
 
     img2img (a grid entered mid-way, diffusers #1866): ``set_begin_index(i)`` or a first ``step``
     at ``timesteps[i]`` recompiles the plan on the grid from that step on, so multistep methods
@@ -514,7 +516,9 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         return a.to(dev, dt).view(shape) * original_samples + s.to(dev, dt).view(shape) * noise
 
     def scale_noise(self, sample: Tensor, timestep, noise: Tensor | None = None) -> Tensor:
-        """Flow-matching pipelines' name for :meth:`add_noise` (``sample`` is the clean sample)."""
+        """Flow-matching pipelines' name for
+        [`add_noise`][odesolve.adapters.diffusers.scheduler.OdesolveScheduler.add_noise] (``sample`` is the clean
+        sample)."""
         return self.add_noise(sample, noise, timestep)
 
     def __len__(self):

@@ -1,7 +1,7 @@
 """The diffusers schedulers' timestep and noise-level conventions, as plain float64 numpy arrays.
 
 These are the numbers a diffusers scheduler computes in ``set_timesteps``; the model families
-(:mod:`.families`) turn them into odesolve grids.
+([`families`][odesolve.adapters.diffusers.families]) turn them into odesolve grids.
 """
 
 from __future__ import annotations

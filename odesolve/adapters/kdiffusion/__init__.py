@@ -1,11 +1,11 @@
 """k-diffusion style sampler functions: k-diffusion's own names, and one per registered method.
 
-k-diffusion's names (:mod:`.samplers`): ``sample_euler``, ``sample_euler_ancestral``, ``sample_heun``,
+k-diffusion's names (``samplers``): ``sample_euler``, ``sample_euler_ancestral``, ``sample_heun``,
 ``sample_dpm_2``, ``sample_dpm_2_ancestral``, ``sample_lms``, ``sample_dpm_fast``,
 ``sample_dpmpp_2s_ancestral``, ``sample_dpmpp_sde``, ``sample_dpmpp_2m``, ``sample_dpmpp_2m_sde``,
 ``sample_dpmpp_3m_sde`` (and ComfyUI's ``*_gpu`` aliases), with k-diffusion's signatures and results:
 the same noise in gives the same samples out. Their noise: k-diffusion's
-``noise_sampler(sigma, sigma_next)`` (:class:`NoiseSamplerSource`), or odesolve's per-sample
+``noise_sampler(sigma, sigma_next)`` (``NoiseSamplerSource``), or odesolve's per-sample
 ``noise=`` / ``seeds=``.
 
 For every other registered method ``name`` (``-`` replaced by ``_``) this module offers
@@ -13,7 +13,7 @@ For every other registered method ``name`` (``-`` replaced by ``_``) this module
     sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, generator=None,
                   noise=None, seeds=None, **options)
 
-with the same model, callback and progress conventions (:mod:`.run`), ``options`` going to the
+with the same model, callback and progress conventions (``run``), ``options`` going to the
 method's ``compile`` (for example ``lower_order_final=True``); a stochastic method needs one of
 ``generator=``, ``noise=`` or ``seeds=``. These are resolved when first accessed (PEP 562), so a
 method registered later gets one too; ``available()`` lists every function.

@@ -5,7 +5,7 @@ a standard normal of x's shape for the step from ``sigma`` to ``sigma_next`` (it
 ``BrownianTreeNoiseSampler`` answers the normalised Brownian increment over [sigma_next, sigma], so
 correlated requests stay consistent). An odesolve plan names the noise of each call by an interval
 of path time (``plan.noise_interval``); on k-diffusion's path (EDM, t = sigma) that interval is the
-sigma pair, so :class:`NoiseSamplerSource` answers call k with ``noise_sampler(sigma_a, sigma_b)``.
+sigma pair, so ``NoiseSamplerSource`` answers call k with ``noise_sampler(sigma_a, sigma_b)``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def brownian_tree_sampler(x: Tensor, sigmas: Tensor) -> Callable:
     """k-diffusion's default for its SDE samplers: one Brownian path for the batch on
     [min positive sigma, max sigma], from torchsde's Brownian tree with an entropy drawn from torch's
     global stream; it answers ``(W(sigma_next) - W(sigma)) / sqrt|sigma - sigma_next|``. Without
-    torchsde: odesolve's per-sample :class:`~odesolve.noise.BrownianPaths`, seeds drawn from the same stream."""
+    torchsde: odesolve's per-sample ``odesolve.noise.BrownianPaths``, seeds drawn from the same stream."""
     sigmas = torch.as_tensor(sigmas)
     lo, hi = sigmas[sigmas > 0].min(), sigmas.max()
     seed = torch.randint(0, 2**63 - 1, []).item()

@@ -41,7 +41,7 @@ def check_arguments(model, extra_args, callback) -> dict:
 
 
 def grid_of(sigmas) -> tuple[grids.Grid, torch.dtype]:
-    """The grid of k-diffusion's ``sigmas`` on :data:`PATH`, and the dtype the model gets sigma in."""
+    """The grid of k-diffusion's ``sigmas`` on ``PATH``, and the dtype the model gets sigma in."""
     if not isinstance(sigmas, Tensor):
         sigmas = torch.as_tensor(sigmas)
     sdtype = sigmas.dtype if sigmas.is_floating_point() else torch.float32
@@ -67,7 +67,7 @@ def run(
     """Sample with the registered ``method`` (a name or a table, compiled with ``options``) on the
     grid of ``sigmas`` (or ``grid``), with k-diffusion's model, callback and progress conventions
     (module docstring). ``noise`` / ``generator`` / ``seeds``: the noise of a stochastic plan, as
-    for :func:`odesolve.execute`."""
+    for ``odesolve.execute``."""
     method = methods.get(method)
     extra = check_arguments(model, extra_args, callback)
     if grid is None:

@@ -2,7 +2,7 @@
 
 Every function takes k-diffusion's arguments (``model, x, sigmas, extra_args=None, callback=None,
 disable=None`` and the sampler's own keywords at k-diffusion's defaults) and, keyword-only, odesolve's
-noise options ``noise=`` (an :mod:`odesolve.noise` source: per-sample noise), ``seeds=`` (one
+noise options ``noise=`` (an ``odesolve.noise`` source: per-sample noise), ``seeds=`` (one
 Brownian path per sample) and ``generator=`` (a torch.Generator). Stochastic samplers take
 ``noise_sampler(sigma, sigma_next)`` as in k-diffusion; without any of these they draw as k-diffusion
 does: ``torch.randn`` from torch's global stream (ancestral samplers) or a torchsde Brownian tree

@@ -1,15 +1,16 @@
-r"""Symbolic analysis of method tables: :func:`derive`.
+r"""Symbolic analysis of method tables: [`derive`][odesolve.analysis.symbolic.derive].
 
-- **Exponential Adams** (:class:`~odesolve.methods.ExponentialMultistep` in lambda, q nodes): the
-  coefficients in closed form as functions of the step ``h``, the node ratios ``r_m = (lambda_{n-m} -
+- **Exponential Adams** ([`ExponentialMultistep`][odesolve.methods.exponential_multistep.ExponentialMultistep] in
+  lambda, q nodes): the coefficients in closed form as functions of the step ``h``, the node ratios ``r_m =
+  (lambda_{n-m} -
   lambda_n)/h`` and the phi-functions, ``c = V^{-T} w`` with ``V_{mi} = r_m^i``,
   ``w_i = i! h phi_{i+1}(zeta)`` (``zeta = -h`` for x0 prediction, ``+h`` for eps),
   the published modifications (midpoint / B(h) = h weight for two nodes, the halved second
   difference of 3M), the UniC corrector, their exactness degrees, and the global order from the rule
-  of :mod:`~odesolve.analysis.numeric` (warm-up and corrector included). ``rho``-interpolating tables
+  of [`numeric`][odesolve.analysis.numeric] (warm-up and corrector included). ``rho``-interpolating tables
   (``lms-k``) give variable-step Adams-Bashforth in rho, AB-k in the equal-step limit.
-- **Exponential Runge-Kutta** (:class:`~odesolve.methods.ExponentialRK`): the stiff order conditions of
-  Hochbruck & Ostermann (2005, SIAM J. Numer. Anal. 43, "Explicit exponential Runge-Kutta methods for
+- **Exponential Runge-Kutta** ([`ExponentialRK`][odesolve.methods.exponential_rk.ExponentialRK]): the stiff order
+  conditions of Hochbruck & Ostermann (2005, SIAM J. Numer. Anal. 43, "Explicit exponential Runge-Kutta methods for
   semilinear parabolic problems", Table 5.1; also Acta Numerica 19 (2010), Table 2.2) up to order 4,
   for ``u' = -A u + g(t, u)``. In lambda-time the x0-prediction form is ``d(x/alpha)/dlambda = -(x/alpha) + x0``
   (A = 1) and the eps-prediction form ``d(x/sigma)/dlambda = (x/sigma) - eps`` (A = -1): the linear part is a
@@ -26,15 +27,16 @@ r"""Symbolic analysis of method tables: :func:`derive`.
   ``v_r`` in h costs ``h^{q_r + v_r}``: the *classical* order is ``min_r (q_r + v_r) - 1`` (<= 4 here),
   the *stiff* order the largest p whose conditions hold identically in ``zeta`` (uniformly in large
   steps; RES, Zhang et al. 2023, fixes this for DPM-Solver++(2S)).
-- **Classical Runge-Kutta** (:class:`~odesolve.methods.RungeKutta`): the order conditions
+- **Classical Runge-Kutta** ([`RungeKutta`][odesolve.methods.classical.RungeKutta]): the order conditions
   ``b^T Phi(t) = 1/gamma(t)`` over rooted trees (Butcher), generated up to order 8, and the stability
   function ``R(z) = 1 + z b^T (I - zA)^{-1} 1``.
-- **Linear multistep** (:class:`~odesolve.analysis.lmm.LinearMultistep`, and the equal-step Adams
-  formulas inside :class:`~odesolve.methods.FixedAdams`): the classical conditions ``C_q = 0``, with the
+- **Linear multistep** ([`LinearMultistep`][odesolve.analysis.lmm.LinearMultistep], and the equal-step Adams
+  formulas inside [`FixedAdams`][odesolve.methods.classical.FixedAdams]): the classical conditions ``C_q = 0``, with the
   warm-up and the grid class (uniform / smooth / arbitrary) in the global order.
 
 Requests beyond what the implementation or the time budget (``TIME_LIMIT`` seconds, or
-``timeout=``) allows are refused with :class:`SymbolicLimitError` before the work starts (cost
+``timeout=``) allows are refused with [`SymbolicLimitError`][odesolve.analysis.symbolic._core.SymbolicLimitError]
+before the work starts (cost
 estimate) or when the budget runs out.
 """
 
@@ -77,7 +79,7 @@ def derive(table: object, *, max_order: int | None = None, timeout: float | None
     family's file), so a new family is analysed here without an edit.
 
     Args:
-        table: a registered name, a method table, or a :class:`~odesolve.analysis.lmm.LinearMultistep`.
+        table: a registered name, a method table, or a [`LinearMultistep`][odesolve.analysis.lmm.LinearMultistep].
         max_order: the highest order of conditions to check (exponential RK: <= 4, the default;
             Runge-Kutta: <= 8, default 4 + 1).
         timeout: seconds allowed (default ``TIME_LIMIT``).

@@ -1,6 +1,6 @@
 r"""Exponential Adams methods in closed form: the coefficients as functions of the step h, the node
 ratios and the phi-functions, their exactness degrees and the global order (warm-up and corrector
-included). The weight of each Taylor term is read from the table (:meth:`ExponentialMultistep.weight`),
+included). The weight of each Taylor term is read from the table (`ExponentialMultistep.weight`),
 the same exact rows that compile uses.
 """
 
@@ -46,7 +46,8 @@ class AdamsDerivation(_Derivation):
 
     def lambdify(self, which: str = "predictor", nodes: int | None = None) -> Callable:
         """A numpy function ``f(h, r_1, ..., r_{q-1}) -> list of coefficients`` (phi evaluated by
-        :func:`phi_numpy`); ``which`` is ``"predictor"`` or ``"corrector"``, ``nodes`` another node count
+        [`phi_numpy`][odesolve.analysis.symbolic.series.phi_numpy]); ``which`` is ``"predictor"`` or ``"corrector"``,
+        ``nodes`` another node count
         (the warm-up steps use fewer)."""
         coeffs = self.coefficients(which, nodes)
         n_r = len(coeffs) - (2 if which == "corrector" else 1)
@@ -174,7 +175,8 @@ def _weight_series(w, sign: int) -> Series:
 
 
 def exponential_adams(table, max_order: int | None = None, budget=None) -> AdamsDerivation:
-    """Closed-form coefficients and global order of an :class:`~odesolve.methods.ExponentialMultistep`."""
+    """Closed-form coefficients and global order of an
+    [`ExponentialMultistep`][odesolve.methods.exponential_multistep.ExponentialMultistep]."""
     if max_order is not None and max_order > MAX_ERK_ORDER + 1:
         raise SymbolicLimitError(f"order {max_order} is beyond the exponential Adams analysis (<= 5)")
     budget = budget_for(budget, f"derive({table.name!r})")

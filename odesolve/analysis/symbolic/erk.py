@@ -1,6 +1,6 @@
 r"""Stiff order conditions of exponential Runge-Kutta tables (Hochbruck & Ostermann 2005).
 
-See :mod:`odesolve.analysis.symbolic` for the conditions and how the orders are read from them.
+See [`odesolve.analysis.symbolic`][odesolve.analysis.symbolic] for the conditions and how the orders are read from them.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class ERKDerivation(_Derivation):
 
 
 def stiff_order_conditions(table, max_order: int | None = None, budget=None) -> ERKDerivation:
-    """The conditions of ``table`` (an :class:`~odesolve.methods.ExponentialRK`) up to ``max_order`` (<= 4)."""
+    """The conditions of ``table`` (an [`ExponentialRK`][odesolve.methods.exponential_rk.ExponentialRK]) up to
+    ``max_order`` (<= 4)."""
     max_order = max_order or MAX_ERK_ORDER
     budget = budget_for(budget, f"derive({table.name!r})")
     if max_order > MAX_ERK_ORDER:

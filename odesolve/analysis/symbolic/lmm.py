@@ -1,5 +1,5 @@
-"""Linear multistep conditions: classical tables (:class:`~odesolve.analysis.lmm.LinearMultistep`) and
-the equal-step Adams-Bashforth formulas with a warm-up (:class:`~odesolve.methods.FixedAdams`)."""
+"""Linear multistep conditions: classical tables ([`LinearMultistep`][odesolve.analysis.lmm.LinearMultistep]) and
+the equal-step Adams-Bashforth formulas with a warm-up ([`FixedAdams`][odesolve.methods.classical.FixedAdams])."""
 
 from __future__ import annotations
 
