@@ -1,4 +1,4 @@
-"""The docs' code blocks each run once in the test suite.
+"""The docs' code blocks each run once in the test suite (a root conftest, so that it sees the docs' items).
 
 Blocks written ``python exec="on" ...`` are executed by markdown-exec while the site is built (the site build
 test, tests/docs/, fails on any error); pytest-markdown-docs would run them a second time, without their
