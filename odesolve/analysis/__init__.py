@@ -13,15 +13,19 @@ being registered:
 - linear stability: :func:`step_matrices`, :func:`amplification`, :func:`stability_function`,
   :func:`stability_region`, :func:`boundary_locus`, :func:`stability_interval`, and classifier-free
   guidance: :func:`guidance_mu`, :func:`guidance_stability`; classical tables in :mod:`~odesolve.analysis.lmm`;
+- mean-square stability of stochastic plans (multiplicative and additive linear test SDEs):
+  :mod:`~odesolve.analysis.mean_square` (:func:`ms_radius`, :func:`ms_stability_region`,
+  :func:`stationary_variance`, :func:`moment_operators`);
 - truncation error: :func:`local_errors` (exact history; Lady Windermere's fan);
 - figures: :mod:`~odesolve.analysis.plots` (matplotlib imported on use);
 - the ``odesolve report`` command: :func:`run_report` (:mod:`~odesolve.analysis.report`).
 """
 
-from . import families, lmm, plots, problems
+from . import families, lmm, mean_square, plots, problems
 from .convergence import ConvergenceResult, assert_order, convergence, nominal_steps
 from .families import Family
 from .lmm import LinearMultistep, adams_bashforth, adams_moulton
+from .mean_square import MeanSquareRegion, moment_operators, ms_radius, ms_stability_region, stationary_variance
 from .numeric import OrderResult, numeric_order, polynomial_errors, step_exactness
 from .problems import InitialValueProblem
 from .stability import (
@@ -49,6 +53,7 @@ __all__ = [
     "InitialValueProblem",
     "LinearMultistep",
     "LocalErrors",
+    "MeanSquareRegion",
     "OrderResult",
     "StabilityRegion",
     "SymbolicLimitError",
@@ -64,6 +69,10 @@ __all__ = [
     "guidance_stability",
     "lmm",
     "local_errors",
+    "mean_square",
+    "moment_operators",
+    "ms_radius",
+    "ms_stability_region",
     "nominal_steps",
     "numeric_order",
     "order",
@@ -76,6 +85,7 @@ __all__ = [
     "stability_function",
     "stability_interval",
     "stability_region",
+    "stationary_variance",
     "step_exactness",
     "step_matrices",
     "uniform_grid",
