@@ -38,7 +38,7 @@ def test_stochasticity_contracts_the_error_of_a_biased_model(rows):
     assert s[100].w2 < o[100].w2 - 0.15, (s[100], o[100])  # measured 0.3 apart
     assert o[100].w2 > fl + 0.4  # the bias is visible above the estimator's floor
     assert s[5].w2 > o[5].w2  # at NFE 5 the SDE's discretisation error dominates
-    assert gap.crossover(rows, 3.0) == 100
+    assert gap.crossover(rows, 3.0, 0.5 * fl) == 100
     assert s[100].nll < o[100].nll  # and it lands in denser regions of the target
 
 
@@ -51,6 +51,7 @@ def test_no_sde_advantage_with_the_exact_model(rows):
     biased = gap.best(rows, 3.0, False)[100].w2 - gap.best(rows, 3.0, True)[100].w2
     assert biased > 4 * abs(s[100].w2 - o[100].w2)  # measured 8 times
     assert s[5].w2 > o[5].w2  # and at NFE 5 the ODE is ahead
+    assert gap.crossover(rows, 0.0, 0.5 * gap.floor("gmm2d", 2000, 0)) is None
 
 
 def test_the_perturbed_model():
