@@ -90,10 +90,68 @@ def _uniform(z: Tensor) -> Tensor:
 def _normals(bases: Tensor, d: int) -> Tensor:
     """Standard normals of shape ``(*bases.shape, d)``: element e of base b is Box-Muller of words
     2e+1 and 2e+2 of the splitmix64 stream started at b."""
-    e = torch.arange(d, device=bases.device, dtype=torch.int64)
-    state = bases[..., None] + (2 * e + 1) * _signed(_GAMMA)
-    u1, u2 = _uniform(_mix_t(state)), _uniform(_mix_t(state + _signed(_GAMMA)))
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+    return _weighted_normals(bases, d)
+
+
+def _weighted_normals(bases: Tensor, d: int, weights: list[float] | None = None) -> Tensor:
+    """``_normals``, or with ``weights`` (one per column of ``bases`` of shape ``(batch, terms)``) the
+    sum ``z[:, 0] w_0 + z[:, 1] w_1 + ...`` in that order, shape ``(batch, d)``.
+
+    Computed in chunks of elements small enough to stay in cache, with in-place operations: every
+    element goes through the same float64 operations in the same order as the plain expression
+    (``sqrt(-2 log u1) cos(2 pi u2)``, then the weighted sum term by term, no fused multiply-add), so the
+    values do not depend on the chunking."""
+    device = bases.device
+    rows = bases.numel()
+    flat = bases.reshape(rows, 1)
+    out = torch.empty((bases.shape[0], d) if weights is not None else (rows, d), dtype=torch.float64, device=device)
+    step = max(1, min(d, _CHUNK * torch.get_num_threads() // max(rows, 1)))  # each thread keeps a chunk in cache
+    e_all = torch.arange(d, device=device, dtype=torch.int64).mul_(2).add_(1).mul_(_signed(_GAMMA))
+    state = torch.empty((rows, step), dtype=torch.int64, device=device)
+    tmp = torch.empty_like(state)
+    u1 = torch.empty((rows, step), dtype=torch.float64, device=device)
+    u2 = torch.empty_like(u1)
+    for c0 in range(0, d, step):
+        n = min(step, d - c0)
+        st, tm, v1, v2 = state[:, :n], tmp[:, :n], u1[:, :n], u2[:, :n]
+        torch.add(flat, e_all[c0 : c0 + n], out=st)
+        tm.copy_(st)
+        _uniform_(_mix_(st, v2.view(torch.int64)), v1)
+        tm.add_(_signed(_GAMMA))
+        _uniform_(_mix_(tm, v2.view(torch.int64)), v2)
+        v1.log_().mul_(-2.0).sqrt_()
+        v2.mul_(2.0 * math.pi).cos_()
+        v1.mul_(v2)
+        if weights is None:
+            out[:, c0 : c0 + n] = v1
+        else:
+            z = v1.view(bases.shape[0], bases.shape[1], n)
+            acc = out[:, c0 : c0 + n]
+            torch.mul(z[:, 0], weights[0], out=acc)
+            for i in range(1, len(weights)):
+                acc.add_(z[:, i].mul_(weights[i]))
+    return out.view(*bases.shape, d) if weights is None else out
+
+
+_CHUNK = 1 << 15  # elements per chunk and thread of _weighted_normals (torch's grain size)
+
+
+def _mix_(z: Tensor, tmp: Tensor) -> Tensor:
+    """``_mix_t`` in place (``tmp``: a scratch int64 tensor of z's shape)."""
+    for shift, mult in ((30, _signed(_M1)), (27, _signed(_M2)), (31, None)):
+        torch.bitwise_right_shift(z, shift, out=tmp)
+        tmp.bitwise_and_((1 << (64 - shift)) - 1)
+        z.bitwise_xor_(tmp)
+        if mult is not None:
+            z.mul_(mult)
+    return z
+
+
+def _uniform_(z: Tensor, out: Tensor) -> Tensor:
+    """``_uniform`` into ``out`` (float64); ``z`` is overwritten."""
+    z.bitwise_right_shift_(11).bitwise_and_((1 << 53) - 1)
+    out.copy_(z)
+    return out.add_(0.5).mul_(2.0**-53)
 
 
 def _seeds(seeds) -> tuple[int, ...]:
@@ -227,11 +285,8 @@ class BrownianPaths(NoiseSource):
             terms: dict = {}
             self._terms(t, 1.0, terms)
             keys = list(terms)
-            if keys:
-                z = _normals(self._bases(keys, device), math.prod(shape[1:]))  # (batch, terms, d)
-                w = z[:, 0] * terms[keys[0]]
-                for i in range(1, len(keys)):
-                    w = w + z[:, i] * terms[keys[i]]
+            if keys:  # sum_i z_i * weight_i over the terms, in order
+                w = _weighted_normals(self._bases(keys, device), math.prod(shape[1:]), [terms[k] for k in keys])
                 w = w.view(shape)
             else:
                 w = torch.zeros(shape, dtype=torch.float64, device=device)

@@ -22,15 +22,19 @@ being registered:
   guidance: [`guidance_mu`][odesolve.analysis.stability.guidance_mu],
   [`guidance_stability`][odesolve.analysis.stability.guidance_stability]; classical tables in
   [`lmm`][odesolve.analysis.lmm];
+- mean-square stability of stochastic plans (multiplicative and additive linear test SDEs):
+  ``odesolve.analysis.mean_square`` (``ms_radius``, ``ms_stability_region``, ``stationary_variance``,
+  ``moment_operators``);
 - truncation error: [`local_errors`][odesolve.analysis.truncation.local_errors] (exact history; Lady Windermere's fan);
 - figures: [`plots`][odesolve.analysis.plots] (matplotlib imported on use);
 - the ``odesolve report`` command: [`run_report`][odesolve.analysis.run_report] ([`report`][odesolve.analysis.report]).
 """
 
-from . import families, lmm, plots, problems
+from . import families, lmm, mean_square, plots, problems
 from .convergence import ConvergenceResult, assert_order, convergence, nominal_steps
 from .families import Family
 from .lmm import LinearMultistep, adams_bashforth, adams_moulton
+from .mean_square import MeanSquareRegion, moment_operators, ms_radius, ms_stability_region, stationary_variance
 from .numeric import OrderResult, numeric_order, polynomial_errors, step_exactness
 from .problems import InitialValueProblem
 from .stability import (
@@ -58,6 +62,7 @@ __all__ = [
     "InitialValueProblem",
     "LinearMultistep",
     "LocalErrors",
+    "MeanSquareRegion",
     "OrderResult",
     "StabilityRegion",
     "SymbolicLimitError",
@@ -73,6 +78,10 @@ __all__ = [
     "guidance_stability",
     "lmm",
     "local_errors",
+    "mean_square",
+    "moment_operators",
+    "ms_radius",
+    "ms_stability_region",
     "nominal_steps",
     "numeric_order",
     "order",
@@ -85,6 +94,7 @@ __all__ = [
     "stability_function",
     "stability_interval",
     "stability_region",
+    "stationary_variance",
     "step_exactness",
     "step_matrices",
     "uniform_grid",

@@ -167,3 +167,32 @@ def test_bad_inputs_are_refused_by_name():
         N.PerSampleNormal(torch.arange(3)).standard_normal(0, None, (3, 1)),
         N.PerSampleNormal(range(3)).standard_normal(0, None, (3, 1)),
     )
+
+
+# -- the chunked generator ----------------------------------------------------------------------------
+
+
+def _plain_normals(bases, d):
+    """The defining expression, whole tensors at once: Box-Muller of words 2e+1 and 2e+2 of each stream."""
+    e = torch.arange(d, dtype=torch.int64)
+    state = bases[..., None] + (2 * e + 1) * N._signed(N._GAMMA)
+    u1, u2 = N._uniform(N._mix_t(state)), N._uniform(N._mix_t(state + N._signed(N._GAMMA)))
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 15])
+def test_chunked_normals_equal_the_plain_expression_bit_for_bit(monkeypatch, chunk):
+    """The cache-sized, in-place generator (any chunk size, including chunks that split a row) gives the
+    values of the defining expression exactly, and so does its weighted sum over terms (summed in order)."""
+    monkeypatch.setattr(N, "_CHUNK", chunk)
+    bases = N._mix_t(torch.arange(3 * 5, dtype=torch.int64).reshape(3, 5) * 7919 + 11)
+    plain = _plain_normals(bases, 37)
+    assert torch.equal(N._normals(bases, 37), plain)
+    w = [0.5, -1.25, 3.0e-3, 2.0, 0.7]
+    expected = plain[:, 0] * w[0]
+    for i in range(1, 5):
+        expected = expected + plain[:, i] * w[i]
+    assert torch.equal(N._weighted_normals(bases, 37, w), expected)
+    chunked = N.BrownianPaths([3, 9]).increment(0.37, 5.1, (2, 4, 9))
+    monkeypatch.setattr(N, "_CHUNK", 1 << 20)
+    assert torch.equal(chunked, N.BrownianPaths([3, 9]).increment(0.37, 5.1, (2, 4, 9)))
