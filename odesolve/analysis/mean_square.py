@@ -12,7 +12,10 @@ SDE with ``eta = 1`` is linear with additive noise. In the scaled state of each 
 so the SDE's own drift rate is ``a = 2 mu - 1`` (lambda) or ``a = 2 mu`` (rho): twice the score term
 of the probability-flow ODE. Over a step of length ``h`` in the test's variable, ``z = a h``.
 
-Two tests are built from this:
+Two tests are built from this (what they do not cover: a plan that adds noise to a call's input, as EDM's
+churn and Restart's jumps do, is refused; and the multiplicative reading of the noise fits the reverse
+SDE's own discretisations, not samplers of other SDEs with the same marginals, such as ER-SDE's noise
+scales or a Langevin corrector, whose radii it still computes but whose rates are those of other SDEs):
 
 - ``noise="multiplicative"``: Saito & Mitsui (1996) / Higham (2000), ``dX = a X dt + nu X dW``. A plan
   adds ``c_k xi_k`` at call k, ``c_k`` its discretisation of ``G dW`` over the call's interval, with
@@ -200,6 +203,11 @@ def moment_operators(
     ``E v_{n+1} v_{n+1}^*``, ``v_n = (scaled state, scaled live outputs, 1)`` as in
     ``odesolve.analysis.stability.step_matrices`` (plus the constant)."""
     st = structure(plan)
+    if bool((plan.input_noise != 0).any()):
+        raise ValueError(
+            f"plan: {plan.method!r} adds noise to a model call's input (input_noise: churn or restart jumps); "
+            "the moment operators need each call's normal in its update only (the step multilinear in its normals)"
+        )
     test = _check_test(test or ("lambda" if plan.prediction == "x0" else "rho"))
     noise = _check_noise(noise)
     steps = range(plan.grid.steps) if steps is None else list(steps)
