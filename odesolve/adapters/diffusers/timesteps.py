@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-__all__ = ["flow_sigmas_multistep", "flow_times", "karras_sigmas", "spaced_timesteps"]
+__all__ = ["flow_sigmas_multistep", "flow_times", "karras_sigmas"]
 
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) -> np.ndarray:
@@ -22,46 +22,6 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     ramp = np.linspace(0, 1, n)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return (hi + ramp * (lo - hi)) ** rho
-
-
-def spaced_timesteps(T: int, steps: int, spacing: str, steps_offset: int = 0) -> np.ndarray:
-    """The integer timesteps of ``DPMSolverMultistepScheduler.set_timesteps`` (lambda_min_clipped = -inf):
-
-    ``linspace``  round(linspace(0, T-1, steps+1)) reversed, without the last (0);
-    ``leading``   (0, 1, ..., steps) * (T // (steps+1)) reversed, without the last, plus ``steps_offset``;
-    ``trailing``  round(arange(T, 0, -T/steps)) - 1.
-
-    Refused when they are not ``steps`` distinct timesteps in [0, T-1] (more steps than the model
-    was trained with, or an offset past the end): diffusers' grids would repeat or clip timesteps.
-    """
-    if steps > T:
-        raise ValueError(
-            f"num_inference_steps={steps} is more than the model's num_train_timesteps={T}: a discrete "
-            f"model has only {T} timesteps (use use_karras_sigmas or use_lu_lambdas for finer grids)"
-        )
-    if spacing == "linspace":
-        ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
-    elif spacing == "leading":
-        ts = (np.arange(0, steps + 1) * (T // (steps + 1))).round()[::-1][:-1].astype(np.int64) + int(steps_offset)
-    elif spacing == "trailing":
-        # [:steps]: for some steps (61 of T = 1000) rounding in arange leaves a spurious last point near 0
-        ts = np.arange(T, 0, -T / steps)[:steps].round().astype(np.int64) - 1
-    else:
-        raise ValueError(
-            f"config field timestep_spacing={spacing!r} is not supported (expected 'linspace', 'leading' or 'trailing')"
-        )
-    if ts.size != steps or bool((np.diff(ts) >= 0).any()):
-        raise ValueError(
-            f"timestep_spacing={spacing!r} gives repeated timesteps for num_inference_steps={steps} on "
-            f"a model with num_train_timesteps={T} ({ts[:8].tolist()}...); take fewer steps or another "
-            "timestep_spacing"
-        )
-    if int(ts[0]) > T - 1 or int(ts[-1]) < 0:
-        raise ValueError(
-            f"config field steps_offset={steps_offset} puts the timesteps outside [0, {T - 1}] "
-            f"(from {int(ts[0])} to {int(ts[-1])})"
-        )
-    return ts.astype(np.float64)
 
 
 def flow_times(
