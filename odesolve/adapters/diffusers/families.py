@@ -30,7 +30,7 @@ from ...models import conversion
 from ...paths import EDM, FlowMatching, Path, VPDiscrete, rescale_betas_zero_snr
 from .config import check_common, num_train_timesteps, positive, read_config, refuse
 from .namesakes import NAMESAKES, vp_schedule
-from .timesteps import flow_sigmas_multistep, flow_times, karras_sigmas
+from .timesteps import flow_shift, flow_sigmas_multistep, flow_times, karras_sigmas
 
 __all__ = ["FAMILIES", "EDMFamily", "Family", "FlowFamily", "VPFamily", "family_for", "marks", "register"]
 
@@ -139,8 +139,8 @@ class Family:
             )
         return self.grid(steps, path, mu, final), None
 
-    def times_of_sigmas(self, path: Path, sigmas) -> Tensor:
-        """Path times of the ``sigmas`` a pipeline passes to ``set_timesteps``."""
+    def times_of_sigmas(self, path: Path, sigmas, mu: float | None = None) -> Tensor:
+        """Path times of the ``sigmas`` a pipeline passes to ``set_timesteps`` (with ``mu``)."""
         return path.t_of_noise_level(torch.as_tensor(np.asarray(sigmas, dtype=np.float64)))
 
     def end_time(self, path: Path, final: str, last: float) -> float:
@@ -259,20 +259,27 @@ class FlowFamily(Family):
         if cfg.get("use_flow_sigmas"):
             s = flow_sigmas_multistep(self.T, steps, positive(cfg, "flow_shift", 1.0))
         else:
-            s = flow_times(
-                self.T,
-                steps,
-                shift=positive(cfg, "shift", 1.0),
-                dynamic=bool(cfg.get("use_dynamic_shifting")),
-                mu=mu,
-                time_shift_type=cfg.get("time_shift_type") or "exponential",
-                shift_terminal=cfg.get("shift_terminal"),
-            )
+            s = flow_times(self.T, steps, **self._shift_options(mu))
         t = np.concatenate([s, [0.0 if final == "zero" else s[-1]]])
         return _grids.from_times(path, torch.as_tensor(np.clip(t, 0.0, 1.0), dtype=torch.float64))
 
-    def times_of_sigmas(self, path, sigmas):  # diffusers' flow "sigmas" are the flow time
-        return torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+    def _shift_options(self, mu):
+        cfg = self.cfg
+        return {
+            "shift": positive(cfg, "shift", 1.0),
+            "dynamic": bool(cfg.get("use_dynamic_shifting")),
+            "mu": mu,
+            "time_shift_type": cfg.get("time_shift_type") or "exponential",
+            "shift_terminal": cfg.get("shift_terminal"),
+        }
+
+    def times_of_sigmas(self, path, sigmas, mu=None):
+        """diffusers' flow "sigmas" are flow times; FlowMatchEulerDiscreteScheduler shifts them (``shift``,
+        or ``mu`` with dynamic shifting, then ``shift_terminal``) as it shifts its own."""
+        s = np.asarray(sigmas, dtype=np.float64)
+        if not self.cfg.get("use_flow_sigmas"):
+            s = flow_shift(s, **self._shift_options(mu))
+        return torch.as_tensor(np.clip(s, 0.0, 1.0))
 
 
 @register

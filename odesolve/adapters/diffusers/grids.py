@@ -54,7 +54,7 @@ def family_grid(
     return family.schedule(steps, path, mu, ns, opts or {})
 
 
-def explicit_grid(family: Family, path: Path, *, timesteps=None, sigmas=None) -> Grid:
+def explicit_grid(family: Family, path: Path, *, timesteps=None, sigmas=None, mu: float | None = None) -> Grid:
     """The grid of the explicit network ``timesteps`` or noise levels ``sigmas`` (sigma/alpha for VP
     and EDM models, the flow time for flow models) a pipeline passes to ``set_timesteps``, ending
     where the config's ``final_sigmas_type`` says."""
@@ -69,7 +69,7 @@ def explicit_grid(family: Family, path: Path, *, timesteps=None, sigmas=None) ->
     if timesteps is not None:
         t = family.path_time(torch.as_tensor(arr))
     else:
-        t = family.times_of_sigmas(path, arr)
+        t = family.times_of_sigmas(path, arr, mu)
     end = family.end_time(path, _final(family.cfg), float(t[-1]))
     if float(t[-1]) > end:
         t = torch.cat([t, torch.tensor([end], dtype=torch.float64)])

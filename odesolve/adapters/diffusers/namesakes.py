@@ -27,7 +27,16 @@ import torch
 from ... import grids as _grids
 from .config import count, positive
 
-__all__ = ["NAMESAKES", "Namesake", "alphas_cumprod_table", "float32_betas", "namesake_of", "vp_schedule"]
+__all__ = [
+    "FAMILY_METHODS",
+    "FAMILY_NAMESAKES",
+    "NAMESAKES",
+    "Namesake",
+    "alphas_cumprod_table",
+    "float32_betas",
+    "namesake_of",
+    "vp_schedule",
+]
 
 SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas")
 
@@ -105,8 +114,14 @@ NAMESAKES: dict[str, Namesake] = {
         ),
         Namesake("HeunDiscreteScheduler", **_KDIFF, lower_order_final_below=0, clip_sample=True),
         Namesake("LMSDiscreteScheduler", **_KDIFF, lower_order_final_below=0),
+        # the flow and EDM families build their grids themselves (families.py); these rows say what they honour
+        Namesake("FlowMatchEulerDiscreteScheduler", sigma_options=(), lower_order_final_below=0),
+        Namesake("EDMDPMSolverMultistepScheduler", sigma_options=(), thresholding=True),
     )
 }
+FAMILY_NAMESAKES = {"flow": "FlowMatchEulerDiscreteScheduler", "edm": "EDMDPMSolverMultistepScheduler"}
+# FlowMatchEulerDiscreteScheduler's step x + (t' - t) v is DDIM on the flow path x = (1 - t) x0 + t eps
+FAMILY_METHODS = {"flow": {"euler": "ddim"}}
 
 # method name (as the user wrote it) -> namesake; the first matching prefix wins
 _BY_PREFIX = (
@@ -125,14 +140,16 @@ _BY_PREFIX = (
 )
 
 
-def namesake_of(method: str, schedule: str | None = None) -> Namesake:
+def namesake_of(method: str, schedule: str | None = None, family: str = "vp") -> Namesake:
     """The diffusers scheduler whose schedule ``method`` samples on: ``schedule`` (a class name of
-    :data:`NAMESAKES`) when given, else the method's namesake (DPMSolverMultistepScheduler for the
-    methods diffusers has no class of)."""
+    :data:`NAMESAKES`) when given, else for flow and EDM models their family's scheduler, for VP models
+    the method's namesake (DPMSolverMultistepScheduler for the methods diffusers has no class of)."""
     if schedule is not None:
         if schedule not in NAMESAKES:
             raise ValueError(f"schedule must be one of {sorted(NAMESAKES)} (or None: the method's), got {schedule!r}")
         return NAMESAKES[schedule]
+    if family in FAMILY_NAMESAKES:
+        return NAMESAKES[FAMILY_NAMESAKES[family]]
     for prefix, name in _BY_PREFIX:
         if method.startswith(prefix):
             return NAMESAKES[name]

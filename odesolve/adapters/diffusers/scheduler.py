@@ -27,7 +27,7 @@ from ...plan import Plan
 from .config import count
 from .families import family_for, marks
 from .grids import explicit_grid, family_grid
-from .namesakes import Namesake, alphas_cumprod_table, namesake_of
+from .namesakes import FAMILY_METHODS, Namesake, alphas_cumprod_table, namesake_of
 
 __all__ = ["OdesolveScheduler"]
 
@@ -182,9 +182,10 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         float64_schedule: bool = False,
         final_step_to_zero: bool = False,
     ):
-        self._method = _methods.get(method)  # refuses unknown names, listing close ones
         self._family = family_for(self.config)
-        self.namesake = namesake_of(method, schedule)
+        # refuses unknown names, listing close ones; on flow models "euler" is FlowMatchEuler's step (ddim)
+        self._method = _methods.get(FAMILY_METHODS.get(self._family.name, {}).get(method, method))
+        self.namesake = namesake_of(method, schedule, self._family.name)
         self.path = self._family.path
         self.prediction = self._family.prediction
         self._kdiff = self.namesake.kdiff and self._family.name == "vp"
@@ -250,7 +251,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         time for flow models -- ending at the end point the config names) and compile the plan."""
         net, self._asked = None, None
         if timesteps is not None or sigmas is not None:
-            grid = explicit_grid(self._family, self.path, timesteps=timesteps, sigmas=sigmas)
+            grid = explicit_grid(self._family, self.path, timesteps=timesteps, sigmas=sigmas, mu=mu)
             if timesteps is not None:
                 net = torch.cat([torch.as_tensor(np.asarray(timesteps, dtype=np.float64)), torch.zeros(1)])
         else:
