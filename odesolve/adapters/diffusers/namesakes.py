@@ -174,7 +174,7 @@ def float32_betas(cfg: dict, T: int) -> torch.Tensor:
     if cfg.get("rescale_betas_zero_snr"):
         a = torch.cumprod(1.0 - betas, 0).sqrt()
         a0, aT = a[0].clone(), a[-1].clone()
-        a = ((a - aT) * a0 / (a0 - aT)) ** 2
+        a = ((a - aT) * (a0 / (a0 - aT))) ** 2
         betas = 1 - torch.cat([a[:1], a[1:] / a[:-1]])
     return betas
 

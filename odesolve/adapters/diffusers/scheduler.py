@@ -27,7 +27,7 @@ from ...plan import Plan
 from .config import count
 from .families import family_for, marks
 from .grids import explicit_grid, family_grid
-from .namesakes import FAMILY_METHODS, Namesake, alphas_cumprod_table, namesake_of
+from .namesakes import FAMILY_METHODS, Namesake, alphas_cumprod_table, float32_betas, namesake_of
 
 __all__ = ["OdesolveScheduler"]
 
@@ -203,7 +203,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         self.order = self._method.calls_per_step
         self.init_noise_sigma = 1.0
         if self._family.name == "vp":  # diffusers' tables, as the namesake keeps them (float32)
-            self.betas = self.path.betas.to(torch.float32)
+            self.betas = float32_betas(self._family.cfg, self._family.T)
             self.alphas = 1.0 - self.betas
             acp = alphas_cumprod_table(self.path, self.namesake, self._family.cfg, False)
             self.alphas_cumprod = torch.from_numpy(acp)
