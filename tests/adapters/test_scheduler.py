@@ -380,7 +380,7 @@ def test_sample_shape_changed_mid_run_is_refused():
 @pytest.mark.parametrize(
     "steps, match",
     [
-        (2000, "num_inference_steps=2000.*at most num_train_timesteps = 1000"),
+        (2000, "num_inference_steps=2000 is more than the model's num_train_timesteps=1000"),
         (10.7, "num_inference_steps must be an integer"),
         (True, "num_inference_steps must be an integer"),
         (0, "num_inference_steps must be an integer >= 1"),

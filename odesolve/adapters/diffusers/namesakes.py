@@ -234,6 +234,12 @@ def vp_schedule(ns: Namesake, cfg: dict, path, steps: int, *, float64: bool = Fa
         )
     if spacing not in ns.spacings:
         spacing = ns.spacings[0]
+    if steps > T:
+        raise ValueError(
+            f"num_inference_steps={steps} is more than the model's num_train_timesteps={T}: a discrete "
+            f"model has only {T} timesteps (use_karras_sigmas, use_exponential_sigmas or use_beta_sigmas "
+            "space noise levels instead)"
+        )
     offset = count(cfg.get("steps_offset") or 0, "config field steps_offset", minimum=0)
     try:
         ts = _grids.spaced_timesteps(
