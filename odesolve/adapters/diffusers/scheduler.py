@@ -107,20 +107,29 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     network's dtype. A pipeline may replace ``sample`` before a call whose input is the state
     (the first call of every step; inpainting does): the new sample becomes the state.
 
-    ``lower_order_final`` is passed to multistep methods when ``num_inference_steps <
-    lower_order_final_max_steps`` (15 by default, DPMSolverMultistepScheduler's rule; ``None``
-    applies it at any number of steps, as UniPCMultistepScheduler does). ``clip_sample`` and
+    Schedule: the method's diffusers namesake's (:func:`~.namesakes.namesake_of`; ``schedule`` names
+    another class of :data:`~.namesakes.NAMESAKES`): its timesteps, the network timesteps it gives
+    (rounded where it rounds), its noise levels (float32 tables), its end point (``final_sigmas_type``,
+    ``set_alpha_to_one``), its ``init_noise_sigma``, and for EulerDiscrete / Heun / LMS its sample
+    coordinates ``x / alpha`` (``scale_model_input`` multiplies by alpha). Options (off by default):
+    ``fractional_timesteps`` calls the network at the exact time of each noise level;
+    ``float64_schedule`` builds the schedule from the path's float64 tables; ``final_step_to_zero``
+    ends at sigma = 0 where the namesake stops earlier.
+
+    ``lower_order_final`` is passed to multistep methods by the namesake's rule (below 15 steps for
+    DPMSolverMultistep and DEIS, at any step count for UniPC, never for LMS), or below
+    ``lower_order_final_max_steps`` when given. ``clip_sample`` (None: the namesake's default) and
     ``thresholding`` clip the data prediction on the model side (:func:`odesolve.models.clip_data`,
-    :func:`odesolve.models.dynamic_thresholding`).
+    :func:`odesolve.models.dynamic_thresholding`) where the namesake has the option.
 
     img2img (a grid entered mid-way, diffusers #1866): ``set_begin_index(i)`` or a first ``step``
     at ``timesteps[i]`` recompiles the plan on the grid from that step on, so multistep methods
     warm up again from where sampling starts.
 
-    A grid that calls an eps- (or score-) network where alpha = 0 (zero terminal SNR with
-    ``timestep_spacing="trailing"`` or ``"linspace"``) is refused in ``set_timesteps``: there the
-    noise prediction does not determine the data prediction; use a v-prediction network or a grid
-    that starts below the last training timestep.
+    Zero terminal SNR: where the namesake clamps ``alphas_cumprod[-1]`` to 2**-24 (DPMSolverMultistep,
+    UniPC, EulerDiscrete) so does the schedule; elsewhere a grid that calls an eps- (or score-) network
+    where alpha = 0 is refused in ``set_timesteps``: there the noise prediction does not determine the
+    data prediction; use a v-prediction network or a grid that starts below the last training timestep.
 
     Noise (plans that inject it): a run draws from the ``generator`` passed to its first ``step``
     (None: torch's default stream); a later ``step`` with another generator is refused.
