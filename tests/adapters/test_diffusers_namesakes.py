@@ -283,3 +283,37 @@ def test_random_configs_match_the_namesake(pair, option, steps, offset, schedule
     theirs = cls.from_config(cfg, **kw, **opts)
     a, b = _loop(ours, X, steps), _loop(theirs, X, steps)
     assert rel(a, b) <= 2e-5, f"{method} {option} {schedule} N={steps}: {rel(a, b):.2e}"
+
+
+SD_SCHEDULER = {**SD, "timestep_spacing": "leading", "steps_offset": 1, "set_alpha_to_one": False}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 10])
+@pytest.mark.parametrize(
+    "method, name, kw",
+    [p for p in PAIRS if p[0] in ("euler", "heun", "lms-4", "ddim", "plms", "dpmpp-2m", "unipc-bh2-2")],
+)
+def test_stable_diffusion_style_loop_with_guidance(method, name, kw, steps):
+    """StableDiffusionPipeline's loop with a tiny random conditional UNet (no downloads): SD's scheduler
+    config (PNDM: leading, steps_offset 1, set_alpha_to_one False), classifier-free guidance 7.5."""
+    from _adapters_lib import tiny_cond_unet
+
+    if method == "plms" and steps == 1:
+        return  # PNDM's single step (docs/diffusers-differences.md)
+    unet = tiny_cond_unet()
+    g = torch.Generator().manual_seed(3)
+    latents0 = torch.randn(1, 4, 8, 8, generator=g)
+    cond = torch.randn(2, 3, 8, generator=g)  # (uncond, text) embeddings
+    cfg = {**diffusers.PNDMScheduler(**SD_SCHEDULER).config, "clip_sample": False}  # SD's scheduler_config.json
+    results = []
+    for s in (OdesolveScheduler.from_config(cfg, method=method), getattr(diffusers, name).from_config(cfg, **kw)):
+        s.set_timesteps(steps)
+        latents = latents0 * s.init_noise_sigma
+        with torch.no_grad():
+            for t in s.timesteps:
+                inp = s.scale_model_input(torch.cat([latents] * 2), t)
+                uncond, text = unet(inp, t, encoder_hidden_states=cond).sample.chunk(2)
+                latents = s.step(uncond + 7.5 * (text - uncond), t, latents).prev_sample
+        results.append(latents)
+    assert torch.isfinite(results[0]).all()
+    assert rel(results[0], results[1]) <= 1e-5
