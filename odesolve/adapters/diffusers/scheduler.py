@@ -319,7 +319,21 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             self._x0 = list(zip(bx.tolist(), bf.tolist()))
         else:
             self._x0 = None
+        self._raw_noise = self._unclipped_noise_weights(plan) if self._clips else None
         self.plan = plan
+
+    def _unclipped_noise_weights(self, plan: Plan) -> list[float] | None:
+        """DDIMScheduler clips the data prediction but steps with the unclipped noise prediction:
+        ``x' = a' clip(x0) + s' eps``, ``eps = (x - a x0) / s``. A DDIM row ``x' = (s'/s) x + B x0``
+        (``B = a' - a s'/s``) takes that step when sent ``x0 + (a'/B) (clip(x0) - x0)``: the weights
+        ``a'/B`` per call, for the ddim method on DDIMScheduler's schedule (None otherwise)."""
+        if self.namesake.name != "DDIMScheduler" or plan.method != "ddim":
+            return None
+        t = plan.times
+        nxt = torch.cat([t[1:], plan.grid.t[-1:]])
+        a, s = self.path.alpha(t), self.path.sigma(t)
+        a1, s1 = self.path.alpha(nxt), self.path.sigma(nxt)
+        return (a1 / (a1 - a * s1 / s)).tolist()
 
     def _refuse_undefined(self, plan: Plan, target: str):
         """``(c_x, c_F)`` with ``target = c_x X + c_F out`` at every call of ``plan``; where the
@@ -524,9 +538,12 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             return x0
         self._handed.x0 = x0
         try:
-            return self._clip(X, self._t)
+            clipped = self._clip(X, self._t)
         finally:
             self._handed.x0 = None
+        if self._raw_noise is None:
+            return clipped
+        return x0.add_(clipped - x0, alpha=self._raw_noise[k])
 
     def _handed_back(self, sample: Tensor) -> bool:
         """Whether ``sample`` is the tensor the last ``step`` returned, unmodified."""
