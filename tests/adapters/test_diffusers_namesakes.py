@@ -147,7 +147,12 @@ def test_a_thousand_steps(method, cls, kw, option, steps):
     except ValueError as e:  # refused: where the namesake would repeat a timestep or leave [0, T-1]
         assert "repeat a timestep" in str(e) or "past the model's last timestep" in str(e)
         return
-    assert rel(_loop(ours, X, steps), _loop(theirs, X, steps)) <= 1e-5
+    a, b = _loop(ours, X, steps), _loop(theirs, X, steps)
+    assert torch.isfinite(a).all()
+    if not torch.isfinite(b).all():  # diffusers' order-3 step over a zero-length last step (h = 0)
+        assert option == "sigma_min" and method == "dpmpp-3m"
+        return
+    assert rel(a, b) <= (3e-5 if method.startswith("deis") else 1e-5)
 
 
 def test_leading_and_linspace_at_a_thousand_steps_are_refused_or_exact():
