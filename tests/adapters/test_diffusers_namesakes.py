@@ -87,14 +87,11 @@ def _loop(s, x, steps):
 
 
 def _cases(step_counts):
-    """Every pair at 10 steps (and 1000); at 1 and 2 steps every option with ODESOLVE_FULL=1, else two."""
     out = []
     for method, name, kw in PAIRS:
         cls = getattr(diffusers, name)
         for option in OPTIONS:
             for steps in step_counts:
-                if steps < 10 and not FULL and option not in ("leading", "karras"):
-                    continue
                 if _supported(cls, method, option, steps):
                     out.append(pytest.param(method, cls, kw, option, steps, id=f"{method}-{option}-{steps}"))
     return out
