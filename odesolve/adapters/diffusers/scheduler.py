@@ -26,6 +26,7 @@ from ...models import Model, clip_data, dynamic_thresholding
 from ...plan import Plan
 from .config import count
 from .families import family_for, marks
+from .flowmatch import FLOW_HEUN
 from .grids import explicit_grid, family_grid
 from .namesakes import FAMILY_METHODS, Namesake, alphas_cumprod_table, float32_betas, namesake_of
 
@@ -193,7 +194,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     ):
         self._family = family_for(self.config)
         # refuses unknown names, listing close ones; on flow models "euler" is FlowMatchEuler's step (ddim)
-        self._method = _methods.get(FAMILY_METHODS.get(self._family.name, {}).get(method, method))
+        flow = FAMILY_METHODS.get(self._family.name, {}).get(method, method)
+        self._method = FLOW_HEUN if (self._family.name, method) == ("flow", "heun") else _methods.get(flow)
         self.namesake = namesake_of(method, schedule, self._family.name)
         self.path = self._family.path
         self.prediction = self._family.prediction
