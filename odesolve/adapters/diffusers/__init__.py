@@ -33,7 +33,8 @@ each noise level), ``float64_schedule``, ``final_step_to_zero``. Flow-matching c
 Unsupported configs are refused with a ``ValueError`` that names the config field.
 
 Modules: ``config`` (reading and checking a config), ``families`` (the model families and their
-registry), ``namesakes`` (each diffusers scheduler's schedule rule, as data), ``timesteps`` (flow and
+registry), ``namesakes`` (each diffusers scheduler's schedule rule, as data), ``flowmatch`` (Heun in the
+flow time, FlowMatchHeun's), ``timesteps`` (flow and
 Karras conventions), ``grids`` (grids from a config),
 ``model`` (networks as models), ``scheduler`` (the stateful scheduler).
 """
