@@ -275,9 +275,10 @@ def spaced_timesteps(
             f"take fewer steps or another spacing"
         )
     if float(ts[0]) > T - 1:
+        first = int(ts[0]) - steps_offset
         raise ValueError(
-            f"steps_offset={steps_offset} puts the first of {steps} leading timesteps at {float(ts[0]):g}, "
-            f"past the model's last timestep {T - 1}"
+            f"steps_offset must be in [0, {T - 1 - first}] for {steps} leading steps of a {T}-step model "
+            f"(the first timestep {first} + steps_offset must be at most {T - 1}), got steps_offset={steps_offset}"
         )
     return ts
 

@@ -142,7 +142,7 @@ def test_a_thousand_steps(method, cls, kw, option, steps):
     try:
         ours.set_timesteps(steps)
     except ValueError as e:  # refused: where the namesake would repeat a timestep or leave [0, T-1]
-        assert "repeat a timestep" in str(e) or "past the model's last timestep" in str(e)
+        assert "repeat a timestep" in str(e) or "steps_offset must be in" in str(e)
         return
     a, b = _loop(ours, X, steps), _loop(theirs, X, steps)
     assert torch.isfinite(a).all()
