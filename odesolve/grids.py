@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from jaxtyping import Float64
 from torch import Tensor
@@ -26,6 +27,7 @@ __all__ = [
     "from_sigmas",
     "from_times",
     "karras",
+    "spaced_timesteps",
     "time_quadratic",
     "uniform_lambda",
     "uniform_time",
@@ -225,46 +227,84 @@ def time_quadratic(path: Path, steps: int, t_start: float | None = None, t_end: 
     return Grid(path, u * u + path.t_min)
 
 
+def spaced_timesteps(
+    T: int,
+    steps: int,
+    spacing: Literal["leading", "trailing", "linspace"] = "trailing",
+    steps_offset: int = 0,
+    *,
+    extra_point: bool = False,
+    rounded: bool = True,
+) -> Tensor:
+    """The ``steps`` decreasing timesteps (float64) of a ``T``-step discrete model, spaced as diffusers does
+    (Lin et al. 2024, Table 2):
+
+    ``leading``   ``(n-1, ..., 1, 0) * (T // n) + steps_offset``;
+    ``trailing``  ``round(T - k T / n) - 1`` for k = 0 .. n-1 (``steps_offset`` unused);
+    ``linspace``  ``n`` evenly spaced points from ``T - 1`` down to 0, rounded unless ``rounded=False``
+    (``steps_offset`` unused).
+
+    ``n`` is ``steps``, or for leading and linspace ``steps + 1`` with ``extra_point`` (the DPM-Solver,
+    UniPC and DEIS schedulers space one point more and drop the smallest, so that their last timestep is not 0).
+    ``rounded=False`` keeps the fractional linspace timesteps of EulerDiscrete, HeunDiscrete and LMSDiscrete.
+
+    Refused (``ValueError`` naming ``steps`` or ``steps_offset``) where the spacing cannot hold ``steps``
+    distinct timesteps in [0, T - 1]: diffusers' schedulers would repeat a timestep there (a zero-length step).
+    """
+    T = check_int(T, "T", 2)
+    steps = check_int(steps, "steps", 1)
+    steps_offset = check_int(steps_offset, "steps_offset", 0)
+    if spacing not in ("leading", "trailing", "linspace"):
+        raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
+    if steps > T:
+        raise ValueError(
+            f"steps must be at most num_train_timesteps = {T} (one model call per training timestep), got {steps}"
+        )
+    n = steps + int(bool(extra_point) and spacing != "trailing")
+    if spacing == "linspace":  # numpy's linspace: its rounding of halves is diffusers'
+        ts = torch.from_numpy(np.linspace(0, T - 1, n))
+        ts = (ts.round() if rounded else ts).flip(0)
+    elif spacing == "leading":
+        ts = (torch.arange(n, dtype=torch.float64) * (T // n)).flip(0) + steps_offset
+    else:  # trailing; [:n]: for some n (61 of T = 1000) rounding leaves a spurious point at -1
+        ts = torch.from_numpy(np.arange(T, 0, -T / n)[:n]).round() - 1
+    ts = ts[:steps]
+    if bool((ts[1:] >= ts[:-1]).any()):
+        raise ValueError(
+            f"steps={steps} {spacing} timesteps of a {T}-step model repeat a timestep ({ts[:6].tolist()}...): "
+            f"take fewer steps or another spacing"
+        )
+    if float(ts[0]) > T - 1:
+        first = int(ts[0]) - steps_offset
+        raise ValueError(
+            f"steps_offset must be in [0, {T - 1 - first}] for {steps} leading steps of a {T}-step model "
+            f"(the first timestep {first} + steps_offset must be at most {T - 1}), got steps_offset={steps_offset}"
+        )
+    return ts
+
+
 def discrete(
     path: VPDiscrete,
     steps: int,
     spacing: Literal["leading", "trailing", "linspace"] = "trailing",
     steps_offset: int = 0,
     final: Literal["zero", "first"] = "zero",
+    *,
+    extra_point: bool = False,
 ) -> Grid:
-    """Integer timesteps of a discrete-time model, spaced as diffusers does (Lin et al. 2024, Table 2).
+    """Integer timesteps of a discrete-time model, spaced as diffusers does (``spaced_timesteps``).
 
     ``final="zero"`` ends at t = -1 (alpha = 1, sigma = 0: DDIM's ``set_alpha_to_one``),
     ``final="first"`` at t = 0 (the first training timestep). ``steps_offset`` shifts the
-    ``leading`` timesteps only (the other spacings ignore it, as diffusers does).
+    ``leading`` timesteps only (the other spacings ignore it, as diffusers does). ``extra_point``:
+    the DPM-Solver / UniPC / DEIS schedulers' variant (see ``spaced_timesteps``); without it, the
+    DDIM / PNDM / Euler schedulers' (and Lin et al.'s) meaning.
     """
     if not isinstance(path, VPDiscrete):
         raise TypeError(f"path must be a VPDiscrete path for discrete spacings, got {path!r}")
-    T = int(path.t_max) + 1
-    steps = check_int(steps, "steps", 1)
-    if steps > T:
-        raise ValueError(
-            f"steps must be at most num_train_timesteps = {T} (one model call per training timestep), got {steps}"
-        )
-    steps_offset = check_int(steps_offset, "steps_offset", 0)
-    if spacing == "linspace":
-        ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().flip(0)
-    elif spacing == "leading":
-        ts = (torch.arange(steps, dtype=torch.float64) * (T // steps)).round().flip(0)
-        top = T - 1 - int(ts[0])
-        if steps_offset > top:
-            raise ValueError(
-                f"steps_offset must be in [0, {top}] for {steps} leading steps of a {T}-step model "
-                f"(the first timestep {int(ts[0])} + steps_offset must be at most {T - 1}), "
-                f"got {steps_offset}"
-            )
-        ts = ts + steps_offset
-    elif spacing == "trailing":
-        ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)) - 1
-    else:
-        raise ValueError(f"spacing must be 'leading', 'trailing' or 'linspace', got {spacing!r}")
     if final not in ("zero", "first"):
         raise ValueError(f"final must be 'zero' or 'first', got {final!r}")
+    ts = spaced_timesteps(int(path.t_max) + 1, steps, spacing, steps_offset, extra_point=extra_point)
     end = -1.0 if final == "zero" else 0.0
     if float(ts[-1]) > end:
         ts = torch.cat([ts, torch.tensor([end], dtype=torch.float64)])

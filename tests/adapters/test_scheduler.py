@@ -50,7 +50,7 @@ def _images(pipe, scheduler, steps, seed=0):
 def test_ddpm_pipeline_same_images_as_diffusers(prediction, method, make, steps):
     pipe = _pipe(prediction)
     cfg = pipe.scheduler.config
-    extra = {"timestep_spacing": "trailing"} if method == "ddim" else {}
+    extra = {"timestep_spacing": "trailing", "clip_sample": False} if method == "ddim" else {}
     ours = _images(pipe, OdesolveScheduler.from_config(cfg, method=method, **extra), steps)
     theirs = _images(pipe, make(cfg), steps)
     assert 0.05 < float(ours.mean()) < 0.95 and float(ours.std()) > 0.01  # not saturated
@@ -98,16 +98,19 @@ def test_manual_loop_same_result_as_diffusers(method, make, cfg_kw):
 
 @pytest.mark.parametrize("method", ["dpmpp-2m", "unipc-bh2-3", "heun", "dpm-solver-3", "dpmpp-3m-corrected", "plms"])
 def test_scheduler_equals_odesolve_sample(method):
-    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    """With float64 tables on integer timesteps the network times are the grid's path times, so the
+    scheduler is odesolve.sample (heun's namesake samples in k-diffusion coordinates x / alpha)."""
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", timestep_spacing="leading").config
     unet = tiny_unet()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
-    s = OdesolveScheduler.from_config(cfg, method=method)
-    ours = loop(s, unet, x, 6)
+    s = OdesolveScheduler.from_config(cfg, method=method, float64_schedule=True)
+    ours = loop(s, unet, x, 6, scale_input=True)
     assert len(s.timesteps) == s.plan.calls  # one timestep per model call
     model = model_from_diffusers(unet, cfg)
     assert model.path == s.path
+    x_state = x * s.init_noise_sigma * s.path.alpha(s.grid.t[0]) if method == "heun" else x
     with torch.no_grad():
-        want = ods.sample(model, x, s.grid, method=method, **s._options(6))
+        want = ods.sample(model, x_state.float(), s.grid, method=method, **s._options(6))
     assert rel(ours, want) <= 1e-5
 
 
@@ -117,7 +120,7 @@ def test_timesteps_one_per_model_call_and_order():
         ("heun", 2 * 10 - 1),
         ("dpm-solver-3", 3 * 10 - 2),
         ("dpmpp-3m-corrected", 11),
-        ("plms", 11),
+        ("plms", 10),  # PNDM's 11th call is at t = 0 where the schedule ends: a zero-length step, merged
         ("dpmpp-2m", 10),
     ):
         s = OdesolveScheduler.from_config(cfg, method=method)
@@ -147,21 +150,24 @@ def test_euler_and_heun_match_k_diffusion_style_schedulers():
         assert rel(ours, theirs) <= 1e-4, method
 
 
-def test_clip_sample_matches_ddim_with_clipped_model_output():
-    """DDIMScheduler clips x0 but, by default, keeps the unclipped noise in its update; clipping on the
-    model side (odesolve) equals DDIM with use_clipped_model_output=True."""
+def test_clip_sample_matches_ddim_clipping_x0_but_not_the_noise():
+    """DDIMScheduler clips x0 but, by default, keeps the unclipped noise in its update; the ddim method on
+    DDIMScheduler's schedule takes the same step (other methods clip on the model side)."""
     cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", clip_sample=True).config
     unet = tiny_unet()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
-    ddim = diffusers.DDIMScheduler.from_config(cfg, timestep_spacing="trailing")
-    ddim.set_timesteps(10)
-    xx = x.clone()
-    with torch.no_grad():
-        for t in ddim.timesteps:
-            xx = ddim.step(unet(xx, t).sample, t, xx, use_clipped_model_output=True).prev_sample
+    results = {}
+    for clipped_output in (False, True):
+        ddim = diffusers.DDIMScheduler.from_config(cfg, timestep_spacing="trailing")
+        ddim.set_timesteps(10)
+        xx = x.clone()
+        with torch.no_grad():
+            for t in ddim.timesteps:
+                xx = ddim.step(unet(xx, t).sample, t, xx, use_clipped_model_output=clipped_output).prev_sample
+        results[clipped_output] = xx
     ours = loop(OdesolveScheduler.from_config(cfg, method="ddim", timestep_spacing="trailing"), unet, x, 10)
-    assert float(ours.abs().max()) <= 1.0 + 1e-6
-    assert rel(ours, xx) <= 1e-4
+    assert rel(ours, results[False]) <= 1e-5
+    assert rel(results[True], results[False]) > 1e-2  # the clipping mattered
 
 
 def test_pipeline_scheduler_swap_and_config_round_trip(tmp_path):
@@ -201,7 +207,7 @@ def _img2img(scheduler, unet, init, noise, steps, strength):
     x = scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
     with torch.no_grad():
         for t in timesteps:
-            x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+            x = scheduler.step(unet(scheduler.scale_model_input(x, t), t).sample, t, x).prev_sample
     return x, t_start
 
 
@@ -215,20 +221,22 @@ def _img2img(scheduler, unet, init, noise, steps, strength):
     ],
 )
 def test_img2img_strength(method, theirs):
-    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", timestep_spacing="leading").config
     unet = tiny_unet()
     g = torch.Generator().manual_seed(5)
     init, noise = torch.randn(2, 3, 8, 8, generator=g).clamp(-1, 1), torch.randn(2, 3, 8, 8, generator=g)
-    s = OdesolveScheduler.from_config(cfg, method=method, lower_order_final_max_steps=None)
+    s = OdesolveScheduler.from_config(cfg, method=method, float64_schedule=True)
     ours, t_start = _img2img(s, unet, init, noise, 10, 0.6)
     assert s.plan.grid.steps == 10 - t_start  # recompiled from where sampling starts
     if theirs is not None:
         want, _ = _img2img(theirs(cfg), unet, init, noise, 10, 0.6)
         assert rel(ours, want) <= 1e-4
-    # and it is odesolve.sample on the grid from that step on
-    full = grid_from_config(cfg, 10, path=s.path)
+    # and it is odesolve.sample on the grid from that step on (float64 tables: network time = path time)
+    full = s.grid
+    assert torch.equal(full.t, grid_from_config(cfg, 10, path=s.path, method=method).t.round())
     sub = ods.Grid(s.path, full.t[t_start:])
-    x = s.add_noise(init, noise, torch.tensor([float(full.t[t_start])] * 2))
+    t0 = sub.t[:1]
+    x = (s.path.alpha(t0) * init + s.path.sigma(t0) * noise).float()
     with torch.no_grad():
         want = ods.sample(model_from_diffusers(unet, cfg), x, sub, method=method, **s._options(10))
     assert rel(ours, want) <= 1e-5
@@ -315,7 +323,7 @@ def test_fractional_timesteps_in_half_precision_are_accepted():
     cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
     unet = tiny_unet()
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(8))
-    s = OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True)
+    s = OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True, fractional_timesteps=True)
     s.set_timesteps(8)
     assert any(float(t) != round(float(t)) for t in s.timesteps)
     y = x
@@ -323,7 +331,18 @@ def test_fractional_timesteps_in_half_precision_are_accepted():
         for t in s.timesteps:
             y = s.step(unet(y, t).sample, t.half(), y).prev_sample
     assert (
-        rel(y, loop(OdesolveScheduler.from_config(cfg, method="dpmpp-2m", use_karras_sigmas=True), unet, x, 8)) == 0.0
+        rel(
+            y,
+            loop(
+                OdesolveScheduler.from_config(
+                    cfg, method="dpmpp-2m", use_karras_sigmas=True, fractional_timesteps=True
+                ),
+                unet,
+                x,
+                8,
+            ),
+        )
+        == 0.0
     )
 
 
@@ -387,7 +406,7 @@ def test_step_counts_up_to_num_train_timesteps_give_that_many_distinct_timesteps
         assert len(ts) == int(steps) and bool((ts[1:] < ts[:-1]).all()) and float(ts[-1]) >= 0
     # linspace cannot hold 1000 distinct integer timesteps in [0, 999]: it would repeat one
     s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config, timestep_spacing="linspace")
-    with pytest.raises(ValueError, match="repeated timesteps"):
+    with pytest.raises(ValueError, match="repeat a timestep"):
         s.set_timesteps(1000)
     # a steps_offset past the end would clip the timesteps onto one
     s = OdesolveScheduler.from_config(diffusers.DDPMScheduler().config, timestep_spacing="leading", steps_offset=5000)
@@ -409,22 +428,42 @@ ZERO_SNR = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end":
 
 @pytest.mark.parametrize("spacing", ["trailing", "linspace"])
 def test_eps_network_from_alpha_zero_is_refused_up_front(spacing):
-    """Zero terminal SNR: the grid starts at alpha = 0, where eps = x carries nothing about x0."""
+    """Zero terminal SNR: the grid starts at alpha = 0, where eps = x carries nothing about x0. DDIM, Heun
+    and LMS keep alphas_cumprod[-1] = 0 (diffusers returns NaN there): refused."""
     cfg = diffusers.DDPMScheduler(prediction_type="epsilon", timestep_spacing=spacing, **ZERO_SNR).config
-    for method in ("dpmpp-2m", "ddim", "unipc-bh2-3"):
+    for method in ("ddim", "heun", "lms-3"):
         s = OdesolveScheduler.from_config(cfg, method=method)
-        with pytest.raises(
-            ValueError, match=r"timestep 999, where alpha = 0.*v_prediction.*timestep_spacing='leading'"
-        ):
+        with pytest.raises(ValueError, match=r"alpha = 0"):
             s.set_timesteps(10)
         assert s.plan is None  # nothing half set up
+
+
+@pytest.mark.parametrize(
+    "method, cls",
+    [
+        ("dpmpp-2m", diffusers.DPMSolverMultistepScheduler),
+        ("unipc-bh2-2", diffusers.UniPCMultistepScheduler),
+        ("euler", diffusers.EulerDiscreteScheduler),
+    ],
+)
+def test_zero_terminal_snr_eps_network_runs_where_the_namesake_clamps(method, cls):
+    """DPMSolverMultistep, UniPC and EulerDiscrete set alphas_cumprod[-1] = 2**-24 at a zero terminal SNR:
+    the first step starts at alpha = 2**-12, where an eps-network's prediction is defined."""
+    unet = tiny_unet()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    cfg = diffusers.DDPMScheduler(prediction_type="epsilon", timestep_spacing="trailing", **ZERO_SNR).config
+    s = OdesolveScheduler.from_config(cfg, method=method)
+    ours = loop(s, unet, x, 10, scale_input=True)
+    theirs = loop(cls.from_config(cfg), unet, x, 10, scale_input=True)
+    assert float(s.timesteps[0]) == 999.0 and float(s.path.alpha(s.grid.t[0])) == pytest.approx(2**-12, rel=1e-5)
+    assert torch.isfinite(ours).all() and rel(ours, theirs) <= 1e-5
 
 
 def test_zero_terminal_snr_with_v_prediction_or_a_later_start_runs():
     unet = tiny_unet()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
     cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", timestep_spacing="trailing", **ZERO_SNR).config
-    s = OdesolveScheduler.from_config(cfg, method="dpmpp-2m")
+    s = OdesolveScheduler.from_config(cfg, method="dpmpp-2m", float64_schedule=True)
     ours = loop(s, unet, x, 10)
     assert float(s.timesteps[0]) == 999.0 and float(s.path.alpha(torch.tensor(999.0))) == 0.0
     with torch.no_grad():
@@ -438,10 +477,11 @@ def test_zero_terminal_snr_with_v_prediction_or_a_later_start_runs():
 
 
 def test_lower_order_final_reaches_exactly_the_methods_that_declare_it():
-    for method in ("dpmpp-2m", "unipc-bh2-3", "heun"):
+    """Each namesake's rule: DPMSolverMultistep below 15 steps, UniPC at any step count, LMS never."""
+    for method, above in (("dpmpp-2m", False), ("unipc-bh2-3", True), ("heun", False), ("lms-4", False)):
         m = ods.methods.get(method)
-        declared = "lower_order_final" in m.options
-        for steps, final in ((8, True), (16, False)):  # below / above lower_order_final_max_steps=15
+        declared = "lower_order_final" in m.options and method != "lms-4"
+        for steps, final in ((8, True), (16, above)):  # below / above 15 steps
             s = _ready(method, steps)
             want = m.compile(s.path, s.grid, **({"lower_order_final": final} if declared else {}))
             assert torch.equal(s.plan.update_hist, want.update_hist) and torch.equal(s.plan.times, want.times)
@@ -503,23 +543,23 @@ def _heun_steps(s, unet, x, replace_at=None, new=None):
         for k, t in enumerate(s.timesteps):
             if replace_at is not None and k == replace_at * s.order:
                 x = new
-            x = s.step(unet(x, t).sample, t, x).prev_sample
+            x = s.step(unet(s.scale_model_input(x, t), t).sample, t, x).prev_sample
     return x
 
 
 def test_latents_replaced_between_steps_become_the_state():
     """Heun keeps no history across grid steps, so replacing the latents before step j equals
     sampling from the replacement on the grid from step j on (img2img from there)."""
-    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
+    cfg = diffusers.DDPMScheduler(prediction_type="v_prediction", timestep_spacing="leading").config
     unet = tiny_unet()
     g = torch.Generator().manual_seed(11)
     x, new = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
-    s = OdesolveScheduler.from_config(cfg, method="heun")
+    s = OdesolveScheduler.from_config(cfg, method="heun", float64_schedule=True)
     s.set_timesteps(6)
     ours = _heun_steps(s, unet, x, replace_at=3, new=new)
     sub = ods.Grid(s.path, s.grid.t[3:])
-    with torch.no_grad():
-        want = ods.sample(model_from_diffusers(unet, cfg), new, sub, method="heun")
+    with torch.no_grad():  # heun's namesake samples in k-diffusion coordinates x / alpha
+        want = ods.sample(model_from_diffusers(unet, cfg), new * s.path.alpha(sub.t[0]).float(), sub, method="heun")
     assert rel(ours, want) <= 1e-5
     s.set_timesteps(6)
     assert rel(_heun_steps(s, unet, x), ours) > 1e-2  # the replacement mattered
@@ -557,7 +597,7 @@ def test_a_stochastic_plan_draws_from_the_generator_of_the_first_step():
     cfg = diffusers.DDPMScheduler(prediction_type="v_prediction").config
     unet = tiny_unet()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(13))
-    s = OdesolveScheduler.from_config(cfg, method="ddim")
+    s = OdesolveScheduler.from_config(cfg, method="ddim", clip_sample=False)
     s._method = _Noisy()
     s.set_timesteps(5)
     assert s.plan.stochastic

@@ -20,9 +20,8 @@ from odesolve.plan import Rows
 EDM = P.EDM()
 STOCHASTIC = [n for n in ods.methods.names() if getattr(ods.methods.get(n), "stochastic", False)]
 # Plans that add noise to a call's input (churn, restart jumps) are refused by the analysis (a test below)
-NO_INPUT_NOISE = [
-    n for n in STOCHASTIC if not bool((ods.methods.get(n).compile(P.EDM(), G.karras(P.EDM(), 6)).input_noise != 0).any())
-]
+_PLANS = {n: ods.methods.get(n).compile(P.EDM(), G.karras(P.EDM(), 6)) for n in STOCHASTIC}
+NO_INPUT_NOISE = [n for n in STOCHASTIC if not bool((_PLANS[n].input_noise != 0).any())]
 # The multiplicative test reads a call's noise as the reverse SDE's diffusion G dW: the samplers of other
 # SDEs with the same marginals (ER-SDE's noise scales, the Langevin corrector) have other rates.
 REVERSE_SDE = [n for n in NO_INPUT_NOISE if not n.startswith(("er-sde", "score-sde"))]

@@ -23,17 +23,21 @@ EDM (``sigma_data``)          ``EDM`` (x = x0 + sigma eps)     EDM preconditioni
 (``SchedulerMixin`` + ``ConfigMixin``) that runs any registered method: ``pipe.scheduler =
 OdesolveScheduler.from_config(pipe.scheduler.config,
 method="unipc-bh2-3")``. A diffusers pipeline calls ``step()`` once per model call, so
-``timesteps`` has one entry per row of the compiled plan and ``step()`` applies that row. The
-time grid follows ``DPMSolverMultistepScheduler``'s conventions for the same config
-(``timestep_spacing``, ``steps_offset``, ``final_sigmas_type``, ``use_karras_sigmas``,
-``use_lu_lambdas``), and ``FlowMatchEulerDiscreteScheduler``'s for flow models. Karras and
-lambda-uniform grids are used exactly: the network is called at the (fractional) time of each
-noise level, where diffusers rounds the timestep but keeps the unrounded sigma in its formulas.
+``timesteps`` has one entry per row of the compiled plan and ``step()`` applies that row. By
+default the schedule is the one the method's diffusers *namesake* computes for the same config
+(``odesolve.adapters.diffusers.namesakes``: ``euler`` -> EulerDiscreteScheduler, ``ddim`` ->
+DDIMScheduler, ``plms`` -> PNDMScheduler, ``unipc-*`` -> UniPCMultistepScheduler, ...): the same
+timesteps, network timesteps, noise levels, end point, ``init_noise_sigma`` and sample coordinates.
+odesolve's own choices are options: ``fractional_timesteps`` (the network at the exact time of
+each noise level), ``float64_schedule``, ``final_step_to_zero``. Flow-matching configs follow
+``FlowMatchEulerDiscreteScheduler`` (``set_timesteps(sigmas=..., mu=...)`` shifted as it does).
 
 Unsupported configs are refused with a ``ValueError`` that names the config field.
 
 Modules: ``config`` (reading and checking a config), ``families`` (the model families and their
-registry), ``timesteps`` (diffusers' timestep conventions), ``grids`` (grids from a config),
+registry), ``namesakes`` (each diffusers scheduler's schedule rule, as data), ``flowmatch`` (Heun in the
+flow time, FlowMatchHeun's), ``timesteps`` (flow and
+Karras conventions), ``grids`` (grids from a config),
 ``model`` (networks as models), ``scheduler`` (the stateful scheduler).
 """
 

@@ -50,8 +50,6 @@ def check_common(cfg: dict) -> None:
     """Refuse the options no family supports (each changes what the network or the grid means)."""
     refuse(cfg, "timestep_type", (None, "discrete"), "the network must take the timestep index")
     refuse(cfg, "interpolation_type", (None, "linear"))
-    refuse(cfg, "use_exponential_sigmas", (None, False))
-    refuse(cfg, "use_beta_sigmas", (None, False))
     refuse(cfg, "invert_sigmas", (None, False))
     refuse(cfg, "stochastic_sampling", (None, False))
     refuse(cfg, "euler_at_final", (None, False), "use lower_order_final or a final step to sigma = 0")

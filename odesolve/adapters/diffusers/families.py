@@ -32,8 +32,9 @@ from ... import grids as _grids
 from ...grids import Grid
 from ...models import conversion
 from ...paths import EDM, FlowMatching, Path, VPDiscrete, rescale_betas_zero_snr
-from .config import check_common, count, num_train_timesteps, positive, read_config, refuse
-from .timesteps import flow_sigmas_multistep, flow_times, karras_sigmas, spaced_timesteps
+from .config import check_common, num_train_timesteps, positive, read_config, refuse
+from .namesakes import NAMESAKES, vp_schedule
+from .timesteps import flow_shift, flow_sigmas_multistep, flow_times, karras_sigmas
 
 __all__ = ["FAMILIES", "EDMFamily", "Family", "FlowFamily", "VPFamily", "family_for", "marks", "register"]
 
@@ -132,8 +133,19 @@ class Family:
         sigma = 0 (``final="zero"``) or at the family's smallest noise level (``"sigma_min"``)."""
         raise NotImplementedError
 
-    def times_of_sigmas(self, path: Path, sigmas) -> Tensor:
-        """Path times of the ``sigmas`` a pipeline passes to ``set_timesteps``."""
+    def schedule(self, steps: int, path: Path, mu: float | None, namesake, opts: dict) -> tuple[Grid, Tensor | None]:
+        """The grid of ``steps`` steps the ``namesake`` scheduler samples on for this config, and the
+        network timestep of each grid point (None: the family's ``network_time`` of the point).
+        ``opts``: ``float64`` (float64 tables), ``to_zero`` (end at sigma = 0)."""
+        final = "zero" if opts.get("to_zero") else (self.cfg.get("final_sigmas_type") or "zero")
+        if final not in ("zero", "sigma_min"):
+            raise ValueError(
+                f"config field final_sigmas_type={final!r} is not supported (expected 'zero' or 'sigma_min')"
+            )
+        return self.grid(steps, path, mu, final), None
+
+    def times_of_sigmas(self, path: Path, sigmas, mu: float | None = None) -> Tensor:
+        """Path times of the ``sigmas`` a pipeline passes to ``set_timesteps`` (with ``mu``)."""
         return path.t_of_noise_level(torch.as_tensor(np.asarray(sigmas, dtype=np.float64)))
 
     def end_time(self, path: Path, final: str, last: float) -> float:
@@ -161,6 +173,8 @@ class EDMFamily(Family):
     def check(self):
         super().check()
         refuse(self.cfg, "sigma_schedule", (None, "karras", "exponential"))
+        refuse(self.cfg, "use_exponential_sigmas", (None, False))
+        refuse(self.cfg, "use_beta_sigmas", (None, False))
         positive(self.cfg, "sigma_data", 0.5)
         positive(self.cfg, "rho", 7.0)
         if not self.sigma_min < self.sigma_max:
@@ -229,6 +243,8 @@ class FlowFamily(Family):
     def check(self):
         refuse(self.cfg, "prediction_type", (None, *self.predictions), "flow-matching networks predict the velocity")
         refuse(self.cfg, "use_karras_sigmas", (None, False), "Karras sigmas are defined for VP and EDM models")
+        refuse(self.cfg, "use_exponential_sigmas", (None, False))
+        refuse(self.cfg, "use_beta_sigmas", (None, False))
         refuse(self.cfg, "use_lu_lambdas", (None, False))
         positive(self.cfg, "shift", 1.0)
         positive(self.cfg, "flow_shift", 1.0)
@@ -248,20 +264,27 @@ class FlowFamily(Family):
         if cfg.get("use_flow_sigmas"):
             s = flow_sigmas_multistep(self.T, steps, positive(cfg, "flow_shift", 1.0))
         else:
-            s = flow_times(
-                self.T,
-                steps,
-                shift=positive(cfg, "shift", 1.0),
-                dynamic=bool(cfg.get("use_dynamic_shifting")),
-                mu=mu,
-                time_shift_type=cfg.get("time_shift_type") or "exponential",
-                shift_terminal=cfg.get("shift_terminal"),
-            )
+            s = flow_times(self.T, steps, **self._shift_options(mu))
         t = np.concatenate([s, [0.0 if final == "zero" else s[-1]]])
         return _grids.from_times(path, torch.as_tensor(np.clip(t, 0.0, 1.0), dtype=torch.float64))
 
-    def times_of_sigmas(self, path, sigmas):  # diffusers' flow "sigmas" are the flow time
-        return torch.as_tensor(np.asarray(sigmas, dtype=np.float64))
+    def _shift_options(self, mu):
+        cfg = self.cfg
+        return {
+            "shift": positive(cfg, "shift", 1.0),
+            "dynamic": bool(cfg.get("use_dynamic_shifting")),
+            "mu": mu,
+            "time_shift_type": cfg.get("time_shift_type") or "exponential",
+            "shift_terminal": cfg.get("shift_terminal"),
+        }
+
+    def times_of_sigmas(self, path, sigmas, mu=None):
+        """diffusers' flow "sigmas" are flow times; FlowMatchEulerDiscreteScheduler shifts them (``shift``,
+        or ``mu`` with dynamic shifting, then ``shift_terminal``) as it shifts its own."""
+        s = np.asarray(sigmas, dtype=np.float64)
+        if not self.cfg.get("use_flow_sigmas"):
+            s = flow_shift(s, **self._shift_options(mu))
+        return torch.as_tensor(np.clip(s, 0.0, 1.0))
 
 
 @register
@@ -306,29 +329,27 @@ class VPFamily(Family):
         )
 
     def grid(self, steps, path, mu, final):
-        cfg = self.cfg
-        if cfg.get("use_karras_sigmas") or cfg.get("use_lu_lambdas"):
-            lo = float(path.noise_level(torch.tensor(0.0, dtype=torch.float64)))
-            hi = float(path.noise_level(torch.tensor(float(self.T - 1), dtype=torch.float64)))
-            if cfg.get("use_karras_sigmas") and cfg.get("sigma_min") is not None:
-                lo = positive(cfg, "sigma_min", lo)
-            if cfg.get("use_karras_sigmas") and cfg.get("sigma_max") is not None:
-                hi = positive(cfg, "sigma_max", hi)
-            if not math.isfinite(hi):
-                raise ValueError(
-                    "use_karras_sigmas / use_lu_lambdas need a finite largest noise level, but with "
-                    "rescale_betas_zero_snr it is infinite: pass sigma_max, or use timestep_spacing"
-                )
-            if cfg.get("use_karras_sigmas"):
-                s = karras_sigmas(lo, hi, steps)
-            else:
-                s = np.exp(np.linspace(math.log(hi), math.log(lo), steps))
-            s = np.concatenate([s, [0.0 if final == "zero" else s[-1]]])
-            return _grids.from_sigmas(path, torch.as_tensor(s, dtype=torch.float64))
-        offset = count(cfg.get("steps_offset") or 0, "config field steps_offset", minimum=0)
-        ts = spaced_timesteps(self.T, steps, cfg.get("timestep_spacing") or "linspace", offset)
-        t = np.concatenate([ts, [-1.0 if final == "zero" else 0.0]])
-        return _grids.from_times(path, torch.as_tensor(t, dtype=torch.float64))
+        """DPMSolverMultistepScheduler's grid (``schedule`` gives any namesake's)."""
+        ns = NAMESAKES["DPMSolverMultistepScheduler"]
+        return self.schedule(steps, path, mu, ns, {"to_zero": final == "zero"} if final == "zero" else {})[0]
+
+    def schedule(self, steps, path, mu, namesake, opts):
+        ts, sigmas = vp_schedule(
+            namesake, self.cfg, path, steps, float64=bool(opts.get("float64")), to_zero=bool(opts.get("to_zero"))
+        )
+        s = torch.as_tensor(sigmas, dtype=torch.float64)
+        t = path.t_of_noise_level(s).clamp(path.t_min, path.t_max)
+        if opts.get("float64"):  # the round trip through sigma leaves ~1e-12 off integer timesteps
+            near = (t - t.round()).abs() < 1e-7
+            t = torch.where(near, t.round(), t)
+        net = torch.cat([torch.as_tensor(ts, dtype=torch.float64), self.network_time(t[-1:])])  # the end: no call
+        keep = torch.cat([torch.ones(1, dtype=torch.bool), t[1:] != t[:-1]])  # a zero-length step is merged
+        if int(keep.sum()) < 2:
+            raise ValueError(
+                f"num_inference_steps={steps}: {namesake.name}'s schedule for this config is a single noise level "
+                f"(sigma {float(sigmas[0]):.4g}, then a zero-length step): it would return its input; take more steps"
+            )
+        return Grid(path, t[keep]), net[keep]
 
     def end_time(self, path, final, last):
         return path.t_min if final == "zero" else 0.0  # "sigma_min": the first training timestep

@@ -10,6 +10,7 @@ yields, in the sample's dtype.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -25,7 +26,9 @@ from ...models import Model, clip_data, dynamic_thresholding
 from ...plan import Plan
 from .config import count
 from .families import family_for, marks
+from .flowmatch import FLOW_HEUN
 from .grids import explicit_grid, family_grid
+from .namesakes import FAMILY_METHODS, Namesake, alphas_cumprod_table, float32_betas, namesake_of
 
 __all__ = ["OdesolveScheduler"]
 
@@ -67,14 +70,14 @@ def _entry(timestep, timesteps: Tensor) -> int | None:
     return k if rem == 0 and 0 <= k < timesteps.numel() else None
 
 
-def _clipping(config, model: Model) -> Model | None:
+def _clipping(config, model: Model, namesake: Namesake) -> Model | None:
     """``clip_sample`` / ``thresholding`` of a diffusers config as odesolve's wrappers of ``model``
-    ([`clip_data`][odesolve.models.clip_data], [`dynamic_thresholding`][odesolve.models.dynamic_thresholding], which
-    refuse
-    bad ranges naming the field); None when the config clips nothing."""
-    if config.thresholding:
+    (``odesolve.models.clip_data``, ``odesolve.models.dynamic_thresholding``, which refuse
+    bad ranges naming the field), where the namesake scheduler has the option; None when nothing is clipped."""
+    if config.thresholding and namesake.thresholding:
         return dynamic_thresholding(model, config.dynamic_thresholding_ratio, config.sample_max_value)
-    if config.clip_sample:
+    clip = namesake.clip_sample_default if config.clip_sample is None else config.clip_sample
+    if clip and namesake.clip_sample:
         return clip_data(model, config.clip_sample_range)
     return None
 
@@ -105,21 +108,29 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     network's dtype. A pipeline may replace ``sample`` before a call whose input is the state
     (the first call of every step; inpainting does): the new sample becomes the state.
 
-    ``lower_order_final`` is passed to multistep methods when ``num_inference_steps <
-    lower_order_final_max_steps`` (15 by default, DPMSolverMultistepScheduler's rule; ``None``
-    applies it at any number of steps, as UniPCMultistepScheduler does). ``clip_sample`` and
-    ``thresholding`` clip the data prediction on the model side
-    ([`odesolve.models.clip_data`][odesolve.models.clip_data],
-    [`odesolve.models.dynamic_thresholding`][odesolve.models.dynamic_thresholding]).
+    Schedule: the method's diffusers namesake's (``namesakes.namesake_of``; ``schedule`` names
+    another class of ``namesakes.NAMESAKES``): its timesteps, the network timesteps it gives
+    (rounded where it rounds), its noise levels (float32 tables), its end point (``final_sigmas_type``,
+    ``set_alpha_to_one``), its ``init_noise_sigma``, and for EulerDiscrete / Heun / LMS its sample
+    coordinates ``x / alpha`` (``scale_model_input`` multiplies by alpha). Options (off by default):
+    ``fractional_timesteps`` calls the network at the exact time of each noise level;
+    ``float64_schedule`` builds the schedule from the path's float64 tables; ``final_step_to_zero``
+    ends at sigma = 0 where the namesake stops earlier.
+
+    ``lower_order_final`` is passed to multistep methods by the namesake's rule (below 15 steps for
+    DPMSolverMultistep and DEIS, at any step count for UniPC, never for LMS), or below
+    ``lower_order_final_max_steps`` when given. ``clip_sample`` (None: the namesake's default) and
+    ``thresholding`` clip the data prediction on the model side (``odesolve.models.clip_data``,
+    ``odesolve.models.dynamic_thresholding``) where the namesake has the option.
 
     img2img (a grid entered mid-way, diffusers #1866): ``set_begin_index(i)`` or a first ``step``
     at ``timesteps[i]`` recompiles the plan on the grid from that step on, so multistep methods
     warm up again from where sampling starts.
 
-    A grid that calls an eps- (or score-) network where alpha = 0 (zero terminal SNR with
-    ``timestep_spacing="trailing"`` or ``"linspace"``) is refused in ``set_timesteps``: there the
-    noise prediction does not determine the data prediction; use a v-prediction network or a grid
-    that starts below the last training timestep.
+    Zero terminal SNR: where the namesake clamps ``alphas_cumprod[-1]`` to 2**-24 (DPMSolverMultistep,
+    UniPC, EulerDiscrete) so does the schedule; elsewhere a grid that calls an eps- (or score-) network
+    where alpha = 0 is refused in ``set_timesteps``: there the noise prediction does not determine the
+    data prediction; use a v-prediction network or a grid that starts below the last training timestep.
 
     Noise (plans that inject it): a run draws from the ``generator`` passed to its first ``step``
     (None: torch's default stream); a later ``step`` with another generator is refused.
@@ -147,8 +158,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         lower_order_final: bool = True,
-        lower_order_final_max_steps: int | None = 15,
-        clip_sample: bool = False,
+        lower_order_final_max_steps: int | None = None,
+        clip_sample: bool | None = None,
         clip_sample_range: float = 1.0,
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
@@ -175,16 +186,38 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         use_beta_sigmas: bool = False,
         euler_at_final: bool = False,
         lambda_min_clipped: float = -float("inf"),
+        set_alpha_to_one: bool | None = None,
+        schedule: str | None = None,
+        fractional_timesteps: bool = False,
+        float64_schedule: bool = False,
+        final_step_to_zero: bool = False,
     ):
-        self._method = _methods.get(method)  # refuses unknown names, listing close ones
         self._family = family_for(self.config)
+        # refuses unknown names, listing close ones; on flow models "euler" is FlowMatchEuler's step (ddim)
+        flow = FAMILY_METHODS.get(self._family.name, {}).get(method, method)
+        self._method = FLOW_HEUN if (self._family.name, method) == ("flow", "heun") else _methods.get(flow)
+        self.namesake = namesake_of(method, schedule, self._family.name)
         self.path = self._family.path
         self.prediction = self._family.prediction
-        self._clips = _clipping(self.config, Model(_Handed(), self.path, "x0")) is not None  # refuses bad ranges
+        self._kdiff = self.namesake.kdiff and self._family.name == "vp"
+        handed = Model(_Handed(), self.path, "x0")
+        if thresholding:  # bad ranges are refused, naming the field, whether or not the namesake clips
+            dynamic_thresholding(handed, dynamic_thresholding_ratio, sample_max_value)
+        if clip_sample:
+            clip_data(handed, clip_sample_range)
+        self._clips = _clipping(self.config, handed, self.namesake) is not None
         if lower_order_final_max_steps is not None:
             count(lower_order_final_max_steps, "config field lower_order_final_max_steps", minimum=0)
+        for name in ("fractional_timesteps", "float64_schedule", "final_step_to_zero"):
+            if not isinstance(self.config[name], bool):
+                raise TypeError(f"{name} must be a bool, got {self.config[name]!r}")
         self.order = self._method.calls_per_step
         self.init_noise_sigma = 1.0
+        if self._family.name == "vp":  # diffusers' tables, as the namesake keeps them (float32)
+            self.betas = float32_betas(self._family.cfg, self._family.T)
+            self.alphas = 1.0 - self.betas
+            acp = alphas_cumprod_table(self.path, self.namesake, self._family.cfg, False)
+            self.alphas_cumprod = torch.from_numpy(acp)
         self.num_inference_steps = None
         self.plan: Plan | None = None
         self.grid: Grid | None = None
@@ -204,11 +237,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # -- grid and plan ------------------------------------------------------------------------
-    def _options(self, steps: int) -> dict:
+    def _options(self, steps: int, merged: bool = False) -> dict:
+        """The plan's options for ``steps`` namesake steps. ``lower_order_final`` (the last two steps at
+        orders 1 and 2) follows the namesake's rule; where the namesake's last step has zero length (merged
+        by the grid), its second-to-last is the plan's last, taken at the method's order up to 2."""
         opts = {}
         if "lower_order_final" in self._method.options:
             limit = self.config.lower_order_final_max_steps
-            opts["lower_order_final"] = bool(self.config.lower_order_final) and (limit is None or steps < limit)
+            limit = self.namesake.lower_order_final_below if limit is None else limit
+            opts["lower_order_final"] = bool(self.config.lower_order_final) and steps < limit and not merged
         return opts
 
     def set_timesteps(
@@ -223,26 +260,53 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         """Build the grid (from ``num_inference_steps`` and the config, or from explicit network
         ``timesteps`` / ``sigmas`` -- noise levels sigma/alpha for VP and EDM models, the flow
         time for flow models -- ending at the end point the config names) and compile the plan."""
+        net, self._asked = None, None
         if timesteps is not None or sigmas is not None:
-            grid = explicit_grid(self._family, self.path, timesteps=timesteps, sigmas=sigmas)
+            grid = explicit_grid(self._family, self.path, timesteps=timesteps, sigmas=sigmas, mu=mu)
+            if timesteps is not None:
+                net = torch.cat([torch.as_tensor(np.asarray(timesteps, dtype=np.float64)), torch.zeros(1)])
         else:
             if num_inference_steps is None:
                 raise ValueError("set_timesteps needs num_inference_steps, timesteps or sigmas")
-            steps = count(num_inference_steps, "num_inference_steps")
-            grid = family_grid(self._family, steps, path=self.path, mu=mu)
-        self._use_grid(grid, device)
+            steps = self._asked = count(num_inference_steps, "num_inference_steps")
+            opts = {"float64": self.config.float64_schedule, "to_zero": self.config.final_step_to_zero}
+            grid, net = family_grid(self._family, steps, path=self.path, mu=mu, namesake=self.namesake, opts=opts)
+        self._use_grid(grid, device, None if self.config.fractional_timesteps else net)
 
-    def _use_grid(self, grid: Grid, device=None):
-        plan = self._method.compile(self.path, grid, **self._options(grid.steps))
+    def _use_grid(self, grid: Grid, device=None, net: Tensor | None = None):
+        """Compile the plan on ``grid``; ``net``: the network timestep of each grid point (None: the
+        family's network time of the point)."""
+        asked = getattr(self, "_asked", None) or grid.steps
+        plan = self._method.compile(self.path, grid, **self._options(asked, merged=grid.steps < asked))
         self._use_plan(plan)
         self.grid = grid
         self.num_inference_steps = grid.steps
-        timesteps = self._family.network_time(plan.times).to(torch.float32)
+        timesteps = self._family.network_time(plan.times)
+        if net is not None and net.numel() == grid.t.numel():  # calls on grid points: the namesake's timesteps
+            hit = (plan.times[:, None] - grid.t[None, :]).abs() <= 1e-12 * (1 + grid.t.abs())[None, :]
+            on, idx = hit.any(1), hit.to(torch.int64).argmax(1)
+            timesteps = torch.where(on, net[idx], timesteps)
+        timesteps = timesteps.to(torch.float32)
         self._host_timesteps = timesteps.tolist()  # compared on the host: no device synchronisation per step
         self.timesteps = timesteps.to(device)
-        self.sigmas = torch.cat([self.path.noise_level(plan.times), grid.sigmas[-1:]]).to(torch.float32)
+        self._call_times = plan.times  # the run's, kept when a run starts mid-way on a shorter plan
+        self._call_sigmas = torch.cat([self.path.noise_level(plan.times), grid.sigmas[-1:]])
+        if self._family.name == "flow":  # diffusers' flow schedulers hold the flow time t as "sigmas"
+            self.sigmas = torch.cat([plan.times, grid.t[-1:]]).to(torch.float32)
+        else:
+            self.sigmas = self._call_sigmas.to(torch.float32)
+        # pipeline coordinates: x / alpha for the k-diffusion style namesakes (EulerDiscrete, Heun, LMS)
+        times = torch.cat([plan.times, grid.t[-1:]])
+        self._scales = self.path.alpha(times).tolist() if self._kdiff else None
         a0, s0 = self.path.alpha(grid.t[0]), self.path.sigma(grid.t[0])
-        self.init_noise_sigma = float(torch.sqrt(a0 * a0 + s0 * s0))
+        if self._kdiff:
+            top = float(self.sigmas.max())
+            leading = (self._family.cfg.get("timestep_spacing") or "linspace") == "leading"
+            self.init_noise_sigma = torch.tensor(math.sqrt(top * top + 1) if leading else top)
+        elif self._family.name == "vp":
+            self.init_noise_sigma = 1.0
+        else:
+            self.init_noise_sigma = float(torch.sqrt(a0 * a0 + s0 * s0))
         self._begin_index = None
         self._reset_run()
 
@@ -257,7 +321,21 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             self._x0 = list(zip(bx.tolist(), bf.tolist()))
         else:
             self._x0 = None
+        self._raw_noise = self._unclipped_noise_weights(plan) if self._clips else None
         self.plan = plan
+
+    def _unclipped_noise_weights(self, plan: Plan) -> list[float] | None:
+        """DDIMScheduler clips the data prediction but steps with the unclipped noise prediction:
+        ``x' = a' clip(x0) + s' eps``, ``eps = (x - a x0) / s``. A DDIM row ``x' = (s'/s) x + B x0``
+        (``B = a' - a s'/s``) takes that step when sent ``x0 + (a'/B) (clip(x0) - x0)``: the weights
+        ``a'/B`` per call, for the ddim method on DDIMScheduler's schedule (None otherwise)."""
+        if self.namesake.name != "DDIMScheduler" or plan.method != "ddim":
+            return None
+        t = plan.times
+        nxt = torch.cat([t[1:], plan.grid.t[-1:]])
+        a, s = self.path.alpha(t), self.path.sigma(t)
+        a1, s1 = self.path.alpha(nxt), self.path.sigma(nxt)
+        return (a1 / (a1 - a * s1 / s)).tolist()
 
     def _refuse_undefined(self, plan: Plan, target: str):
         """``(c_x, c_F)`` with ``target = c_x X + c_F out`` at every call of ``plan``; where the
@@ -303,7 +381,12 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = count(begin_index, "begin_index", minimum=0)
 
     def scale_model_input(self, sample: Tensor, timestep=None, *args, **kwargs) -> Tensor:
-        """The network's input: ``c_in x`` for preconditioned (EDM) networks, else ``sample`` itself."""
+        """The network's input: ``c_in x`` for preconditioned (EDM) networks, ``alpha x`` in k-diffusion
+        coordinates (the namesakes EulerDiscrete, HeunDiscrete, LMSDiscrete: ``x / sqrt(sigma^2 + 1)``),
+        else ``sample`` itself."""
+        if self._scales is not None:
+            k = self._call_index(timestep)
+            return sample * self._scales[k]
         if timestep is None:
             timestep = self.timesteps[min(self.step_index or 0, len(self.timesteps) - 1)]
         pre = self._family.preconditioning(self._family.path_time(timestep))
@@ -311,6 +394,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             return sample
         c_in = pre[2]
         return sample * c_in.to(sample.device, sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+
+    def _call_index(self, timestep) -> int:
+        """The call a ``timestep`` handed to ``scale_model_input`` is for: the next one of the run, else
+        where a run would start at it."""
+        if self._k is not None:
+            return min(self._offset + self._k, len(self._host_timesteps) - 1)
+        if timestep is None:
+            return self._begin_index or 0
+        return self._first_call(timestep)
 
     def _call_at(self, timestep, k: int) -> None:
         """Refuse a ``step`` whose timestep is not ``timesteps[k]`` (read on the host only when it
@@ -342,7 +434,11 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
                 f"step() got timestep {value:g}, which is not in scheduler.timesteps "
                 f"({self._host_timesteps[:4]}...); pass the entries of scheduler.timesteps, in order"
             )
-        return hits[0]
+        # a timestep repeated (the stages of Heun's steps): the call that starts a grid step, as
+        # diffusers' index_for_timestep takes the second of two equal timesteps
+        step = self.plan.step
+        starts = [k for k in hits if k == 0 or int(step[k]) != int(step[k - 1])]
+        return (starts or hits)[0]
 
     def _start(self, timestep, sample: Tensor, out: Tensor, generator):
         """Start a run at the first ``step``: the plan's program for ``sample``, driven from it."""
@@ -365,11 +461,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
                 f"None, torch's default stream); got {type(generator).__name__}"
             )
         self._program, self._offset, self._generator = program, k0, generator
-        self._run = program.steps(sample, generator if program.stochastic else None)
+        self._run = program.steps(self._to_state(sample, k0), generator if program.stochastic else None)
         self._k, self._X, self._t, _ = next(self._run)
         if self._x0 is not None:
             self._handed = _Handed()
-            self._clip = _clipping(self.config, Model(self._handed, self.path, "x0"))
+            self._clip = _clipping(self.config, Model(self._handed, self.path, "x0"), self.namesake)
+
+    def _to_state(self, sample: Tensor, k: int) -> Tensor:
+        """The pipeline's sample at call ``k`` as the plan's state (``alpha x`` in k-diffusion coordinates)."""
+        return sample if self._scales is None else sample * self._scales[k]
 
     def _reset_run(self):
         """Forget the sampling run (closing its interpreter): the next ``step`` starts a new one."""
@@ -389,7 +489,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
                 "be entered at the first call of a step"
             )
         grid = Grid(self.path, self.grid.t[n:])
-        sub = self._method.compile(self.path, grid, **self._options(self.grid.steps))
+        asked = self._asked or self.grid.steps
+        sub = self._method.compile(self.path, grid, **self._options(asked, merged=self.grid.steps < asked))
         tail = plan.times[k0:]
         if sub.calls != tail.numel() or not torch.allclose(sub.times, tail, rtol=0, atol=1e-9):
             raise ValueError(
@@ -439,9 +540,12 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             return x0
         self._handed.x0 = x0
         try:
-            return self._clip(X, self._t)
+            clipped = self._clip(X, self._t)
         finally:
             self._handed.x0 = None
+        if self._raw_noise is None:
+            return clipped
+        return x0.add_(clipped - x0, alpha=self._raw_noise[k])
 
     def _handed_back(self, sample: Tensor) -> bool:
         """Whether ``sample`` is the tensor the last ``step`` returned, unmodified."""
@@ -460,7 +564,10 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         (the sample after the last call). ``timestep`` must be the next entry of ``timesteps``.
         ``kwargs`` of other schedulers (``eta``, ``s_churn``...) are ignored."""
         if self.plan is None:
-            raise ValueError("set_timesteps must be called before step")
+            if not self._kdiff:
+                raise ValueError("set_timesteps must be called before step")
+            # as EulerDiscrete / Heun / LMS: the schedule of every training timestep until set_timesteps
+            self.set_timesteps(self.config.num_train_timesteps, device=sample.device)
         out = self._check_output(model_output, sample)
         if self._k is None:
             self._start(timestep, sample, out, generator)
@@ -483,7 +590,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             self._call_at(timestep, self._offset + self._k)
         k, X = self._k, self._X
         if k > 0 and self._program.plain_input[k] and not self._handed_back(sample):
-            X.copy_(sample)  # the pipeline replaced the latents (inpainting): X is the state
+            X.copy_(self._to_state(sample, self._offset + k))  # the pipeline replaced the latents: X is the state
         sent = out if self._x0 is None else self._data_prediction(out, X, k)
         try:
             self._k, self._X, self._t, _ = self._run.send(sent)
@@ -491,6 +598,8 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             self._run = None  # the interpreter has stopped; the next step says so
             raise
         prev = self._X.to(sample.dtype, copy=True)  # X is the run's buffer, valid until the next send
+        if self._scales is not None:
+            prev.div_(self._scales[self._offset + self._k])
         if self._k == self._program.calls:
             self._run.close()
             self._run = self._X = self._handed = self._clip = None
@@ -500,17 +609,23 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         return SchedulerOutput(prev_sample=prev)
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
-        """``alpha(t) x0 + sigma(t) noise`` at the network timesteps ``timesteps`` (any value, not
-        only those of the grid)."""
-        t = self._family.path_time(torch.as_tensor(timesteps).reshape(-1))
+        """``alpha(t) x0 + sigma(t) noise`` at the network timesteps ``timesteps`` (the schedule's noise
+        level where a timestep is one of ``self.timesteps``; any other value of the model's time range
+        is read on the path), divided by ``alpha`` in k-diffusion coordinates."""
+        ts = torch.as_tensor(timesteps).reshape(-1).to("cpu", torch.float64)
+        t = self._family.path_time(ts)
+        if self.plan is not None:
+            on_grid = {v: float(self._call_times[k]) for k, v in reversed(list(enumerate(self._host_timesteps)))}
+            t = torch.tensor(
+                [on_grid.get(float(v), float(u)) for v, u in zip(ts.to(torch.float32).tolist(), t)], dtype=torch.float64
+            )
         try:
             self.path.check_times(t, "timesteps")
         except ValueError as e:
-            raise ValueError(
-                f"add_noise: timesteps {torch.as_tensor(timesteps).reshape(-1).tolist()[:4]} are outside "
-                f"the model's ({e})"
-            ) from None
+            raise ValueError(f"add_noise: timesteps {ts.tolist()[:4]} are outside the model's ({e})") from None
         a, s = self.path.alpha(t), self.path.sigma(t)
+        if self._kdiff:
+            a, s = torch.ones_like(a), s / a
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         dev, dt = original_samples.device, original_samples.dtype
         return a.to(dev, dt).view(shape) * original_samples + s.to(dev, dt).view(shape) * noise
