@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "main"]
 
-SUBCOMMANDS = ("report", "sample", "methods")
+SUBCOMMANDS = ("report", "sample", "methods", "fit")
 
 
 def parser() -> argparse.ArgumentParser:
