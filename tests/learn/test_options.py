@@ -65,7 +65,7 @@ def test_dp_grid_beats_karras_for_ddim(gmm, noise):
 
 
 def test_soft_teacher_forcing_and_l2_loss_lower_the_held_out_loss(gmm, noise):
-    prob, model = gmm
+    _, model = gmm
     x, xv = noise
     for kw in ({"soft_radius": 0.05}, {"loss": "l2"}):
         f = learn.fit(model, x, nfe=4, family="grid", x_T_val=xv, iterations=10, epochs=1, restarts=1, **kw)
