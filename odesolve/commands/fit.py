@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n-val", type=int, default=128, help="validation starting points (default: 128)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of L-BFGS (default: 4)")
     parser.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations per epoch (default: 20)")
+    parser.add_argument("--restarts", type=int, default=2, help="starting grids of the first epoch (default: 2)")
     parser.add_argument("--teacher-steps", type=int, default=128, help="reference steps for a zoo model (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training noise; validation: seed + 1")
     parser.add_argument("--out", type=Path, default=Path("solver.json"), help="output file (default: solver.json)")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from ..methods import get
 
     try:
-        for option in ("nfe", "n_train", "n_val", "epochs", "iterations", "teacher_steps"):
+        for option in ("nfe", "n_train", "n_val", "epochs", "iterations", "restarts", "teacher_steps"):
             _checks.positive("--" + option.replace("_", "-"), getattr(args, option))
         _checks.seed(args.seed)
         try:
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             x_T_val=x_val,
             epochs=args.epochs,
             iterations=args.iterations,
+            restarts=args.restarts,
             progress=args.progress,
         )
     except ValueError as err:

@@ -58,6 +58,10 @@ class Fitted:
     settings: dict = field(default_factory=dict)
     model: str = ""
 
+    def plan(self):
+        """The compiled :class:`~odesolve.plan.Plan` (``method`` on ``grid``): what ``sample`` runs."""
+        return self.method.compile(self.grid.path, self.grid)
+
     def sample(self, model: Model, x_T: Tensor, **kwargs) -> Tensor:
         """``ods.sample(model, x_T, self.grid, method=self.method, **kwargs)``."""
         return sample(model, x_T, self.grid, method=self.method, **kwargs)

@@ -101,6 +101,7 @@ def test_fit_command_writes_a_file_that_reruns(tmp_path, capsys):
     assert "parameters" in capsys.readouterr().out
     f = learn.load(out)
     assert f.model == "gmm2d" and f.nfe == 4 and json.loads(out.read_text())["settings"]["train_size"] == 48
+    assert f.plan().calls == 4 and f.plan().grid.path == f.grid.path  # what odesolve sample --solver runs
     prob = problems.get("gmm2d")
     model = prob.model("x0")
     xv = prob.prior(24, torch.Generator().manual_seed(6))  # the command's validation noise: seed + 1
