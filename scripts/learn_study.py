@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 
 import torch
 
@@ -118,7 +119,8 @@ def main(argv=None):
     fit_kwargs = eval(f"dict({args.fit})", {})  # a trusted command line of the study
     head = (
         f"{'problem':<10} {'k':>3} | {'best training-free @k':<32} | {'best training-free @2k':<32} | "
-        f"{'family':<12} {'RMSE @k':>9} {'val':>9} {'params':>6} {'fit s':>6} | {'best peer @k':<44} {'ratio':>6}"
+        f"{'family':<12} {'RMSE @k':>9} {'val':>9} {'params':>6} {'fit s':>6} {'cpu s':>6} | "
+        f"{'best peer @k':<44} {'ratio':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -133,13 +135,15 @@ def main(argv=None):
             tf_k, tf_2k = best_training_free(model, x_test, y_test, k), best_training_free(model, x_test, y_test, 2 * k)
             peer = best_peer(prob, x_test, k) if args.peers else (math.nan, "-")
             for family in args.families:
+                cpu = time.process_time()
                 f = learn.fit(model, x_train, nfe=k, family=family, init=args.init, x_T_val=x_val, **fit_kwargs)
+                cpu = time.process_time() - cpu
                 err = rmse(f.sample(model, x_test), y_test)
                 if args.save:
                     f.save(f"{args.save}/{pname}-nfe{k}-{family}.json")
                 print(
                     f"{pname:<10} {k:>3} | {tf_k[0]:9.3e} {tf_k[1]:<22} | {tf_2k[0]:9.3e} {tf_2k[1]:<22} | "
-                    f"{family:<12} {err:9.3e} {f.val_loss:9.3e} {f.parameters:>6} {f.fit_seconds:6.1f} | "
+                    f"{family:<12} {err:9.3e} {f.val_loss:9.3e} {f.parameters:>6} {f.fit_seconds:6.1f} {cpu:6.1f} | "
                     f"{peer[0]:9.3e} {peer[1]:<34} {err / peer[0]:6.3f}",
                     flush=True,
                 )
