@@ -1,6 +1,6 @@
 """``odesolve fit``: fit a sampler to a model of the zoo or an exact toy problem, and save it.
 
-    odesolve fit --model digits --family coefficients --init dpmpp-2m --nfe 5 --out solver.json
+    odesolve fit --model digits --family coefficients --init dpmpp-2m --nfe 5 --shift-times --epochs 6 --out solver.json
     odesolve sample --model digits --solver solver.json ...      # run it (see odesolve sample)
 
 Models: the zoo's networks (``digits``: the grid is ``--grid`` with the steps that make ``--nfe``
@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--n-val", type=int, default=128, help="validation starting points (default: 128)")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of L-BFGS (default: 4)")
     parser.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations per epoch (default: 20)")
+    parser.add_argument("--loss", default="mse", choices=("mse", "l2"), help="training loss (default: mse)")
+    parser.add_argument(
+        "--shift-times", action="store_true", help="coefficients: also move each call's time (up to 1 in lambda)"
+    )
     parser.add_argument("--restarts", type=int, default=2, help="starting grids of the first epoch (default: 2)")
     parser.add_argument("--teacher-steps", type=int, default=128, help="reference steps for a zoo model (default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training noise; validation: seed + 1")
@@ -112,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             iterations=args.iterations,
             restarts=args.restarts,
+            loss=args.loss,
+            shift_times=args.shift_times,
             progress=args.progress,
         )
     except ValueError as err:

@@ -211,6 +211,8 @@ def fit(
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if shift_times and family != "coefficients":
+        raise ValueError(f"shift_times moves the calls of a fitted plan: family must be 'coefficients', got {family!r}")
     if search == "dp" and family != "grid":
         raise ValueError(f"search 'dp' fits family 'grid' only, got family {family!r}")
     fine = check_int(fine, "fine", 1)
