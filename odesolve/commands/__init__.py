@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "main"]
 
-SUBCOMMANDS = ("report", "sample", "methods")  # one module of this package each
+SUBCOMMANDS = ("report", "sample", "methods", "fit")  # one module of this package each
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,8 +9,21 @@ A fitted sampler is an ordinary method (a registered table on a learned grid, or
 is analysed like any other. It reports its parameter count, fit time and loss on held-out noise.
 """
 
-from .fit import FAMILIES, Fitted, fit, refine, teacher_solve
+from .fit import FAMILIES, LOSSES, SEARCHES, Fitted, dp_path, fit, refine, teacher_solve
 from .io import load, save
 from .parametrize import GridLogits, RowCorrection
 
-__all__ = ["FAMILIES", "Fitted", "GridLogits", "RowCorrection", "fit", "load", "refine", "save", "teacher_solve"]
+__all__ = [
+    "FAMILIES",
+    "LOSSES",
+    "SEARCHES",
+    "Fitted",
+    "GridLogits",
+    "RowCorrection",
+    "dp_path",
+    "fit",
+    "load",
+    "refine",
+    "save",
+    "teacher_solve",
+]

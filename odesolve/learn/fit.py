@@ -28,9 +28,11 @@ from ..models import Model
 from ..paths import check_int
 from .parametrize import GridLogits, RowCorrection
 
-__all__ = ["FAMILIES", "Fitted", "fit", "teacher_solve"]
+__all__ = ["FAMILIES", "LOSSES", "SEARCHES", "Fitted", "dp_path", "fit", "teacher_solve"]
 
 FAMILIES = ("grid", "coefficients")
+SEARCHES = ("gradient", "dp")
+LOSSES = ("mse", "l2")
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,6 +57,10 @@ class Fitted:
     history: tuple[float, ...] = ()
     settings: dict = field(default_factory=dict)
     model: str = ""
+
+    def plan(self):
+        """The compiled ``odesolve.plan.Plan`` (``method`` on ``grid``): what ``sample`` runs."""
+        return self.method.compile(self.grid.path, self.grid)
 
     def sample(self, model: Model, x_T: Tensor, **kwargs) -> Tensor:
         """``ods.sample(model, x_T, self.grid, method=self.method, **kwargs)``."""
@@ -123,6 +129,10 @@ def _mse(a: Tensor, b: Tensor) -> Tensor:
     return ((a - b) ** 2).mean()
 
 
+def _l2(a: Tensor, b: Tensor) -> Tensor:
+    return ((a - b) ** 2).flatten(1).sum(1).add(1e-30).sqrt().mean()
+
+
 def fit(
     model: Model,
     x_T: Tensor,
@@ -139,6 +149,11 @@ def fit(
     teacher_steps: int = 256,
     restarts: int = 4,
     select: bool = True,
+    loss: str = "mse",
+    shift_times: bool = False,
+    search: str = "gradient",
+    fine: int = 8,
+    soft_radius: float = 0.0,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
 ) -> Fitted:
@@ -159,6 +174,21 @@ def fit(
             validation loss is computed after each epoch (``callback(epoch, val_loss)``).
         restarts: starting grids of the first epoch (the initial one and seeded perturbations); the one
             with the lowest training loss goes on.
+        loss: ``"mse"`` (the mean squared error) or ``"l2"`` (the mean over samples of the error's norm,
+            as LD3: a few training points with large errors weigh less).
+        shift_times: for ``"coefficients"``, also move each model call's time by up to 1 in lambda
+            (``tanh``-bounded; the plan's result on a constant prediction does not depend on it).
+        search: for ``"grid"``: ``"gradient"`` (L-BFGS through the compile) or ``"dp"``, the dynamic
+            program of GITS (Chen et al. 2024) over the points of ``grid`` refined ``fine`` times:
+            the teacher's states at every fine point, the squared error of one step of ``init``
+            between every pair of points (the local truncation error), and the path of ``grid.steps``
+            steps with the least total cost (no gradients: any model, any method; ``init`` makes one
+            step from each point as it makes its first, so multistep methods are judged by their
+            starting step). ``teacher`` must be None, ``"reference"`` or a method (states are needed
+            at every fine point).
+        soft_radius: LD3's soft teacher forcing (Tong et al. 2025): the sampler may start anywhere
+            in a ball of radius ``soft_radius * |x_T|`` around each training point to reach its
+            teacher's state; the starts are fitted with the sampler and never used on validation noise.
         select: return the parameters of the epoch with the lowest validation loss (early stopping;
             the coefficients can overfit the training noise); otherwise those of the last epoch. With
             ``select`` the reported ``val_loss`` took part in a choice: measure on a third draw of noise.
@@ -177,6 +207,17 @@ def fit(
     window = check_int(window, "window", 1, 16)
     iterations, epochs = check_int(iterations, "iterations", 1), check_int(epochs, "epochs", 1)
     restarts = check_int(restarts, "restarts", 1)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if shift_times and family != "coefficients":
+        raise ValueError(f"shift_times moves the calls of a fitted plan: family must be 'coefficients', got {family!r}")
+    if search == "dp" and family != "grid":
+        raise ValueError(f"search 'dp' fits family 'grid' only, got family {family!r}")
+    fine = check_int(fine, "fine", 1)
+    if isinstance(soft_radius, bool) or not isinstance(soft_radius, (int, float)) or not 0 <= soft_radius < 1:
+        raise ValueError(f"soft_radius must be a number in [0, 1), got {soft_radius!r}")
     if family == "coefficients" and epochs < 2:
         raise ValueError(f"epochs must be at least 2 for family 'coefficients' (grid, then coefficients), got {epochs}")
     if grid is None:  # the Karras grid on which init makes nfe calls (a last step to sigma = 0 may make fewer)
@@ -209,6 +250,8 @@ def fit(
             f"x_T: the model does not map starting points of state shape {tuple(x_train.shape[1:])} to "
             "outputs of that shape; pass x_T of shape (batch, *state) for this model"
         )
+    if search == "dp":
+        return _fit_dp(model, m, grid, teacher, x_train, x_val, nfe, fine, teacher_steps, t_start)
     targets = teacher_solve(model, torch.cat([x_train, x_val]), grid, teacher, teacher_steps=teacher_steps)
     y_train, y_val = targets[: len(x_train)], targets[len(x_train) :]
 
@@ -217,17 +260,34 @@ def fit(
     params = [theta]
     corr = None
     if family == "coefficients":
-        corr = RowCorrection(plan0, window)
+        corr = RowCorrection(plan0, window, shift_times)
         params += [p.requires_grad_(True) for p in corr.zeros()]
 
     def build(ps) -> tuple[Grid, object]:
         g = logits.grid(ps[0])
         plan = m.compile(g.path, g)
-        return g, plan if corr is None else corr.apply(plan, ps[1], ps[2])
+        return g, plan if corr is None else corr.apply(plan, *ps[1:])
 
     def mse(x, y, ps) -> Tensor:
         _, plan = build(ps)
         return _mse(execute(plan, model, x), y)
+
+    # LD3's soft teacher forcing: per training point a start within soft_radius |x_T| of it
+    extra, norm = [], x_train.flatten(1).norm(dim=1).view(-1, *[1] * (x_train.ndim - 1))
+    if soft_radius > 0:
+        extra = [torch.zeros_like(x_train).requires_grad_(True)]
+
+    def starts_of(x) -> Tensor:
+        if not extra:
+            return x
+        d = extra[0]
+        dn = d.flatten(1).norm(dim=1).view_as(norm)
+        return x + soft_radius * norm * d / torch.sqrt(1 + dn**2)
+
+    def objective(x, y, ps) -> Tensor:
+        _, plan = build(ps)
+        out = execute(plan, model, starts_of(x))
+        return _l2(out, y) if loss == "l2" else _mse(out, y)
 
     def val_loss(ps) -> float:
         with torch.no_grad():
@@ -238,12 +298,12 @@ def fit(
     def closure():
         opt.zero_grad()
         try:
-            loss = mse(x_train, y_train, params)
+            value = objective(x_train, y_train, params)
         except (ValueError, FloatingPointError):  # a line search reached a degenerate grid: reject the point
             return torch.tensor(math.inf, dtype=torch.float64)
-        if torch.isfinite(loss):
-            loss.backward()
-        return loss
+        if torch.isfinite(value):
+            value.backward()
+        return value
 
     # the grid alone first (for "coefficients": half the epochs), from ``restarts`` starting grids (the
     # initial one and seeded perturbations of its logits: the loss has local minima); the best on the
@@ -271,12 +331,14 @@ def fit(
             for start in starts:
                 with torch.no_grad():
                     theta.copy_(start)
-                opt = lbfgs([theta])
+                    for e in extra:
+                        e.zero_()
+                opt = lbfgs([theta] + extra)
                 opt.step(closure)
                 if torch.isfinite(theta).all():
                     found.append(
                         (
-                            float(mse(x_train, y_train, [theta.detach()] + params[1:]).detach()),
+                            float(objective(x_train, y_train, [theta.detach()] + params[1:]).detach()),
                             len(found),
                             theta.detach().clone(),
                             opt,
@@ -288,7 +350,7 @@ def fit(
             with torch.no_grad():
                 theta.copy_(start)
         elif corr is not None and epoch == epochs // 2:
-            opt = lbfgs(params)
+            opt = lbfgs(params + extra)
         if epoch > 0:
             opt.step(closure)
         if not all(bool(torch.isfinite(p).all()) for p in params):  # a diverged line search: stop
@@ -321,11 +383,15 @@ def fit(
         )
         free = logits.free + corr.free
     settings = {
+        "search": "gradient",
         "window": window,
         "iterations": iterations,
         "epochs": epochs,
         "restarts": restarts,
         "select": select,
+        "loss": loss,
+        "shift_times": shift_times,
+        "soft_radius": soft_radius,
         "teacher": _teacher_name(teacher),
         "teacher_steps": teacher_steps,
         "train_size": len(x_train),
@@ -344,6 +410,94 @@ def fit(
         init_val_loss=init_val,
         fit_seconds=time.perf_counter() - t_start,
         history=tuple(history),
+        settings=settings,
+        model=repr(model),
+    )
+
+
+def dp_path(cost: Tensor, steps: int) -> tuple[list[int], float]:
+    """The path ``0 = i_0 < i_1 < ... < i_steps = M`` with the least ``sum_s cost[i_{s-1}, i_s]`` (a
+    dynamic program over the ``(M + 1, M + 1)`` matrix ``cost``; ``inf`` marks a forbidden step), and
+    that sum. GITS (Chen et al. 2024) chooses its grid this way."""
+    if not isinstance(cost, Tensor) or cost.ndim != 2 or cost.shape[0] != cost.shape[1] or cost.shape[0] < 2:
+        raise ValueError(f"cost must be a square (M + 1, M + 1) tensor with M >= 1, got {getattr(cost, 'shape', cost)}")
+    M = cost.shape[0] - 1
+    steps = check_int(steps, "steps", 1, M)
+    cost = cost.to(torch.float64).triu(1) + torch.full_like(cost, math.inf, dtype=torch.float64).tril()
+    best = torch.full((steps + 1, M + 1), math.inf, dtype=torch.float64)
+    back = torch.zeros((steps + 1, M + 1), dtype=torch.long)
+    best[0, 0] = 0.0
+    for s in range(1, steps + 1):
+        best[s], back[s] = (best[s - 1][:, None] + cost).min(0)  # [i, j]: s - 1 steps to i, then one to j
+    total = float(best[steps, M])
+    if not math.isfinite(total):
+        raise ValueError(f"no path of {steps} steps has a finite cost")
+    idx = [M]
+    for s in range(steps, 0, -1):
+        idx.append(int(back[s, idx[-1]]))
+    return idx[::-1], total
+
+
+def _fit_dp(model, m, grid, teacher, x_train, x_val, nfe, fine, teacher_steps, t_start) -> Fitted:
+    """GITS: the grid of ``grid.steps`` steps through points of ``refine(grid, fine)`` whose summed
+    one-step errors of ``m`` against the teacher's states are least (dynamic programming)."""
+    if callable(teacher) and not isinstance(teacher, (str, _methods.Method)):
+        raise ValueError(
+            "search 'dp' needs the teacher's states at every fine point: teacher must be None, "
+            "'reference' or a registered method, not a callable"
+        )
+    fg = refine(grid, fine)
+    M, K = fg.steps, grid.steps
+    per_segment = max(1, math.ceil(teacher_steps / M))
+    states = [x_train]
+    for i in range(M):  # the teacher's trajectory through every fine point
+        seg = Grid(fg.path, fg.t[i : i + 2])
+        states.append(teacher_solve(model, states[-1], seg, teacher, teacher_steps=per_segment))
+    cost = torch.full((M + 1, M + 1), math.inf, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(M):
+            for j in range(i + 1, M + 1):
+                try:
+                    plan = m.compile(fg.path, Grid(fg.path, fg.t[[i, j]]))
+                except ValueError:
+                    continue
+                out = execute(plan, model, states[i])
+                cost[i, j] = float(((out.to(torch.float64) - states[j]) ** 2).mean())
+    path_idx, total = dp_path(cost, K)
+    g = Grid(fg.path, fg.t[path_idx].clone())
+    calls = m.compile(g.path, g).calls
+    if calls != nfe:
+        raise ValueError(f"search 'dp': {m.name} makes {calls} calls on the chosen grid, not {nfe}")
+    y = teacher_solve(model, torch.cat([x_train, x_val]), grid, teacher, teacher_steps=teacher_steps)
+    y_train, y_val = y[: len(x_train)], y[len(x_train) :]
+
+    def rmse(grid_, x, y_):
+        with torch.no_grad():
+            return math.sqrt(float(_mse(sample(model, x, grid_, method=m).to(torch.float64), y_)))
+
+    val = rmse(g, x_val, y_val)
+    settings = {
+        "search": "dp",
+        "fine": fine,
+        "teacher": _teacher_name(teacher),
+        "teacher_steps": teacher_steps,
+        "train_size": len(x_train),
+        "val_size": len(x_val),
+        "initial_grid": grid.t.tolist(),
+        "local_cost": total,
+    }
+    return Fitted(
+        family="grid",
+        grid=g,
+        method=m,
+        nfe=nfe,
+        init=m.name,
+        parameters=max(0, K - 1),
+        train_loss=rmse(g, x_train, y_train),
+        val_loss=val,
+        init_val_loss=rmse(grid, x_val, y_val),
+        fit_seconds=time.perf_counter() - t_start,
+        history=(val,),
         settings=settings,
         model=repr(model),
     )

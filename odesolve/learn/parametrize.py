@@ -20,6 +20,8 @@ from ..plan import Plan
 
 __all__ = ["GridLogits", "RowCorrection"]
 
+SHIFT = 1.0  # the most a call time moves, in lambda
+
 
 class GridLogits:
     """``lambda_i = lambda_a + L cumsum(softmax(theta))_i`` on the part of ``grid`` with finite
@@ -75,8 +77,10 @@ class RowCorrection:
     change. Zero row sums keep ``sum_j hist[k, j]`` and hence the plan's result on a constant prediction.
     """
 
-    def __init__(self, plan: Plan, window: int):
+    def __init__(self, plan: Plan, window: int, shift_times: bool = False):
         K = plan.calls
+        lam = plan.path.lambda_(plan.times.detach())
+        self.shift_mask = (torch.isfinite(lam) if shift_times else torch.zeros(K, dtype=torch.bool)).to(torch.float64)
         self.window = W = max(int(window), plan.window)
         k, j = torch.arange(K)[:, None], torch.arange(W)[None, :]
         self.update_mask = (j <= k).to(torch.float64)
@@ -91,10 +95,10 @@ class RowCorrection:
     @property
     def free(self) -> int:
         per_row = lambda m: int((m.sum(1) - 1).clamp(min=0).sum())
-        return per_row(self.update_mask) + per_row(self.input_mask)
+        return per_row(self.update_mask) + per_row(self.input_mask) + int(self.shift_mask.sum())
 
-    def zeros(self) -> tuple[Tensor, Tensor]:
-        return (torch.zeros_like(self.update_mask), torch.zeros_like(self.input_mask))
+    def zeros(self) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(torch.zeros_like(v) for v in (self.update_mask, self.input_mask, self.shift_mask))
 
     @staticmethod
     def _centred(c: Tensor, mask: Tensor) -> Tensor:
@@ -102,10 +106,17 @@ class RowCorrection:
         c = c * mask
         return torch.where(n > 1, (c - c.sum(1, keepdim=True) / n.clamp(min=1)) * mask, torch.zeros_like(c))
 
-    def apply(self, plan: Plan, update: Tensor, inputs: Tensor) -> Plan:
-        """``plan`` with the corrections added (same grid, times and state factors)."""
+    def apply(self, plan: Plan, update: Tensor, inputs: Tensor, shift: Tensor | None = None) -> Plan:
+        """``plan`` with the corrections added (same grid and state factors; the call times moved by
+        ``SHIFT tanh(shift)`` in lambda where ``shift_times``)."""
+        times = plan.times
+        if shift is not None and bool(self.shift_mask.any()):
+            lam = plan.path.lambda_(times)
+            moved = plan.path.t_of_lambda(torch.where(self.shift_mask > 0, lam, 0.0) + SHIFT * torch.tanh(shift))
+            times = torch.where(self.shift_mask > 0, moved, times)
         return dataclasses.replace(
             plan,
+            times=times,
             update_hist=self._pad(plan.update_hist) + self.update_scale * self._centred(update, self.update_mask),
             input_hist=self._pad(plan.input_hist) + self.input_scale * self._centred(inputs, self.input_mask),
         )

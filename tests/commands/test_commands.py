@@ -22,7 +22,7 @@ def run(argv, capsys):
 def test_console_script_entry_and_subcommands_are_one_parser():
     assert cli.main is commands.main
     choices = commands.parser()._subparsers._group_actions[0].choices
-    assert set(choices) == set(commands.SUBCOMMANDS) == {"report", "sample", "methods"}
+    assert set(choices) == set(commands.SUBCOMMANDS) == {"report", "sample", "methods", "fit"}
 
 
 def test_python_dash_m_odesolve_runs_the_command():

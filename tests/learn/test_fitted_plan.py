@@ -97,9 +97,11 @@ def test_parametrisations_keep_consistency(steps, window, to_zero, seed):
     if not to_zero:
         assert g.t[-2] != grid.t[-2] or steps == 1
     plan = ods.methods.get("dpmpp-3m").compile(path, g)
-    corr = learn.RowCorrection(plan, window)
-    up, inp = (torch.randn(c.shape, dtype=torch.float64, generator=gen) for c in corr.zeros())
-    new = corr.apply(plan, up, inp)
+    corr = learn.RowCorrection(plan, window, shift_times=True)
+    up, inp, shift = (torch.randn(c.shape, dtype=torch.float64, generator=gen) for c in corr.zeros())
+    new = corr.apply(plan, up, inp, 5 * shift)
+    moved = path.lambda_(new.times) - path.lambda_(plan.times)  # the call times, by at most 1 in lambda
+    assert bool((moved.abs() <= 1 + 1e-12).all()) and bool((moved != 0).any())
     for a, b in ((new.update_hist, plan.update_hist), (new.input_hist, plan.input_hist)):
         assert bool(((a.sum(1) - b.sum(1)).abs() <= 1e-13 * (a.abs().sum(1) + 1)).all())
     assert bool((new.input_hist[:, 0] == 0).all()) and torch.equal(new.update_state, plan.update_state)
