@@ -1,6 +1,6 @@
 """odesolve: diffusion ODE solvers as coefficient tables, compiled into plans, run by one executor."""
 
-from . import adaptive, grids, learn, methods, models, noise, paths
+from . import adaptive, grids, guidance, learn, methods, models, noise, paths
 from .execute import NonFiniteError, Sampler, execute, sample
 from .grids import Grid
 from .models import Model
@@ -15,6 +15,7 @@ __all__ = [
     "adaptive",
     "execute",
     "grids",
+    "guidance",
     "learn",
     "methods",
     "models",
