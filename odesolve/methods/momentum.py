@@ -16,7 +16,7 @@ mitigating divergence artifacts", ICLR 2024 (arXiv 2307.11118). In k-diffusion's
 Eliminating v gives the (k+1)-step linear multistep method
 ``xbar_{n+1} - (2 - beta) xbar_n + (1 - beta) xbar_{n-1} = delta sum_i g_i eps_{n-i}`` (equal steps),
 whose first characteristic polynomial ``zeta^(k-1) (zeta - 1)(zeta - 1 + beta)`` has the parasitic
-root 1 - beta: [`interior`][odesolve.methods.momentum.Momentum.interior] gives it, and its real stability interval
+root 1 - beta: `Momentum.interior` gives it, and its real stability interval
 grows as beta decreases (HB on Euler: ``-2 (2 - beta) / beta``).
 
 The plan carries no velocity: unrolled, ``v_{n+1} = sum_m W_{n,m} eps_m`` with weights that decay
