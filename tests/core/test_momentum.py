@@ -131,3 +131,12 @@ def test_bad_tables_are_refused(kw, match):
     args = dict(order=1, paper="test") | kw
     with pytest.raises(ValueError, match=match):
         Momentum("m", **args)
+
+
+def test_the_boundary_locus_of_the_plan_is_the_closed_form():
+    """stability.boundary_locus on the plan's rows = rho(e^{i theta}) / sigma(e^{i theta}) of the interior LMM."""
+    m = Momentum("m", order=1, kind="ghvb", steps_back=2, beta=Fr(4, 5), paper="test")
+    locus = ods.analysis.boundary_locus(m, 1.0, "rho", n=181)
+    assert np.isfinite(locus[:, 0]).all() and np.isnan(locus[:, 1:]).all()  # one branch: linear in mu
+    closed = m.interior().boundary_locus(182)[:-1]
+    assert np.abs(locus[:, 0] - closed).max() < 1e-9
