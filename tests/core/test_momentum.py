@@ -140,3 +140,12 @@ def test_the_boundary_locus_of_the_plan_is_the_closed_form():
     assert np.isfinite(locus[:, 0]).all() and np.isnan(locus[:, 1:]).all()  # one branch: linear in mu
     closed = m.interior().boundary_locus(182)[:-1]
     assert np.abs(locus[:, 0] - closed).max() < 1e-9
+
+
+@pytest.mark.parametrize("name", ["ghvb-2", "hb-plms4"])
+def test_derived_orders_per_grid_class_are_measured_on_the_plans(name):
+    """Equal-step coefficients: the derivation's uniform and arbitrary-grid orders, measured by numeric_order."""
+    m = ods.methods.get(name)
+    orders = ods.analysis.derive(m).orders
+    assert ods.analysis.numeric_order(m, "uniform").order == orders["uniform"]
+    assert ods.analysis.numeric_order(m, "iid", (16, 32, 64, 128)).order == orders["any"] == 1
