@@ -74,7 +74,7 @@ def method_family(method) -> str:
         return FAMILIES[1]
     if isinstance(m, _methods.RungeKutta):
         return FAMILIES[4]
-    if isinstance(m, _methods.FixedAdams):
+    if isinstance(m, (_methods.FixedAdams, _methods.momentum.Momentum)):  # momentum: Adams with a velocity
         return FAMILIES[5]
     return FAMILIES[6]
 

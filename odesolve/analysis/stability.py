@@ -222,7 +222,7 @@ class _Interior:
         self.test = _check_test(test or ("lambda" if m.prediction == "x0" else "rho"))
         probe_grid = uniform_grid(self.h, 8, self.test)
         probe = m.compile(probe_grid.path, probe_grid, **(options or {}))
-        N = max(8, 3 * probe.window + 4)
+        N = max(8, 3 * max(probe.window, m.history + m.calls_per_step) + 4)  # a window that grows past 8 steps
         grid = uniform_grid(self.h, N, self.test)
         self.plan = m.compile(grid.path, grid, **(options or {}))
         self.n = N - 2
