@@ -43,7 +43,14 @@ from .exponential_multistep import ExponentialMultistep
 from .exponential_rk import DDIM, DPM_SOLVER_1, DPM_SOLVER_2, DPM_SOLVER_3, DPMPP_2S, ExponentialRK, ddim_rows
 from .stochastic import _Stochastic
 
-__all__ = ["Ancestral", "ExponentialMultistepSDE", "SinglestepSchedule", "ancestral_split", "dpm_solver_fast_tail"]
+__all__ = [
+    "DPM_SOLVER_FAST",
+    "Ancestral",
+    "ExponentialMultistepSDE",
+    "SinglestepSchedule",
+    "ancestral_split",
+    "dpm_solver_fast_tail",
+]
 
 
 def ancestral_split(g: Geometry, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,4 +289,7 @@ DPM_SOLVER_FAST = SinglestepSchedule(
     "order 2; k-diffusion sample_dpm_fast)",
 )
 
-TABLES = [DPM_2_ANCESTRAL, DPMPP_2S_ANCESTRAL, DPMPP_3M_SDE, DPM_SOLVER_FAST]
+# DPM_SOLVER_FAST is not registered: on a grid ending at sigma = 0 its lower-order last step is the
+# infinite step every singlestep table takes as DDIM, so it would compile to dpm-solver-3's plan there;
+# k-diffusion's sample_dpm_fast (odesolve.adapters.kdiffusion) sets its tail from the call budget.
+TABLES = [DPM_2_ANCESTRAL, DPMPP_2S_ANCESTRAL, DPMPP_3M_SDE]

@@ -89,7 +89,7 @@ def test_3m_taylor_differs_from_dpmpp_3m_in_the_second_step_only():
 
 def test_dpm_solver_fast_is_dpm_solver_3_with_a_lower_order_tail():
     grid = G.uniform_lambda(EDM, 6, 60.0, 0.02)
-    fast = ods.methods.get("dpm-solver-fast")
+    fast = ods.methods.ancestral.DPM_SOLVER_FAST
     plan, three = fast.compile(EDM, grid), DPM_SOLVER_3.compile(EDM, grid)
     assert plan.calls == 3 * 5 + 2 and plan.step.tolist() == sorted([*range(6)] * 3)[:-1]
     k = 15  # the first call of the last step: every row before it is DPM-Solver-3's

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from ... import grids, methods
 from ...adaptive import sample_dpm_adaptive
-from ...methods.ancestral import dpm_solver_fast_tail
+from ...methods.ancestral import DPM_SOLVER_FAST, dpm_solver_fast_tail
 from ...methods.exponential_rk import ExponentialRK
 from ...noise import BrownianPaths, NoiseSource
 from ...paths import check_real
@@ -438,7 +438,7 @@ def sample_dpm_fast(
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer (the number of model calls), got {n!r}")
     tail, steps = dpm_solver_fast_tail(n)
-    table = dataclasses.replace(methods.get("dpm-solver-fast"), tail=tail, order=min(3, min(tail) + 1))
+    table = dataclasses.replace(DPM_SOLVER_FAST, tail=tail, order=min(3, min(tail) + 1))
     lam = torch.linspace(-math.log(hi), -math.log(lo), steps + 1, dtype=torch.float64)
     grid = grids.from_sigmas(PATH, torch.exp(-lam))
     wrapped = None
