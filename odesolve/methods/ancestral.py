@@ -57,18 +57,21 @@ def ancestral_split(g: Geometry, eta: float) -> tuple[torch.Tensor, torch.Tensor
 
 
 class _Steps(Geometry):
-    """The geometry of steps that start at grid points and end at points of the same path given by
-    their (log alpha, log sigma): entry m is the start of step m where ``start[m]``, else the end of
-    step m - 1. Steps of one parity at a time: each point is the start of one step or the end of
-    the step before."""
+    """The geometry of steps whose start or end is moved off the grid, given by (log alpha, log sigma)
+    per step: entry m is the start of step m where ``start[m]``, else the end of step m - 1. Steps of
+    one parity at a time: each point is the start of one step or the end of the step before.
+    ``end``: the moved ends (ancestral steps end at rho_down); ``begin``: the moved starts (EDM's churn
+    starts at rho_hat); a point not moved is the grid's."""
 
-    def __init__(self, g: Geometry, end_log_alpha: torch.Tensor, end_log_sigma: torch.Tensor, parity: int):
+    def __init__(self, g: Geometry, end=None, parity: int = 0, begin=None):
         m = torch.arange(g.steps + 1)
-        start = (m % 2) == parity
-        prev = (m - 1).clamp(min=0)
+        start = ((m % 2) == parity) & (m < g.steps)
+        prev, here = (m - 1).clamp(min=0), m.clamp(max=g.steps - 1)
+        ends = (g.log_alpha[1:], g.log_sigma[1:]) if end is None else end
+        begins = (g.log_alpha[:-1], g.log_sigma[:-1]) if begin is None else begin
         self.path, self.grid, self.t, self.steps = g.path, g.grid, g.t, g.steps
-        self.log_alpha = torch.where(start, g.log_alpha, end_log_alpha[prev])
-        self.log_sigma = torch.where(start, g.log_sigma, end_log_sigma[prev])
+        self.log_alpha = torch.where(start, begins[0][here], ends[0][prev])
+        self.log_sigma = torch.where(start, begins[1][here], ends[1][prev])
         self.lam = self.log_alpha - self.log_sigma
         self.h = self.lam[1:] - self.lam[:-1]
         finite = torch.isfinite(self.lam)
@@ -109,7 +112,7 @@ class Ancestral(_Stochastic):
         rows = Rows(int(counts.sum()))
         rows.call(first, n, g.t[:-1])
         for parity in (0, 1):
-            steps = _Steps(g, end_la, end_ls, parity)
+            steps = _Steps(g, (end_la, end_ls), parity)
             mine = (n % 2) == parity
             ddim_rows(rows, steps, n[mine & ~staged], first[mine & ~staged], self.prediction)
             self.base.stage_rows(rows, steps, n[mine & staged], first[mine & staged])

@@ -215,11 +215,59 @@ def test_per_sample_seeds_are_odesolve_brownian_paths():
         assert rel(quiet, got) > 1e-3
 
 
+CHURN = [
+    {"s_churn": 1.0},
+    {"s_churn": 40.0, "s_tmin": 0.5, "s_tmax": 10.0, "s_noise": 1.003},
+    {"s_churn": 5.0, "s_noise": 0.0},  # the steps still start at sigma_hat, with no noise
+    {},  # no churn: k-diffusion still draws one randn per step
+]
+
+
+@pytest.mark.parametrize("name", ["sample_euler", "sample_heun", "sample_dpm_2"])
+@pytest.mark.parametrize("kwargs", CHURN, ids=_ids([("churn", kw) for kw in CHURN]))
+def test_churn_equals_k_diffusions_under_the_same_torch_seed(K, name, kwargs):
+    """EDM's churn: the same samples and callbacks (x_hat, sigma_hat) as k-diffusion from the same global
+    stream, which both leave in the same state (one randn_like(x) per step)."""
+    x = _x(10)
+    runs = []
+    for f in (getattr(K, name), getattr(kd, name)):
+        torch.manual_seed(77)
+        seen = []
+        extra = {"disable": True} if f is getattr(K, name) else {}
+        out = f(denoiser, x, SIGMAS, callback=seen.append, **extra, **kwargs)
+        runs.append((out, seen, torch.randn(4)))
+    (theirs, cb_k, after_k), (got, cb_o, after_o) = runs
+    assert rel(got, theirs) <= 1e-12
+    assert torch.equal(after_k, after_o)
+    assert [c["i"] for c in cb_o] == [c["i"] for c in cb_k]
+    for a, b in zip(cb_o, cb_k):
+        assert rel(a["x"], b["x"]) <= 1e-12 and rel(a["denoised"], b["denoised"]) <= 1e-12
+        assert abs(float(a["sigma_hat"]) - float(b["sigma_hat"])) <= 1e-12 * float(b["sigma_hat"])
+
+
+def test_churn_with_seeds_is_the_churn_table_with_brownian_paths():
+    """seeds=: the churn of step n is the Brownian increment over the step (one path per sample)."""
+    from odesolve.methods.noise_jumps import HEUN_CHURN
+
+    x = _x(11)
+    model = ods.Model(lambda xx, t: denoiser(xx, t), kd.PATH, "x0")
+    grid = ods.grids.from_sigmas(kd.PATH, SIGMAS)
+    opts = {"s_churn": 10.0, "s_tmin": 0.1, "s_tmax": 20.0, "s_noise": 1.0}
+    got = kd.sample_heun(denoiser, x, SIGMAS, seeds=[3, 4, 5], **opts)
+    want = ods.sample(model, x, grid, method=HEUN_CHURN, seeds=[3, 4, 5], **opts)
+    assert rel(got, want) <= 1e-12
+    assert rel(got, kd.sample_heun(denoiser, x, SIGMAS)) > 1e-3
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: kd.sample_euler(denoiser, _x(), SIGMAS, s_churn=1.0), ValueError, r"s_churn.*supported: s_churn=0"),
-        (lambda: kd.sample_heun(denoiser, _x(), SIGMAS, s_churn=1.0, s_tmin=0.5, s_tmax=2.0), ValueError, "s_churn"),
+        (lambda: kd.sample_euler(denoiser, _x(), SIGMAS, s_churn=-1.0), ValueError, "s_churn"),
+        (
+            lambda: kd.sample_heun(denoiser, _x(), SIGMAS, s_churn=1.0, seeds=[1, 2, 3], generator=torch.Generator()),
+            ValueError,
+            "one of noise=",
+        ),
         (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS), ValueError, r"eta.*supported: eta=0"),
         (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS, eta=0.0, r=1.5), ValueError, r"r must be"),
         (lambda: kd.sample_lms(denoiser, _x(), SIGMAS, order=5), ValueError, r"order.*1, 2, 3 or 4"),

@@ -103,6 +103,37 @@ def test_dpm_solver_fast_is_dpm_solver_3_with_a_lower_order_tail():
         SinglestepSchedule("bad", order=3, prediction="eps", tail=(1,), paper="x")
 
 
+@pytest.mark.parametrize("opts", [{}, {"s_churn": 80.0, "s_tmin": 0.1, "s_tmax": 1.0, "s_noise": 0.5}])
+def test_churn_around_heun_is_edm_sde(opts):
+    """Churn(heun) (EDM's churn as a wrapper of the heun table) runs edm-sde's sampler: the same samples
+    from the same Brownian paths, on every path, to sigma = 0 or not."""
+    from odesolve.methods.noise_jumps import HEUN_CHURN
+    from odesolve.toy.gaussian import Gaussian
+
+    gauss = Gaussian([0.5, -0.3], [[0.25, 0.05], [0.05, 0.4]])
+    for path, grid in grids_for_tests():
+        x = torch.linspace(-2, 2, 10, dtype=torch.float64).reshape(5, 2) * float(path.sigma(grid.t[0]))
+        model = gauss.model(path, "x0")
+        a = ods.sample(model, x, grid, method="edm-sde", seeds=range(5), **opts)
+        b = ods.sample(model, x, grid, method=HEUN_CHURN, seeds=range(5), **opts)
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13), path
+        assert not torch.allclose(a, ods.sample(model, x, grid, method="heun"), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["euler-churn", "heun-churn", "dpm-solver-2-churn"])
+def test_churn_tables_keep_the_gaussian_marginal_to_their_order(name):
+    """The churn tables' marginal weak error (x_T drawn from the exact marginal) falls with the declared
+    weak order (1 for Euler, 2 for Heun and DPM-Solver-2)."""
+    from odesolve.methods import noise_jumps
+
+    table = {t.name: t for t in (noise_jumps.EULER_CHURN, noise_jumps.HEUN_CHURN, noise_jumps.DPM_2_CHURN)}[name]
+    path, make = orders.GRIDS["edm"]
+    ns = (32, 64, 128, 256)
+    opts = {"s_churn": 10.0, "s_tmin": 0.0, "s_tmax": float("inf")}
+    errs = [max(abs(e) for e in orders.marginal_weak_errors(table, path, make(n), **opts)) for n in ns]
+    assert abs(orders.slope(ns, errs) - table.weak_order) <= 0.2, errs
+
+
 @pytest.mark.parametrize("name", ANCESTRAL)
 @pytest.mark.parametrize("where", sorted(orders.GRIDS))
 def test_ancestral_weak_order_is_that_of_the_mean(name, where):
