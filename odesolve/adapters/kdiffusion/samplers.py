@@ -17,7 +17,7 @@ sample_lms(order=N)                    lms-N
 sample_euler_ancestral(eta)            ddpm (eta): DDIM with eta is Euler ancestral
 sample_dpm_2_ancestral(eta)            dpm-2-ancestral (eta)
 sample_dpmpp_2s_ancestral(eta)         dpmpp-2s-ancestral (eta)
-sample_dpmpp_sde(eta=0, r)             dpmpp-2s (r = 1/2), else its 2-stage table with node r
+sample_dpmpp_sde(eta, r)               AncestralStages(r) (eta); eta = 0: dpmpp-2s / its node-r table
 sample_dpmpp_2m                        dpmpp-2m
 sample_dpmpp_2m_sde(eta, solver_type)  dpmpp-2m-sde / dpmpp-2m-sde-heun (eta)
 sample_dpmpp_3m_sde(eta)               dpmpp-3m-sde (eta)
@@ -41,7 +41,8 @@ from torch import Tensor
 
 from ... import grids, methods
 from ...adaptive import sample_dpm_adaptive
-from ...methods.ancestral import dpm_solver_fast_tail
+from ...methods.ancestral import AncestralStages, ancestral_split, dpm_solver_fast_tail
+from ...methods.base import Geometry
 from ...methods.exponential_rk import ExponentialRK
 from ...methods.noise_jumps import DPM_2_CHURN, EULER_CHURN, HEUN_CHURN
 from ...noise import BrownianPaths, NoiseSource
@@ -410,6 +411,19 @@ def _two_stage(r: float) -> ExponentialRK:
     )
 
 
+def _stages(r: float) -> AncestralStages:
+    """k-diffusion's sample_dpmpp_sde with eta > 0 as a table: ``AncestralStages`` with node ``r``."""
+    r = check_real(r, "r", 0.0, 1.0, lo_open=True)
+    return AncestralStages(
+        "dpmpp-sde" if r == 0.5 else f"dpmpp-sde-r{r:g}",
+        order=2,
+        strong_order=1.0,
+        weak_order=2,
+        r=r,
+        paper="Lu et al., DPM-Solver++, 2022, Alg. 1 with ancestral stages (k-diffusion sample_dpmpp_sde)",
+    )
+
+
 def sample_dpmpp_sde(
     model,
     x,
@@ -426,17 +440,27 @@ def sample_dpmpp_sde(
     seeds=None,
     generator=None,
 ) -> Tensor:
-    """DPM-Solver++ singlestep with its second node at ``r`` (``dpmpp-2s`` for r = 1/2); ``eta = 0`` only."""
+    """DPM-Solver++ singlestep with its second node at ``r``, each stage an ancestral step with ``eta``:
+    ``AncestralStages`` (``dpmpp-2s`` with node r for eta = 0). Its two noises per step overlap (k-diffusion
+    asks ``noise_sampler(sigma, sigma_s)`` and ``noise_sampler(sigma, sigma_next)``): by default a Brownian tree
+    seeded from torch's global stream, as k-diffusion. On ``sigmas`` that end above 0 the last step's end
+    noise is added after the plan, as k-diffusion adds it (``seeds=`` / ``noise=``: the table's own last step)."""
     eta = check_real(eta, "eta", 0.0)
     check_real(s_noise, "s_noise", 0.0)
-    table = _two_stage(r)
-    if eta != 0:
-        raise ValueError(
-            f"eta: sample_dpmpp_sde with eta={eta} adds noise inside its step (before the second model call), "
-            "which an odesolve plan cannot express yet; supported: eta=0 (DPM-Solver++(2S), deterministic). "
-            "Stochastic DPM-Solver++ samplers: sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_2s_ancestral"
-        )
-    return run(table, model, x, sigmas, extra_args, callback, disable)
+    if eta == 0:
+        return run(_two_stage(r), model, x, sigmas, extra_args, callback, disable)
+    table = _stages(r)
+    src = _noise_source(x, sigmas, noise_sampler, s_noise, "brownian-tree", noise, seeds, generator)
+    grid = grid_of(sigmas)[0]
+    open_end = isinstance(src, NoiseSamplerSource) and float(grid.sigmas[-1]) > 0
+    out = run(table, model, x, sigmas, extra_args, callback, disable, {"eta": eta, "open_end": open_end}, noise=src)
+    if open_end:  # k-diffusion's last noise: sigma_N u_N noise_sampler(sigma_{N-1}, sigma_N)
+        g = Geometry(PATH, grid)
+        u = ancestral_split(g, eta)[0][-1]
+        a, b = (float(v) for v in g.at_lambda(g.lam[-2:])[0])
+        xi = src.standard_normal(grid.steps, (a, b), out.shape, out.dtype, out.device)
+        out = out + float(grid.sigmas[-1] * u) * xi
+    return out
 
 
 def sample_dpm_fast(
