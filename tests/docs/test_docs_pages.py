@@ -12,7 +12,7 @@ yaml = pytest.importorskip("yaml")
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_PER_PAGE = 20.0  # CPU seconds of a page's code blocks (measured by docs/hooks/execution.py)
 # lessons whose owners are converting them to the course format (executed code, figure, exercises)
-PENDING = {"stochastic.md", "learned-solvers.md", "interop.md"}
+PENDING = {"stochastic.md", "learned-solvers.md"}
 
 
 def _nav_pages(entries, section=""):
