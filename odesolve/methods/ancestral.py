@@ -26,6 +26,21 @@ deterministic exponential multistep table ``base`` evaluated at z instead of h (
 weight rows included). ``base = dpmpp-2m`` gives ``dpmpp-2m-sde``; ``dpmpp-3m-taylor`` gives
 k-diffusion's DPM-Solver++(3M) SDE.
 
+**Ancestral stages** (k-diffusion's ``sample_dpmpp_sde``, DPM-Solver++ (Lu et al. 2022, Alg. 1) with
+noise): a step of two calls, the second at ``lambda_s = lambda_n + r h``, each an ancestral step from
+x_n with its own split (u_1 over [lambda_n, lambda_s], u_2 over the step):
+
+    X_s     = alpha_s (c_1 y_n + (1 - c_1) D_n) + sigma_s u_1 xi_a,          c_1 = e^{-r h} sqrt(1 - u_1^2),
+    x_{n+1} = alpha_{n+1} (c_2 y_n + (1 - c_2) D') + sigma_{n+1} u_2 xi_b,   c_2 = e^{-h} sqrt(1 - u_2^2),
+
+with ``y_n = x_n/alpha_n``, ``D' = (1 - 1/(2r)) D_n + 1/(2r) D_s`` and xi_a, xi_b the normalised Brownian
+increments over [t_n, t_s] and [t_n, t_{n+1}] (they overlap: one Brownian path answers both). xi_a
+is the input noise of the second call; xi_b, which the second call cannot also carry, is the input
+noise of the next step's first call (which puts it into the state). A last step that ends above
+sigma = 0 has no next call: its second call carries xi_b in both places (its input noise sigma_s u_1
+xi_b, the same law for X_s), unless ``open_end=True``, which leaves ``sigma_N u_2 xi_b`` out for the
+caller to add (k-diffusion's adapter does, to follow k-diffusion's noise exactly).
+
 **Singlestep order schedules** (Lu et al., DPM-Solver, NeurIPS 2022, sec. 3.4, "DPM-Solver-fast"):
 singlestep DPM-Solver-3 steps, the last ``len(tail)`` steps taking the orders in ``tail`` (a budget
 of K model calls gives floor(K/3) + 1 steps; the last is of order K mod 3, or, when 3 divides K,
@@ -37,6 +52,7 @@ from __future__ import annotations
 
 import torch
 
+from ..paths import check_real
 from ..plan import Rows
 from .base import Geometry, Method, refuse_alpha_zero_start, table
 from .exponential_multistep import ExponentialMultistep
@@ -46,6 +62,7 @@ from .stochastic import _Stochastic
 __all__ = [
     "DPM_SOLVER_FAST",
     "Ancestral",
+    "AncestralStages",
     "ExponentialMultistepSDE",
     "SinglestepSchedule",
     "ancestral_split",
@@ -64,18 +81,21 @@ def ancestral_split(g: Geometry, eta: float) -> tuple[torch.Tensor, torch.Tensor
 
 
 class _Steps(Geometry):
-    """The geometry of steps that start at grid points and end at points of the same path given by
-    their (log alpha, log sigma): entry m is the start of step m where ``start[m]``, else the end of
-    step m - 1. Steps of one parity at a time: each point is the start of one step or the end of
-    the step before."""
+    """The geometry of steps whose start or end is moved off the grid, given by (log alpha, log sigma)
+    per step: entry m is the start of step m where ``start[m]``, else the end of step m - 1. Steps of
+    one parity at a time: each point is the start of one step or the end of the step before.
+    ``end``: the moved ends (ancestral steps end at rho_down); ``begin``: the moved starts (EDM's churn
+    starts at rho_hat); a point not moved is the grid's."""
 
-    def __init__(self, g: Geometry, end_log_alpha: torch.Tensor, end_log_sigma: torch.Tensor, parity: int):
+    def __init__(self, g: Geometry, end=None, parity: int = 0, begin=None):
         m = torch.arange(g.steps + 1)
-        start = (m % 2) == parity
-        prev = (m - 1).clamp(min=0)
+        start = ((m % 2) == parity) & (m < g.steps)
+        prev, here = (m - 1).clamp(min=0), m.clamp(max=g.steps - 1)
+        ends = (g.log_alpha[1:], g.log_sigma[1:]) if end is None else end
+        begins = (g.log_alpha[:-1], g.log_sigma[:-1]) if begin is None else begin
         self.path, self.grid, self.t, self.steps = g.path, g.grid, g.t, g.steps
-        self.log_alpha = torch.where(start, g.log_alpha, end_log_alpha[prev])
-        self.log_sigma = torch.where(start, g.log_sigma, end_log_sigma[prev])
+        self.log_alpha = torch.where(start, begins[0][here], ends[0][prev])
+        self.log_sigma = torch.where(start, begins[1][here], ends[1][prev])
         self.lam = self.log_alpha - self.log_sigma
         self.h = self.lam[1:] - self.lam[:-1]
         finite = torch.isfinite(self.lam)
@@ -116,7 +136,7 @@ class Ancestral(_Stochastic):
         rows = Rows(int(counts.sum()))
         rows.call(first, n, g.t[:-1])
         for parity in (0, 1):
-            steps = _Steps(g, end_la, end_ls, parity)
+            steps = _Steps(g, (end_la, end_ls), parity)
             mine = (n % 2) == parity
             ddim_rows(rows, steps, n[mine & ~staged], first[mine & ~staged], self.prediction)
             self.base.stage_rows(rows, steps, n[mine & staged], first[mine & staged])
@@ -182,6 +202,68 @@ class ExponentialMultistepSDE(_Stochastic):
             for j in range(m):
                 rows.update(sel, sel - j, c[:, j])
         rows.noise(n, torch.exp(g.log_sigma[1:]) * torch.sqrt(-torch.expm1(-2 * eh)), g.t[:-1], g.t[1:])
+        return rows
+
+
+@table
+class AncestralStages(_Stochastic):
+    """Two-call steps whose stages are ancestral steps from the step start (k-diffusion's
+    ``sample_dpmpp_sde``; module docstring): second node at ``r`` (0 < r <= 1), option ``eta`` (0:
+    DPM-Solver++ singlestep with node r) and ``open_end`` (leave the last step's end noise to the caller)."""
+
+    r: float = 0.5
+    options = ("eta", "open_end")
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "r", check_real(self.r, "r", 0.0, 1.0, lo_open=True))
+        if self.prediction != "x0":
+            raise ValueError(f"{self.name}: prediction must be 'x0'")
+
+    @property
+    def calls_per_step(self) -> int:
+        return 2
+
+    def _rows(self, g, eta=None, open_end=False) -> Rows:
+        eta = self._option_eta(eta)
+        if not isinstance(open_end, bool):
+            raise TypeError(f"open_end must be a bool, got {open_end!r}")
+        N, r = g.steps, self.r
+        n = torch.arange(N)
+        staged = ~g.singular
+        counts = torch.where(staged, 2, 1)
+        first = torch.cumsum(counts, 0) - counts
+        rows = Rows(int(counts.sum()))
+        rows.call(first, n, g.t[:-1])
+        ddim_rows(rows, g, n[~staged], first[~staged], "x0")  # to sigma = 0 (or from alpha = 0): the DDIM limit
+        carry = torch.ones(N, dtype=torch.float64)  # factor of the state in each first call's update
+        carry[~staged] = g.ddim(n[~staged], "x0")[0]
+        m, f = n[staged], first[staged]
+        h = g.h[m]
+        t_s, la_s, ls_s = g.at_lambda(g.lam[m] + h * r)
+        split = lambda z: torch.clamp(eta * torch.sqrt(-torch.expm1(-2 * z)), max=1.0)
+        u1, u2 = split(r * h), split(h)
+        c1 = torch.exp(-r * h) * torch.sqrt((1 - u1) * (1 + u1))
+        c2 = torch.exp(-h) * torch.sqrt((1 - u2) * (1 + u2))
+        a_n, a_s, a_1 = torch.exp(g.log_alpha[m]), torch.exp(la_s), torch.exp(g.log_alpha[m + 1])
+        fac = 1 / (2 * r)
+        rows.call(f + 1, m, t_s)
+        rows.input_state(f + 1, a_s / a_n * c1)
+        rows.input(f + 1, f, a_s * (1 - c1))
+        rows.update_state(f + 1, a_1 / a_n * c2)
+        rows.update(f + 1, f, a_1 * (1 - c2) * (1 - fac))
+        rows.update(f + 1, f + 1, a_1 * (1 - c2) * fac)
+        end = torch.exp(g.log_sigma[m + 1]) * u2  # sigma_{n+1} u_2: the end noise, carried by the next call
+        nxt = m + 1 < N
+        last = ~nxt & ~torch.as_tensor(open_end)
+        # noise intervals at t(lambda) (k-diffusion asks for sigma = exp(-(-log sigma)), so a Brownian
+        # tree answers the same points); the second call: xi_a in its input, and on a closed last step
+        # xi_b in both places (one call, one normal)
+        t0, t1 = g.at_lambda(g.lam[m])[0], g.at_lambda(g.lam[m + 1])[0]
+        rows.noise(f[~last] + 1, 0.0, t0[~last], t_s[~last], input=torch.exp(ls_s[~last]) * u1[~last])
+        rows.noise(f[last] + 1, end[last], t0[last], t1[last], input=torch.exp(ls_s[last]) * u1[last])
+        k = first[m[nxt] + 1]  # the next step's first call carries xi_b into its input and the state
+        rows.noise(k, carry[m[nxt] + 1] * end[nxt], t0[nxt], t1[nxt], input=end[nxt])
         return rows
 
 

@@ -16,6 +16,11 @@ gamma_n)`` and the jump's noise is scaled by S_noise (S_noise != 1 leaves the ma
 of step n is the Brownian increment over the step, so a churn that shrinks like 1/N follows one path
 on every grid; it discretises the reverse SDE with the Langevin rate ``beta = S_churn / (N |dt|)``.
 
+The same churn before the steps of another singlestep table ``base`` (``Churn``: Euler, Heun,
+DPM-Solver-2, ..., k-diffusion's ``s_churn`` of sample_euler / sample_heun / sample_dpm_2): the base
+step runs from the point of level rho_hat, and the jump ``x_hat = alpha_hat/alpha_n x_n + alpha_hat
+c xi`` is the input noise of the step's first call, which also moves the state to x_hat.
+
 Restart sampling (Xu et al., NeurIPS 2023): the main Heun pass; when it reaches ``rho_min`` of an
 interval ``(rho_min, rho_max, K)`` (the step containing rho_min is split there), K times: jump from
 rho_min to rho_max, then Heun back to rho_min over ``restart_steps`` steps spaced as Karras et al.'s
@@ -36,10 +41,13 @@ import torch
 
 from ..paths import check_real
 from ..plan import Rows
-from .base import table
+from .ancestral import _Steps
+from .base import Geometry, refuse_alpha_zero_start, table
+from .classical import EULER, HEUN, RungeKutta
+from .exponential_rk import DPM_SOLVER_2, ExponentialRK, ddim_rows
 from .stochastic import _Stochastic
 
-__all__ = ["TABLES", "HeunJumps"]
+__all__ = ["DPM_2_CHURN", "EULER_CHURN", "HEUN_CHURN", "TABLES", "Churn", "HeunJumps", "churn_gamma"]
 
 
 class _Program:
@@ -105,6 +113,19 @@ def _at_rho(g, rho: float):
     return g.at_lambda(torch.tensor(-math.log(rho), dtype=torch.float64))
 
 
+def churn_gamma(g: Geometry, s_churn, s_tmin, s_tmax, s_noise) -> tuple[torch.Tensor, float]:
+    """EDM's churn of every step (Karras et al. 2022, Alg. 2): ``gamma_n = min(S_churn/N, sqrt(2) - 1)``
+    where ``S_tmin <= rho_n <= S_tmax`` and rho_n is finite, else 0; with the checked ``s_noise``."""
+    s_churn = check_real(s_churn, "s_churn", 0.0)
+    s_tmin = check_real(s_tmin, "s_tmin", 0.0, allow_inf=True)
+    s_tmax = check_real(s_tmax, "s_tmax", 0.0, allow_inf=True)
+    s_noise = check_real(s_noise, "s_noise", 0.0)
+    rho = torch.exp(g.log_sigma[:-1] - g.log_alpha[:-1]).detach()
+    inside = torch.isfinite(rho) & (rho >= s_tmin) & (rho <= s_tmax)
+    gamma = min(s_churn / g.steps, math.sqrt(2.0) - 1.0)
+    return torch.where(inside, torch.tensor(gamma, dtype=torch.float64), 0.0), s_noise
+
+
 @table
 class HeunJumps(_Stochastic):
     """Heun with forward noise jumps (module docstring): ``kind="churn"`` (EDM's stochastic sampler,
@@ -145,16 +166,19 @@ class HeunJumps(_Stochastic):
         return prog.rows()
 
     def _churn(self, g, prog, s_churn=None, s_tmin=None, s_tmax=None, s_noise=None):
-        s_churn = check_real(self.s_churn if s_churn is None else s_churn, "s_churn", 0.0)
-        s_tmin = check_real(self.s_tmin if s_tmin is None else s_tmin, "s_tmin", 0.0, allow_inf=True)
-        s_tmax = check_real(self.s_tmax if s_tmax is None else s_tmax, "s_tmax", 0.0, allow_inf=True)
-        s_noise = check_real(self.s_noise if s_noise is None else s_noise, "s_noise", 0.0)
-        gamma = min(s_churn / g.steps, math.sqrt(2.0) - 1.0)
+        pick = lambda v, own: own if v is None else v
+        gammas, s_noise = churn_gamma(
+            g,
+            pick(s_churn, self.s_churn),
+            pick(s_tmin, self.s_tmin),
+            pick(s_tmax, self.s_tmax),
+            pick(s_noise, self.s_noise),
+        )
         for n in range(g.steps):
             a, b = _point(g, n), _point(g, n + 1)
-            rho = float(torch.exp(a[2] - a[1]))  # inf at an alpha = 0 start: no churn there
+            rho, gamma = float(torch.exp(a[2] - a[1])), float(gammas[n])
             jump = None
-            if gamma > 0 and math.isfinite(rho) and s_tmin <= rho <= s_tmax and s_noise > 0:
+            if gamma > 0 and s_noise > 0:
                 cy = s_noise * torch.exp(a[2] - a[1]) * math.sqrt(gamma * (2.0 + gamma))  # sqrt(rho_hat^2 - rho^2)
                 jump = (_at_rho(g, rho * (1.0 + gamma)), cy, (float(g.t[n]), float(g.t[n + 1])))
             prog.heun(n, a, b, jump)
@@ -194,6 +218,74 @@ class HeunJumps(_Stochastic):
             prog.heun(n, a, b)
 
 
+@table
+class Churn(_Stochastic):
+    """EDM's churn (Karras et al. 2022, Alg. 2) before every step of the singlestep table ``base``
+    (module docstring); options ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``. With ``s_noise = 0``
+    the steps still start at rho_hat (x_hat = x), as in Alg. 2."""
+
+    base: RungeKutta | ExponentialRK | None = None
+    s_churn: float = 40.0
+    s_tmin: float = 0.05
+    s_tmax: float = 50.0
+    s_noise: float = 1.0
+    options = ("s_churn", "s_tmin", "s_tmax", "s_noise")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.base, (RungeKutta, ExponentialRK)):
+            raise TypeError(
+                f"{self.name}: base must be a singlestep table (RungeKutta or ExponentialRK), "
+                f"got {type(self.base).__name__}"
+            )
+        if self.base.prediction != self.prediction:
+            raise ValueError(f"{self.name}: prediction must be the base table's {self.base.prediction!r}")
+
+    @property
+    def calls_per_step(self) -> int:
+        return len(self.base.c)
+
+    def _rows(self, g, s_churn=None, s_tmin=None, s_tmax=None, s_noise=None) -> Rows:
+        pick = lambda v, own: own if v is None else v
+        gamma, s_noise = churn_gamma(
+            g,
+            pick(s_churn, self.s_churn),
+            pick(s_tmin, self.s_tmin),
+            pick(s_tmax, self.s_tmax),
+            pick(s_noise, self.s_noise),
+        )
+        refuse_alpha_zero_start(self, g)
+        N = g.steps
+        n = torch.arange(N)
+        jumped = gamma > 0
+        lam_hat = torch.where(jumped, g.lam[:-1] - torch.log1p(gamma), g.lam[:-1])
+        t_j, la_j, ls_j = g.at_lambda(lam_hat[jumped])  # the points of level rho_hat = rho_n (1 + gamma_n)
+        t_hat = g.t[:-1].index_put((n[jumped],), t_j)
+        la_hat = g.log_alpha[:-1].index_put((n[jumped],), la_j)
+        ls_hat = g.log_sigma[:-1].index_put((n[jumped],), ls_j)
+        # singular steps (to sigma = 0) take the base table's first-order limit, as the base does
+        staged = ~g.singular & (len(self.base.c) > 1)
+        counts = torch.where(staged, len(self.base.c), 1)
+        first = torch.cumsum(counts, 0) - counts
+        rows = Rows(int(counts.sum()))
+        rows.call(first, n, t_hat)
+        carry = torch.ones(N, dtype=torch.float64)  # the factor of the state in the first call's update
+        for parity in (0, 1):
+            steps = _Steps(g, parity=parity, begin=(la_hat, ls_hat))
+            mine = (n % 2) == parity
+            single = n[mine & ~staged]
+            ddim_rows(rows, steps, single, first[single], self.prediction)
+            carry = carry.index_put((single,), steps.ddim(single, self.prediction)[0])
+            self.base.stage_rows(rows, steps, n[mine & staged], first[mine & staged])
+        # the jump: X = x_hat = alpha_hat/alpha_n x + alpha_hat c xi, and the state moves to x_hat
+        c = s_noise * torch.exp(ls_hat - la_hat) * torch.sqrt(1 - torch.exp(-2 * torch.log1p(gamma)))
+        ratio, lift = torch.exp(la_hat - g.log_alpha[:-1]), torch.exp(la_hat) * c
+        rows.input_state(first, ratio)
+        rows.update_state(first, carry * ratio)
+        rows.noise(first, carry * lift, g.t[:-1], g.t[1:], input=lift)
+        return rows
+
+
 def _intervals(restart) -> tuple:
     """``restart`` as a tuple of ``(rho_min, rho_max, K)``, refused unless 0 < rho_min < rho_max and K >= 1."""
     msg = "restart must be a tuple of (rho_min, rho_max, K) with 0 < rho_min < rho_max and an integer K >= 1"
@@ -228,3 +320,19 @@ RESTART = HeunJumps(
     paper="Xu et al., Restart sampling, NeurIPS 2023 (Heun, one interval [0.1, 1] in sigma/alpha, K = 2)",
 )
 TABLES = [EDM_SDE, RESTART]
+
+
+def _churn_of(base, order: int) -> Churn:
+    return Churn(
+        f"{base.name}-churn",
+        order=order,
+        strong_order=1.0,
+        weak_order=order,
+        prediction=base.prediction,
+        base=base,
+        paper=f"Karras et al., EDM, NeurIPS 2022, Alg. 2 with {base.name} steps (k-diffusion's s_churn)",
+    )
+
+
+# k-diffusion's sample_euler / sample_heun / sample_dpm_2 with s_churn (not registered: edm-sde is the named one)
+EULER_CHURN, HEUN_CHURN, DPM_2_CHURN = _churn_of(EULER, 1), _churn_of(HEUN, 2), _churn_of(DPM_SOLVER_2, 2)

@@ -69,9 +69,13 @@ STOCHASTIC = [
     ("sample_dpmpp_2m_sde", {"eta": 0.7, "s_noise": 0.9, "solver_type": "heun"}),
     ("sample_dpmpp_3m_sde", {}),
     ("sample_dpmpp_3m_sde", {"eta": 0.4, "s_noise": 1.1}),
+    ("sample_dpmpp_sde", {}),
+    ("sample_dpmpp_sde", {"eta": 0.7, "s_noise": 0.9, "r": 1 / 3}),
+    ("sample_dpmpp_sde", {"eta": 1.8, "r": 0.75}),  # sigma_up capped at the stage's sigma
     ("sample_euler_ancestral", {"eta": 0.0}),
     ("sample_dpmpp_3m_sde", {"eta": 0.0}),
 ]
+ASKS_PER_STEP = {"sample_dpmpp_sde": 2}  # noise_sampler(sigma, sigma_s) and noise_sampler(sigma, sigma_next)
 _ids = lambda cases: [
     f"{n}-{'-'.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in kw.items())}" for n, kw in cases
 ]
@@ -143,19 +147,28 @@ def test_stochastic_samplers_equal_k_diffusions_with_the_same_noise_sampler(K, n
     assert rel(got, theirs) <= 1e-12
     assert set(asked_o) <= set(asked_k)  # k-diffusion also asks where the noise is multiplied by 0
     if kwargs.get("eta", 1.0) != 0:
-        assert len(asked_o) == len(SIGMAS) - 2  # every step but the one to sigma = 0
+        assert len(asked_o) == ASKS_PER_STEP.get(name, 1) * (len(SIGMAS) - 2)  # every step but the one to 0
+        if name == "sample_dpmpp_sde":  # and in k-diffusion's order
+            assert asked_o == asked_k
 
 
-@pytest.mark.parametrize("name", ["sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_euler_ancestral"])
-def test_k_diffusions_brownian_tree_noise_sampler_works(K, name):
+@pytest.mark.parametrize(
+    "name", ["sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde", "sample_euler_ancestral", "sample_dpmpp_sde"]
+)
+@pytest.mark.parametrize("end", [len(SIGMAS), len(SIGMAS) - 1, 6], ids=["to-0", "to-sigma-min", "to-sigma-5"])
+@pytest.mark.filterwarnings("ignore:Should have ta>=t0")  # torchsde: the tree's float32 ends, in both runs
+def test_k_diffusions_brownian_tree_noise_sampler_works(K, name, end):
+    """Also on sigmas that end above 0 (ComfyUI's split sampling), where sample_dpmpp_sde's last noise
+    comes after the plan."""
     x = _x(4)
-    tree = K.BrownianTreeNoiseSampler(x, SIGMAS[SIGMAS > 0].min(), SIGMAS.max(), seed=11)
-    theirs = getattr(K, name)(denoiser, x, SIGMAS, disable=True, noise_sampler=tree, eta=0.8)
-    got = getattr(kd, name)(denoiser, x, SIGMAS, noise_sampler=tree, eta=0.8)
+    sigmas = SIGMAS[:end]
+    tree = K.BrownianTreeNoiseSampler(x, sigmas[sigmas > 0].min(), sigmas.max(), seed=11)
+    theirs = getattr(K, name)(denoiser, x, sigmas, disable=True, noise_sampler=tree, eta=0.8)
+    got = getattr(kd, name)(denoiser, x, sigmas, noise_sampler=tree, eta=0.8)
     assert rel(got, theirs) <= 1e-12
 
 
-@pytest.mark.parametrize("name, kwargs", STOCHASTIC[:11], ids=_ids(STOCHASTIC[:11]))
+@pytest.mark.parametrize("name, kwargs", STOCHASTIC[:14], ids=_ids(STOCHASTIC[:14]))
 def test_default_noise_under_the_same_torch_seed(K, name, kwargs):
     """No noise_sampler: torch.randn from the global stream (ancestral samplers) or a Brownian tree
     seeded from it (SDE samplers), as k-diffusion draws them."""
@@ -169,7 +182,7 @@ def test_default_noise_under_the_same_torch_seed(K, name, kwargs):
 
 def test_callback_of_a_stochastic_sampler_equals_k_diffusions(K):
     x = _x(6)
-    for name in ("sample_euler_ancestral", "sample_dpmpp_2s_ancestral", "sample_dpmpp_3m_sde"):
+    for name in ("sample_euler_ancestral", "sample_dpmpp_2s_ancestral", "sample_dpmpp_3m_sde", "sample_dpmpp_sde"):
         ns = keyed_noise(x.shape)
         theirs, got = [], []
         K.__dict__[name](denoiser, x, SIGMAS, disable=True, callback=theirs.append, noise_sampler=ns, eta=0.9)
@@ -215,12 +228,60 @@ def test_per_sample_seeds_are_odesolve_brownian_paths():
         assert rel(quiet, got) > 1e-3
 
 
+CHURN = [
+    {"s_churn": 1.0},
+    {"s_churn": 40.0, "s_tmin": 0.5, "s_tmax": 10.0, "s_noise": 1.003},
+    {"s_churn": 5.0, "s_noise": 0.0},  # the steps still start at sigma_hat, with no noise
+    {},  # no churn: k-diffusion still draws one randn per step
+]
+
+
+@pytest.mark.parametrize("name", ["sample_euler", "sample_heun", "sample_dpm_2"])
+@pytest.mark.parametrize("kwargs", CHURN, ids=_ids([("churn", kw) for kw in CHURN]))
+def test_churn_equals_k_diffusions_under_the_same_torch_seed(K, name, kwargs):
+    """EDM's churn: the same samples and callbacks (x_hat, sigma_hat) as k-diffusion from the same global
+    stream, which both leave in the same state (one randn_like(x) per step)."""
+    x = _x(10)
+    runs = []
+    for f in (getattr(K, name), getattr(kd, name)):
+        torch.manual_seed(77)
+        seen = []
+        extra = {"disable": True} if f is getattr(K, name) else {}
+        out = f(denoiser, x, SIGMAS, callback=seen.append, **extra, **kwargs)
+        runs.append((out, seen, torch.randn(4)))
+    (theirs, cb_k, after_k), (got, cb_o, after_o) = runs
+    assert rel(got, theirs) <= 1e-12
+    assert torch.equal(after_k, after_o)
+    assert [c["i"] for c in cb_o] == [c["i"] for c in cb_k]
+    for a, b in zip(cb_o, cb_k):
+        assert rel(a["x"], b["x"]) <= 1e-12 and rel(a["denoised"], b["denoised"]) <= 1e-12
+        assert abs(float(a["sigma_hat"]) - float(b["sigma_hat"])) <= 1e-12 * float(b["sigma_hat"])
+
+
+def test_churn_with_seeds_is_the_churn_table_with_brownian_paths():
+    """seeds=: the churn of step n is the Brownian increment over the step (one path per sample)."""
+    from odesolve.methods.noise_jumps import HEUN_CHURN
+
+    x = _x(11)
+    model = ods.Model(lambda xx, t: denoiser(xx, t), kd.PATH, "x0")
+    grid = ods.grids.from_sigmas(kd.PATH, SIGMAS)
+    opts = {"s_churn": 10.0, "s_tmin": 0.1, "s_tmax": 20.0, "s_noise": 1.0}
+    got = kd.sample_heun(denoiser, x, SIGMAS, seeds=[3, 4, 5], **opts)
+    want = ods.sample(model, x, grid, method=HEUN_CHURN, seeds=[3, 4, 5], **opts)
+    assert rel(got, want) <= 1e-12
+    assert rel(got, kd.sample_heun(denoiser, x, SIGMAS)) > 1e-3
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: kd.sample_euler(denoiser, _x(), SIGMAS, s_churn=1.0), ValueError, r"s_churn.*supported: s_churn=0"),
-        (lambda: kd.sample_heun(denoiser, _x(), SIGMAS, s_churn=1.0, s_tmin=0.5, s_tmax=2.0), ValueError, "s_churn"),
-        (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS), ValueError, r"eta.*supported: eta=0"),
+        (lambda: kd.sample_euler(denoiser, _x(), SIGMAS, s_churn=-1.0), ValueError, "s_churn"),
+        (
+            lambda: kd.sample_heun(denoiser, _x(), SIGMAS, s_churn=1.0, seeds=[1, 2, 3], generator=torch.Generator()),
+            ValueError,
+            "one of noise=",
+        ),
+        (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS, r=0.0), ValueError, r"r must be"),
         (lambda: kd.sample_dpmpp_sde(denoiser, _x(), SIGMAS, eta=0.0, r=1.5), ValueError, r"r must be"),
         (lambda: kd.sample_lms(denoiser, _x(), SIGMAS, order=5), ValueError, r"order.*1, 2, 3 or 4"),
         (lambda: kd.sample_dpm_fast(denoiser, _x(), 0.02, 60.0, 6, eta=0.5), ValueError, r"eta.*supported: eta=0"),

@@ -11,8 +11,6 @@ yaml = pytest.importorskip("yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS_PER_PAGE = 20.0  # CPU seconds of a page's code blocks (measured by docs/hooks/execution.py)
-# lessons whose owners are converting them to the course format (executed code, figure, exercises)
-PENDING = {"interop.md"}
 
 
 def _nav_pages(entries, section=""):
@@ -70,7 +68,7 @@ def test_page_code_runs_in_time(site, page):
     assert site.seconds[page] < SECONDS_PER_PAGE, f"{page}: its code blocks took {site.seconds[page]:.1f} s"
 
 
-@pytest.mark.parametrize("page", [p for p in LESSONS if p not in PENDING])
+@pytest.mark.parametrize("page", LESSONS)
 def test_lesson_has_figure_and_exercises(site, page):
     assert site.returncode == 0, site.log[-3000:]
     html = site.html(page)
@@ -83,6 +81,3 @@ def test_lesson_has_figure_and_exercises(site, page):
     assert 2 <= len(exercises) <= 4 and len(solutions) == len(folded) == len(exercises), (page, exercises, folded)
     assert html.count('<details class="success"') == len(solutions)
 
-
-def test_pending_lessons_are_in_the_course():
-    assert PENDING <= set(LESSONS)

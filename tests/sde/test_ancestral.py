@@ -103,6 +103,100 @@ def test_dpm_solver_fast_is_dpm_solver_3_with_a_lower_order_tail():
         SinglestepSchedule("bad", order=3, prediction="eps", tail=(1,), paper="x")
 
 
+@pytest.mark.parametrize("opts", [{}, {"s_churn": 80.0, "s_tmin": 0.1, "s_tmax": 1.0, "s_noise": 0.5}])
+def test_churn_around_heun_is_edm_sde(opts):
+    """Churn(heun) (EDM's churn as a wrapper of the heun table) runs edm-sde's sampler: the same samples
+    from the same Brownian paths, on every path, to sigma = 0 or not."""
+    from odesolve.methods.noise_jumps import HEUN_CHURN
+    from odesolve.toy.gaussian import Gaussian
+
+    gauss = Gaussian([0.5, -0.3], [[0.25, 0.05], [0.05, 0.4]])
+    for path, grid in grids_for_tests():
+        x = torch.linspace(-2, 2, 10, dtype=torch.float64).reshape(5, 2) * float(path.sigma(grid.t[0]))
+        model = gauss.model(path, "x0")
+        a = ods.sample(model, x, grid, method="edm-sde", seeds=range(5), **opts)
+        b = ods.sample(model, x, grid, method=HEUN_CHURN, seeds=range(5), **opts)
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13), path
+        assert not torch.allclose(a, ods.sample(model, x, grid, method="heun"), atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["euler-churn", "heun-churn", "dpm-solver-2-churn"])
+def test_churn_tables_keep_the_gaussian_marginal_to_their_order(name):
+    """The churn tables' marginal weak error (x_T drawn from the exact marginal) falls with the declared
+    weak order (1 for Euler, 2 for Heun and DPM-Solver-2)."""
+    from odesolve.methods import noise_jumps
+
+    table = {t.name: t for t in (noise_jumps.EULER_CHURN, noise_jumps.HEUN_CHURN, noise_jumps.DPM_2_CHURN)}[name]
+    path, make = orders.GRIDS["edm"]
+    ns = (32, 64, 128, 256)
+    opts = {"s_churn": 10.0, "s_tmin": 0.0, "s_tmax": float("inf")}
+    errs = [max(abs(e) for e in orders.marginal_weak_errors(table, path, make(n), **opts)) for n in ns]
+    assert abs(orders.slope(ns, errs) - table.weak_order) <= 0.2, errs
+
+
+class _BrownianBasis(orders._Basis):
+    brownian = True  # unit noise at one call per sample, offered to plans whose noise intervals overlap
+
+
+def correlated_weak_errors(method, path, grid, x_T=1.3, **options):
+    """``orders.weak_errors`` for plans whose xi_k are correlated Brownian increments: the sample is
+    ``a + M x_T + sum_k c_k xi_k`` with Cov(xi_j, xi_k) = |I_j & I_k| / sqrt(|I_j| |I_k|)."""
+    plan = ods.methods.get(method).compile(path, grid, **options)
+    noisy = torch.nonzero((plan.update_noise != 0) | (plan.input_noise != 0)).flatten().tolist()
+    x = torch.zeros(2 + len(noisy), 1, dtype=torch.float64)
+    x[1] = 1.0
+    out = ods.execute(plan, orders.GAUSS.model(path, "x0"), x, noise=_BrownianBasis(noisy))[:, 0]
+    c, iv = out[2:] - out[0], plan.noise_interval[noisy]
+    lo, hi = iv.min(1).values, iv.max(1).values
+    overlap = (torch.minimum(hi[:, None], hi[None]) - torch.maximum(lo[:, None], lo[None])).clamp(min=0)
+    var = c @ (overlap / torch.sqrt((hi - lo)[:, None] * (hi - lo)[None])) @ c
+    exact = orders.GAUSS.reverse_sde_marginal(torch.tensor([[x_T]], dtype=torch.float64), grid.t[0], grid.t[-1], path)
+    return float(out[0] + (out[1] - out[0]) * x_T - exact.mean[0, 0]), float(var - exact.cov[0, 0])
+
+
+def _dpmpp_sde(r):
+    from odesolve.adapters.kdiffusion.samplers import _stages
+
+    return _stages(r)
+
+
+@pytest.mark.parametrize("r", [0.5, 1 / 3])
+@pytest.mark.parametrize("where", sorted(orders.GRIDS))
+def test_ancestral_stages_weak_order(r, where):
+    """k-diffusion's DPM-Solver++ SDE (eta = 1) against the reverse SDE's law from x_T: on the Gaussian its
+    mean is exact and its variance error falls with the declared weak order 2 (slopes 2.18 / 2.12 for
+    r = 1/2 over 32..256 steps; 1.8 for r = 1/3, whose last pairs approach 2)."""
+    table = _dpmpp_sde(r)
+    path, make = orders.GRIDS[where]
+    ns = (32, 64, 128, 256) if r == 0.5 else (64, 128, 256, 512)
+    errors = [correlated_weak_errors(table, path, make(n)) for n in ns]
+    assert max(abs(e[0]) for e in errors) <= 1e-12
+    assert abs(orders.slope(ns, [e[1] for e in errors]) - table.weak_order) <= (0.2 if r == 0.5 else 0.3), errors
+
+
+@pytest.mark.slow  # ~40 s each under load (tests/sde/test_orders.py keeps its strong orders there too)
+@pytest.mark.parametrize("r", [0.5, 1 / 3])
+def test_ancestral_stages_strong_order(r):
+    """Pathwise (the same Brownian paths on every grid, x_N - x_2N): strong order 1, within 0.15 over
+    64..512 steps (0.98 for r = 1/2, 0.95 for r = 1/3); 64..256 in the reduced form (1.0 for r = 1/2)."""
+    table = _dpmpp_sde(r)
+    ns = (64, 128, 256, 512) if orders.FULL else (64, 128, 256)
+    assert abs(orders.slope(ns, orders.strong_differences(table, "edm", ns)) - table.strong_order) <= 0.15
+
+
+def test_ancestral_stages_with_eta_0_is_dpmpp_2s_and_its_plan_names_overlapping_increments():
+    grid = G.karras(EDM, 8, sigma_min=0.02, sigma_max=80.0)
+    table = _dpmpp_sde(0.5)
+    x = torch.linspace(-2, 2, 6, dtype=torch.float64).reshape(3, 2) * 80.0
+    model = orders.GAUSS.model(EDM, "x0")
+    want = ods.sample(model, x[:, :1], grid, method="dpmpp-2s")
+    assert torch.allclose(ods.sample(model, x[:, :1], grid, method=table, eta=0.0), want, rtol=1e-13, atol=1e-13)
+    plan = table.compile(EDM, grid, eta=1.0)
+    assert plan.correlated_noise and plan.calls == 2 * 7 + 1
+    with pytest.raises(ValueError, match="correlated Brownian"):
+        ods.sample(model, x[:, :1], grid, method=table, generator=torch.Generator().manual_seed(0))
+
+
 @pytest.mark.parametrize("name", ANCESTRAL)
 @pytest.mark.parametrize("where", sorted(orders.GRIDS))
 def test_ancestral_weak_order_is_that_of_the_mean(name, where):

@@ -18,7 +18,7 @@ from torch import Tensor
 from ...noise import BrownianPaths, NoiseSource
 from ...paths import check_real
 
-__all__ = ["NoiseSamplerSource", "ScaledNoise", "brownian_tree_sampler", "torch_stream_sampler"]
+__all__ = ["NoiseSamplerSource", "ScaledNoise", "StepStream", "brownian_tree_sampler", "torch_stream_sampler"]
 
 
 class NoiseSamplerSource(NoiseSource):
@@ -78,6 +78,40 @@ class ScaledNoise(NoiseSource):
 
     def standard_normal(self, call, interval, shape, dtype=torch.float64, device="cpu") -> Tensor:
         return self.source.standard_normal(call, interval, shape, dtype, device) * self.s_noise
+
+
+class StepStream(NoiseSource):
+    """k-diffusion's churn noise (sample_euler / sample_heun / sample_dpm_2): one ``randn`` of x's shape
+    per grid step, from torch's global stream (or ``generator``), drawn in step order whether or not
+    the step uses it (k-diffusion draws it every step). The plan's call whose noise interval starts at
+    ``sigmas[n]`` gets step n's; ``finish()`` draws those of the remaining steps."""
+
+    def __init__(self, x: Tensor, sigmas: Tensor, generator: torch.Generator | None = None):
+        self.x, self.generator, self.batch = x, generator, int(x.shape[0])
+        self.steps = {float(s): n for n, s in enumerate(torch.as_tensor(sigmas, dtype=torch.float64)[:-1].tolist())}
+        self.drawn: dict[int, Tensor] = {}
+        self.next = 0
+
+    def __len__(self) -> int:
+        return self.batch
+
+    def _draw_to(self, n: int):
+        while self.next <= n:
+            x = self.x
+            self.drawn[self.next] = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+            self.next += 1
+
+    def finish(self):
+        """Draw the normals of the steps not reached, so that the stream ends where k-diffusion leaves it."""
+        self._draw_to(len(self.steps) - 1)
+        self.drawn.clear()
+
+    def standard_normal(self, call, interval, shape, dtype=torch.float64, device="cpu") -> Tensor:
+        n = None if interval is None else self.steps.get(float(interval[0]))
+        if n is None:
+            raise ValueError(f"noise: call {call} names no grid step's noise interval, got {interval!r}")
+        self._draw_to(n)
+        return self.drawn.pop(n).reshape(shape).to(device, dtype)
 
 
 def torch_stream_sampler(x: Tensor, generator: torch.Generator | None = None) -> Callable:

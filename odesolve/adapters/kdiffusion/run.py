@@ -76,16 +76,18 @@ def run(
         sdtype = x.dtype if isinstance(x, Tensor) and x.is_floating_point() else torch.float32
     plan = method.compile(PATH, grid, **(options or {}))
 
-    first = {}  # grid step -> denoised of its first model call (k-diffusion reports that one)
+    first = {}  # grid step -> (denoised, model input or None, time) of its first model call (k-diffusion reports it)
     calls = {"k": 0}
     steps = plan.step.tolist()
+    jumped = (plan.input_noise != 0).tolist()  # EDM's churn: the first call's input is x_hat, not the state
 
     def fn(xx: Tensor, t: Tensor) -> Tensor:
         k = calls["k"]
         calls["k"] = k + 1
-        out = model(xx, t.to(xx.device, sdtype), **extra)
+        tt = t.to(xx.device, sdtype)
+        out = model(xx, tt, **extra)
         if callback is not None and (k == 0 or steps[k] != steps[k - 1]):
-            first[steps[k]] = out
+            first[steps[k]] = (out, xx.clone() if jumped[k] else None, tt)
         return out
 
     cb = None
@@ -95,13 +97,14 @@ def run(
 
         def cb(info):
             i = int(info["i"])
+            denoised, x_hat, sigma_hat = first.pop(i, (info["denoised"], None, gsig[i]))
             callback(
                 {
-                    "x": state["x"],
+                    "x": state["x"] if x_hat is None else x_hat,
                     "i": i,
                     "sigma": gsig[i],
-                    "sigma_hat": gsig[i],
-                    "denoised": first.pop(i, info["denoised"]),
+                    "sigma_hat": sigma_hat.reshape(-1)[0] if sigma_hat.ndim else sigma_hat,
+                    "denoised": denoised,
                 }
             )
             state["x"] = info["x"].clone()  # the executor's live state: it moves on with the next step

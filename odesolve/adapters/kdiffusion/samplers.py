@@ -11,13 +11,13 @@ seeded from it (SDE samplers), so that the same torch seed gives the same sample
 =====================================  ==================================================
 k-diffusion                            odesolve table (options)
 =====================================  ==================================================
-sample_euler / sample_heun             euler / heun
-sample_dpm_2                           dpm-solver-2
+sample_euler / sample_heun(s_churn)    euler / heun; with churn Churn(euler) / Churn(heun)
+sample_dpm_2(s_churn)                  dpm-solver-2; with churn Churn(dpm-solver-2)
 sample_lms(order=N)                    lms-N
 sample_euler_ancestral(eta)            ddpm (eta): DDIM with eta is Euler ancestral
 sample_dpm_2_ancestral(eta)            dpm-2-ancestral (eta)
 sample_dpmpp_2s_ancestral(eta)         dpmpp-2s-ancestral (eta)
-sample_dpmpp_sde(eta=0, r)             dpmpp-2s (r = 1/2), else its 2-stage table with node r
+sample_dpmpp_sde(eta, r)               AncestralStages(r) (eta); eta = 0: dpmpp-2s / its node-r table
 sample_dpmpp_2m                        dpmpp-2m
 sample_dpmpp_2m_sde(eta, solver_type)  dpmpp-2m-sde / dpmpp-2m-sde-heun (eta)
 sample_dpmpp_3m_sde(eta)               dpmpp-3m-sde (eta)
@@ -25,9 +25,9 @@ sample_dpm_fast(sigma_min, sigma_max, n)  dpm-solver-fast on a uniform lambda gr
 sample_dpm_adaptive(order, rtol, ...)  odesolve.adaptive's driver, batch-wide (DPM-Solver-12/23)
 =====================================  ==================================================
 
-Refused, with the argument named: ``s_churn > 0`` where a step lies in ``[s_tmin, s_tmax]`` (EDM's churn
-adds noise before a model call, which a plan cannot express yet) and ``sample_dpmpp_sde`` with
-``eta > 0`` (it adds noise inside its step, before the second model call, for the same reason).
+EDM's churn (``s_churn > 0``) is the ``Churn`` table around the base (odesolve.methods.noise_jumps): its
+default noise is k-diffusion's one ``randn_like(x)`` per step from torch's global stream, drawn on
+every step (also without churn), so that the stream ends where k-diffusion leaves it.
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ from torch import Tensor
 
 from ... import grids, methods
 from ...adaptive import sample_dpm_adaptive
-from ...methods.ancestral import DPM_SOLVER_FAST, dpm_solver_fast_tail
+from ...methods.ancestral import DPM_SOLVER_FAST, AncestralStages, ancestral_split, dpm_solver_fast_tail
+from ...methods.base import Geometry
 from ...methods.exponential_rk import ExponentialRK
+from ...methods.noise_jumps import DPM_2_CHURN, EULER_CHURN, HEUN_CHURN
 from ...noise import BrownianPaths, NoiseSource
 from ...paths import check_real
-from .noise import NoiseSamplerSource, ScaledNoise, brownian_tree_sampler, torch_stream_sampler
+from .noise import NoiseSamplerSource, ScaledNoise, StepStream, brownian_tree_sampler, torch_stream_sampler
 from .run import PATH, grid_of, run
 
 __all__ = [
@@ -101,24 +103,41 @@ def _stochastic(method, eta, default, model, x, sigmas, extra_args, callback, di
     return run(method, model, x, sigmas, extra_args, callback, disable, options, noise=noise)
 
 
-def _refuse_churn(sigmas, s_churn, s_tmin, s_tmax, s_noise):
-    """EDM's churn is not a table yet: accepted where it changes nothing (no step in [s_tmin, s_tmax])."""
-    s_churn = check_real(s_churn, "s_churn", 0.0)
-    s_tmin, s_tmax = check_real(s_tmin, "s_tmin"), check_real(s_tmax, "s_tmax", allow_inf=True)
-    check_real(s_noise, "s_noise", 0.0)
-    if s_churn == 0:
-        return
-    levels = torch.as_tensor(sigmas, dtype=torch.float64)[:-1]
-    if bool(((levels >= s_tmin) & (levels <= s_tmax)).any()):
-        raise ValueError(
-            f"s_churn: EDM's churn (s_churn={s_churn}, noise added before a model call) is not supported by odesolve "
-            "yet; supported: s_churn=0, or an [s_tmin, s_tmax] range that contains no sigma. For a stochastic "
-            "sampler use sample_euler_ancestral, sample_dpmpp_2m_sde or sample_dpmpp_3m_sde (eta > 0)"
-        )
+def _churned(base: str, model, x, sigmas, extra_args, callback, disable, churn: dict, kw: dict) -> Tensor:
+    """EDM's churn (k-diffusion's ``s_churn, s_tmin, s_tmax, s_noise``) before the steps of ``base``:
+    the ``Churn`` table around it. Noise: ``noise=`` / ``seeds=`` / ``generator=``, else k-diffusion's
+    one ``randn_like(x)`` per step from torch's global stream (drawn every step, as k-diffusion does)."""
+    s_churn = check_real(churn["s_churn"], "s_churn", 0.0)
+    check_real(churn["s_tmin"], "s_tmin")
+    check_real(churn["s_tmax"], "s_tmax", allow_inf=True)
+    check_real(churn["s_noise"], "s_noise", 0.0)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    given = [n for n, v in kw.items() if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"pass one of noise=, seeds= and generator=, got {' and '.join(given)}")
+    grid = grid_of(sigmas)[0]
+    stream = None
+    if kw["noise"] is None and kw["seeds"] is None:
+        stream = StepStream(x, grid.sigmas, kw["generator"])
+    noise = stream if stream is not None else kw["noise"] if kw["noise"] is not None else BrownianPaths(kw["seeds"])
+    table = _CHURN[base]
+    levels = grid.sigmas[:-1]
+    active = s_churn > 0 and bool(((levels >= churn["s_tmin"]) & (levels <= churn["s_tmax"])).any())
+    if active:
+        out = run(table, model, x, sigmas, extra_args, callback, disable, churn, noise=noise)
+    else:
+        out = run(table.base, model, x, sigmas, extra_args, callback, disable)
+    if stream is not None:
+        stream.finish()
+    return out
 
 
 def _kw(noise, seeds, generator) -> dict:
     return {"noise": noise, "seeds": seeds, "generator": generator}
+
+
+_CHURN = {"euler": EULER_CHURN, "heun": HEUN_CHURN, "dpm-solver-2": DPM_2_CHURN}
 
 
 # -- deterministic samplers ----------------------------------------------------------------------
@@ -135,10 +154,14 @@ def sample_euler(
     s_tmin=0.0,
     s_tmax=math.inf,
     s_noise=1.0,
+    *,
+    noise=None,
+    seeds=None,
+    generator=None,
 ) -> Tensor:
-    """Euler steps in sigma (Karras et al., EDM, 2022, Alg. 2 without churn): odesolve's ``euler``."""
-    _refuse_churn(sigmas, s_churn, s_tmin, s_tmax, s_noise)
-    return run("euler", model, x, sigmas, extra_args, callback, disable)
+    """Euler steps in sigma (Karras et al., EDM, 2022, Alg. 2): ``euler``, with ``s_churn > 0`` ``Churn(euler)``."""
+    churn = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
+    return _churned("euler", model, x, sigmas, extra_args, callback, disable, churn, _kw(noise, seeds, generator))
 
 
 def sample_heun(
@@ -152,10 +175,14 @@ def sample_heun(
     s_tmin=0.0,
     s_tmax=math.inf,
     s_noise=1.0,
+    *,
+    noise=None,
+    seeds=None,
+    generator=None,
 ) -> Tensor:
-    """Heun steps in sigma, Euler to sigma = 0 (Karras et al. 2022, Alg. 2 without churn): ``heun``."""
-    _refuse_churn(sigmas, s_churn, s_tmin, s_tmax, s_noise)
-    return run("heun", model, x, sigmas, extra_args, callback, disable)
+    """Heun steps in sigma, Euler to sigma = 0 (Karras et al. 2022, Alg. 2): ``heun``, with churn ``Churn(heun)``."""
+    churn = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
+    return _churned("heun", model, x, sigmas, extra_args, callback, disable, churn, _kw(noise, seeds, generator))
 
 
 def sample_dpm_2(
@@ -169,10 +196,17 @@ def sample_dpm_2(
     s_tmin=0.0,
     s_tmax=math.inf,
     s_noise=1.0,
+    *,
+    noise=None,
+    seeds=None,
+    generator=None,
 ) -> Tensor:
-    """DPM-Solver-2 (Lu et al. 2022, midpoint in log sigma), Euler to sigma = 0: ``dpm-solver-2``."""
-    _refuse_churn(sigmas, s_churn, s_tmin, s_tmax, s_noise)
-    return run("dpm-solver-2", model, x, sigmas, extra_args, callback, disable)
+    """DPM-Solver-2 (Lu et al. 2022, midpoint in log sigma), Euler to sigma = 0: ``dpm-solver-2``, with churn
+    ``Churn(dpm-solver-2)``."""
+    churn = {"s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax, "s_noise": s_noise}
+    return _churned(
+        "dpm-solver-2", model, x, sigmas, extra_args, callback, disable, churn, _kw(noise, seeds, generator)
+    )
 
 
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4) -> Tensor:
@@ -377,6 +411,19 @@ def _two_stage(r: float) -> ExponentialRK:
     )
 
 
+def _stages(r: float) -> AncestralStages:
+    """k-diffusion's sample_dpmpp_sde with eta > 0 as a table: ``AncestralStages`` with node ``r``."""
+    r = check_real(r, "r", 0.0, 1.0, lo_open=True)
+    return AncestralStages(
+        "dpmpp-sde" if r == 0.5 else f"dpmpp-sde-r{r:g}",
+        order=2,
+        strong_order=1.0,
+        weak_order=2,
+        r=r,
+        paper="Lu et al., DPM-Solver++, 2022, Alg. 1 with ancestral stages (k-diffusion sample_dpmpp_sde)",
+    )
+
+
 def sample_dpmpp_sde(
     model,
     x,
@@ -393,17 +440,27 @@ def sample_dpmpp_sde(
     seeds=None,
     generator=None,
 ) -> Tensor:
-    """DPM-Solver++ singlestep with its second node at ``r`` (``dpmpp-2s`` for r = 1/2); ``eta = 0`` only."""
+    """DPM-Solver++ singlestep with its second node at ``r``, each stage an ancestral step with ``eta``:
+    ``AncestralStages`` (``dpmpp-2s`` with node r for eta = 0). Its two noises per step overlap (k-diffusion
+    asks ``noise_sampler(sigma, sigma_s)`` and ``noise_sampler(sigma, sigma_next)``): by default a Brownian tree
+    seeded from torch's global stream, as k-diffusion. On ``sigmas`` that end above 0 the last step's end
+    noise is added after the plan, as k-diffusion adds it (``seeds=`` / ``noise=``: the table's own last step)."""
     eta = check_real(eta, "eta", 0.0)
     check_real(s_noise, "s_noise", 0.0)
-    table = _two_stage(r)
-    if eta != 0:
-        raise ValueError(
-            f"eta: sample_dpmpp_sde with eta={eta} adds noise inside its step (before the second model call), "
-            "which an odesolve plan cannot express yet; supported: eta=0 (DPM-Solver++(2S), deterministic). "
-            "Stochastic DPM-Solver++ samplers: sample_dpmpp_2m_sde, sample_dpmpp_3m_sde, sample_dpmpp_2s_ancestral"
-        )
-    return run(table, model, x, sigmas, extra_args, callback, disable)
+    if eta == 0:
+        return run(_two_stage(r), model, x, sigmas, extra_args, callback, disable)
+    table = _stages(r)
+    src = _noise_source(x, sigmas, noise_sampler, s_noise, "brownian-tree", noise, seeds, generator)
+    grid = grid_of(sigmas)[0]
+    open_end = isinstance(src, NoiseSamplerSource) and float(grid.sigmas[-1]) > 0
+    out = run(table, model, x, sigmas, extra_args, callback, disable, {"eta": eta, "open_end": open_end}, noise=src)
+    if open_end:  # k-diffusion's last noise: sigma_N u_N noise_sampler(sigma_{N-1}, sigma_N)
+        g = Geometry(PATH, grid)
+        u = ancestral_split(g, eta)[0][-1]
+        a, b = (float(v) for v in g.at_lambda(g.lam[-2:])[0])
+        xi = src.standard_normal(grid.steps, (a, b), out.shape, out.dtype, out.device)
+        out = out + float(grid.sigmas[-1] * u) * xi
+    return out
 
 
 def sample_dpm_fast(
