@@ -80,4 +80,3 @@ def test_lesson_has_figure_and_exercises(site, page):
     exercises = re.findall(r'^!!! question "Exercise', source, flags=re.M)
     assert 2 <= len(exercises) <= 4 and len(solutions) == len(folded) == len(exercises), (page, exercises, folded)
     assert html.count('<details class="success"') == len(solutions)
-
