@@ -245,3 +245,17 @@ def test_config_eta_scales_the_noise():
     theirs = _loop(diffusers.DDIMScheduler.from_config(cfg), tiny_unet(), 6, _generators("one"), eta=0.3)
     ours = _loop(OdesolveScheduler.from_config(cfg, method="ddim", eta=0.3), tiny_unet(), 6, _generators("one"))
     assert rel(ours, theirs) <= 1e-5
+
+
+@pytest.mark.parametrize("method, cls", [("ddpm", "DDPMScheduler"), ("ddim", "DDIMScheduler")])
+def test_default_spacing_is_the_namesakes_and_survives_a_saved_config(method, cls, tmp_path):
+    """DDPM and DDIM default to leading spacing; a saved config names it, so either class loads the same grid."""
+    theirs = getattr(diffusers, cls)()
+    ours = OdesolveScheduler(method=method)
+    ours.save_config(tmp_path)
+    loaded = [OdesolveScheduler.from_pretrained(tmp_path), getattr(diffusers, cls).from_pretrained(tmp_path)]
+    for s in (theirs, ours, *loaded):
+        s.set_timesteps(7)
+    assert ours.config.timestep_spacing == "leading"
+    for s in (ours, *loaded):
+        assert s.timesteps.tolist() == theirs.timesteps.tolist()

@@ -323,5 +323,6 @@ def _final(ns: Namesake, cfg: dict) -> str:
             )
         final = "zero" if final == "zero" else "first"
     elif final == "alpha_to_one":
-        final = "zero" if cfg.get("set_alpha_to_one", ns.name == "DDIMScheduler") else "first"
+        to_one = cfg.get("set_alpha_to_one")  # None (a saved config's null too): the class's default
+        final = "zero" if (ns.name == "DDIMScheduler" if to_one is None else to_one) else "first"
     return "last" if final == "first" and ramp and ns.ramp_ends_on_ramp else final

@@ -163,7 +163,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         trained_betas: np.ndarray | list[float] | None = None,
         rescale_betas_zero_snr: bool = False,
         prediction_type: str = "epsilon",
-        timestep_spacing: str | None = None,
+        timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         final_sigmas_type: str = "zero",
         use_karras_sigmas: bool = False,
@@ -211,6 +211,9 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         flow = FAMILY_METHODS.get(self._family.name, {}).get(method, method)
         self._method = FLOW_HEUN if (self._family.name, method) == ("flow", "heun") else _methods.get(flow)
         self.namesake = namesake_of(method, schedule, self._family.name)
+        if self._family.name == "vp" and "timestep_spacing" not in self._family.cfg:
+            # not given: the namesake's default (DDIM, DDPM: leading), as diffusers gives each class its own
+            self.register_to_config(timestep_spacing=self.namesake.default_spacing)
         if eta is not None and (isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < math.inf):
             raise ValueError(f"eta must be a finite number >= 0 (or None: the method's default), got {eta!r}")
         if eta is not None and "eta" not in self._method.options and self._method.name != "ddim":
