@@ -227,7 +227,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
                 "(expected 'fixed_small': the posterior variance, DDIM with eta = 1)"
             )
         self._noise = None
-        self._use_eta(None if eta is None else float(eta))
+        self._eta = None if eta is None else float(eta)
         self.path = self._family.path
         self.prediction = self._family.prediction
         self._kdiff = self.namesake.kdiff and self._family.name == "vp"
@@ -281,14 +281,10 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         self._reset_run()
 
     # -- grid and plan ------------------------------------------------------------------------
-    def _use_eta(self, eta: float | None):
-        """The table the plan is compiled from for ``eta``: the method's (with its ``eta`` option where it
-        has one), or for ``ddim`` with eta > 0, DDIM with eta (``ddpm``)."""
-        self._eta = eta
-
     @property
     def _stepper(self):
-        """The table plans are compiled from (see ``_use_eta``)."""
+        """The table plans are compiled from: the method's (given ``self._eta`` as its ``eta`` option where it
+        has one), or for ``ddim`` with eta > 0, DDIM with eta (``ddpm``)."""
         return _methods.get("ddpm") if self._is_ddim and self._eta else self._method
 
     @property
@@ -514,7 +510,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         if want is not None and self._is_ddim and not 0 <= want < math.inf:
             raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
         if want != self._eta:  # DDIMScheduler's step(eta=...): recompile on the same grid (the same timesteps)
-            self._use_eta(want)
+            self._eta = want
             asked = self._asked or self.grid.steps
             self._use_plan(self._stepper.compile(self.path, self.grid, **self._options(asked, self.grid.steps < asked)))
         k0 = self._first_call(timestep)
