@@ -613,8 +613,8 @@ def test_a_stochastic_plan_draws_from_the_generator_of_the_first_step():
     with pytest.raises(ValueError, match="generator.*same generator"):
         s.step(torch.zeros_like(x), t[1], y, generator=torch.Generator())
     s.set_timesteps(5)
-    with pytest.raises(TypeError, match="generator.*list"):
-        s.step(torch.zeros_like(x), t[0], x, generator=[g, g])
+    with pytest.raises(ValueError, match="generator: 3 generators for a batch of 2"):
+        s.step(torch.zeros_like(x), t[0], x, generator=[g, g, g])
 
 
 def test_a_run_stopped_by_an_error_is_not_continued():

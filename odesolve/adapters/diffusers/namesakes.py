@@ -63,6 +63,8 @@ class Namesake:
     clip_sample_default: bool = False
     thresholding: bool = False  # honours thresholding
     ramp_ends_on_ramp: bool = False  # with a sigma option, a non-zero end repeats the ramp's last sigma
+    default_spacing: str = "linspace"  # timestep_spacing when the config does not name one
+    noise_float32: bool = False  # step() draws its noise in float32 (else in the model output's dtype)
 
 
 _KDIFF = {
@@ -84,6 +86,7 @@ NAMESAKES: dict[str, Namesake] = {
             cosine_unrounded=True,
             clamps_zero_snr=True,
             thresholding=True,
+            noise_float32=True,
         ),
         Namesake("DPMSolverSinglestepScheduler", spacings=("linspace",), lower_order_final_below=0, thresholding=True),
         Namesake(
@@ -97,6 +100,7 @@ NAMESAKES: dict[str, Namesake] = {
         Namesake(
             "DDIMScheduler",
             extra_point=False,
+            default_spacing="leading",
             sigma_options=(),
             final="alpha_to_one",
             lower_order_final_below=0,
@@ -104,11 +108,35 @@ NAMESAKES: dict[str, Namesake] = {
             clip_sample_default=True,
             thresholding=True,
         ),
-        Namesake("PNDMScheduler", extra_point=False, sigma_options=(), final="alpha_to_one", lower_order_final_below=0),
+        Namesake(
+            "DDPMScheduler",
+            extra_point=False,
+            default_spacing="leading",
+            sigma_options=(),
+            final="zero",
+            lower_order_final_below=0,
+            clip_sample=True,
+            clip_sample_default=True,
+            thresholding=True,
+        ),
+        Namesake(
+            "PNDMScheduler",
+            extra_point=False,
+            sigma_options=(),
+            final="alpha_to_one",
+            lower_order_final_below=0,
+        ),
         Namesake(
             "EulerDiscreteScheduler",
             **{**_KDIFF, "final": "config"},
             config_range=True,
+            clamps_zero_snr=True,
+            lower_order_final_below=0,
+        ),
+        Namesake(
+            "EulerAncestralDiscreteScheduler",
+            **_KDIFF,
+            sigma_options=(),
             clamps_zero_snr=True,
             lower_order_final_below=0,
         ),
@@ -125,10 +153,12 @@ FAMILY_METHODS = {"flow": {"euler": "ddim"}}
 
 # method name (as the user wrote it) -> namesake; the first matching prefix wins
 _BY_PREFIX = (
+    ("euler-ancestral", "EulerAncestralDiscreteScheduler"),
     ("euler", "EulerDiscreteScheduler"),
     ("heun", "HeunDiscreteScheduler"),
     ("lms-", "LMSDiscreteScheduler"),
     ("ddim", "DDIMScheduler"),
+    ("ddpm", "DDPMScheduler"),
     ("plms", "PNDMScheduler"),
     ("unip", "UniPCMultistepScheduler"),
     ("deis", "DEISMultistepScheduler"),
@@ -227,7 +257,7 @@ def vp_schedule(ns: Namesake, cfg: dict, path, steps: int, *, float64: bool = Fa
     T = path.alphas_cumprod.numel()
     acp = alphas_cumprod_table(path, ns, cfg, float64)
     table = _sigmas_of(acp)
-    spacing = cfg.get("timestep_spacing") or "linspace"
+    spacing = cfg.get("timestep_spacing") or ns.default_spacing
     if spacing not in ("leading", "trailing", "linspace"):
         raise ValueError(
             f"config field timestep_spacing={spacing!r} is not supported (expected 'linspace', 'leading' or 'trailing')"
@@ -293,5 +323,6 @@ def _final(ns: Namesake, cfg: dict) -> str:
             )
         final = "zero" if final == "zero" else "first"
     elif final == "alpha_to_one":
-        final = "zero" if cfg.get("set_alpha_to_one", ns.name == "DDIMScheduler") else "first"
+        to_one = cfg.get("set_alpha_to_one")  # None (a saved config's null too): the class's default
+        final = "zero" if (ns.name == "DDIMScheduler" if to_one is None else to_one) else "first"
     return "last" if final == "first" and ramp and ns.ramp_ends_on_ramp else final

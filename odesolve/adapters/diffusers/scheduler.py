@@ -23,12 +23,14 @@ from ... import methods as _methods
 from ...execute import prepare
 from ...grids import Grid
 from ...models import Model, clip_data, dynamic_thresholding
+from ...noise import NoiseSource
 from ...plan import Plan
 from .config import count
 from .families import family_for, marks
 from .flowmatch import FLOW_HEUN
 from .grids import explicit_grid, family_grid
 from .namesakes import FAMILY_METHODS, Namesake, alphas_cumprod_table, float32_betas, namesake_of
+from .noise import RandnTensorNoise
 
 __all__ = ["OdesolveScheduler"]
 
@@ -132,8 +134,19 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
     where alpha = 0 is refused in ``set_timesteps``: there the noise prediction does not determine the
     data prediction; use a v-prediction network or a grid that starts below the last training timestep.
 
-    Noise (plans that inject it): a run draws from the ``generator`` passed to its first ``step``
-    (None: torch's default stream); a later ``step`` with another generator is refused.
+    Noise (plans that inject it): by default a run draws as its namesake scheduler does, with
+    diffusers' ``randn_tensor`` from the ``generator`` passed to ``step`` (None: torch's default stream; a
+    list: one generator per sample), once per step, in the model output's dtype (float32 for
+    DPMSolverMultistep): the same generator gives the samples diffusers' DDPM, DDIM (``eta``),
+    EulerAncestral and DPMSolverMultistep ``sde-dpmsolver++`` schedulers give. Every ``step`` of a run
+    must pass the generator of its first. ``set_noise(source)`` opts in to per-sample noise (an
+    ``odesolve.noise`` source, e.g. ``BrownianPaths(seeds)``): sample i's noise then depends on its seed
+    only, and ``step``'s generator is not read.
+
+    ``eta`` (config; for methods with an ``eta`` option, e.g. ``ddpm``, ``dpmpp-2m-sde``) scales the
+    injected noise. ``step(..., eta=...)`` is DDIMScheduler's argument, read by method ``ddim`` only: eta > 0
+    runs DDIM with that eta (the ``ddpm`` table), as DDIMScheduler does; other methods ignore it
+    (pipelines pass their default 0.0 to every scheduler that takes it).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]  # noqa: RUF012 - diffusers reads it as is
@@ -191,12 +204,30 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         fractional_timesteps: bool = False,
         float64_schedule: bool = False,
         final_step_to_zero: bool = False,
+        eta: float | None = None,
     ):
         self._family = family_for(self.config)
         # refuses unknown names, listing close ones; on flow models "euler" is FlowMatchEuler's step (ddim)
         flow = FAMILY_METHODS.get(self._family.name, {}).get(method, method)
         self._method = FLOW_HEUN if (self._family.name, method) == ("flow", "heun") else _methods.get(flow)
         self.namesake = namesake_of(method, schedule, self._family.name)
+        if self._family.name == "vp" and "timestep_spacing" not in self._family.cfg:
+            # not given: the namesake's default (DDIM, DDPM: leading), as diffusers gives each class its own
+            self.register_to_config(timestep_spacing=self.namesake.default_spacing)
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < math.inf):
+            raise ValueError(f"eta must be a finite number >= 0 (or None: the method's default), got {eta!r}")
+        if eta is not None and "eta" not in self._method.options and self._method.name != "ddim":
+            raise ValueError(
+                f"eta={eta!r}: method {method!r} takes no eta (it injects no noise); use a stochastic method "
+                "such as 'ddpm' or 'dpmpp-2m-sde', or 'ddim' (eta > 0 runs DDIM with that eta)"
+            )
+        if self.namesake.name == "DDPMScheduler" and variance_type not in (None, "fixed_small"):
+            raise ValueError(
+                f"config field variance_type={variance_type!r} is not supported with DDPMScheduler's schedule "
+                "(expected 'fixed_small': the posterior variance, DDIM with eta = 1)"
+            )
+        self._noise = None
+        self._eta = None if eta is None else float(eta)
         self.path = self._family.path
         self.prediction = self._family.prediction
         self._kdiff = self.namesake.kdiff and self._family.name == "vp"
@@ -236,13 +267,39 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
                     kwargs[key] = config[key]
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
+    def set_noise(self, noise: NoiseSource | None):
+        """Per-sample noise for stochastic methods (opt-in): ``noise`` is an ``odesolve.noise`` source holding
+        one seed per sample (``PerSampleNormal(seeds)``, ``BrownianPaths(seeds)``); every run then draws
+        from it instead of ``step``'s generator, so sample i's noise depends on its seed alone (not on the
+        batch it is drawn in). None: back to diffusers' draw from ``step``'s generator. Starts a new run."""
+        if noise is not None and not isinstance(noise, NoiseSource):
+            raise TypeError(
+                "noise must be an odesolve.noise source (PerSampleNormal(seeds), BrownianPaths(seeds)) or None, "
+                f"got {type(noise).__name__}"
+            )
+        self._noise = noise
+        self._reset_run()
+
     # -- grid and plan ------------------------------------------------------------------------
+    @property
+    def _stepper(self):
+        """The table plans are compiled from: the method's (given ``self._eta`` as its ``eta`` option where it
+        has one), or for ``ddim`` with eta > 0, DDIM with eta (``ddpm``)."""
+        return _methods.get("ddpm") if self._is_ddim and self._eta else self._method
+
+    @property
+    def _is_ddim(self) -> bool:
+        """Whether the method is DDIM, which reads DDIMScheduler's ``eta``."""
+        return getattr(self._method, "name", None) == "ddim"
+
     def _options(self, steps: int, merged: bool = False) -> dict:
         """The plan's options for ``steps`` namesake steps. ``lower_order_final`` (the last two steps at
         orders 1 and 2) follows the namesake's rule; where the namesake's last step has zero length (merged
         by the grid), its second-to-last is the plan's last, taken at the method's order up to 2."""
         opts = {}
-        if "lower_order_final" in self._method.options:
+        if self._eta is not None and "eta" in self._stepper.options:
+            opts["eta"] = self._eta
+        if "lower_order_final" in self._stepper.options:
             limit = self.config.lower_order_final_max_steps
             limit = self.namesake.lower_order_final_below if limit is None else limit
             opts["lower_order_final"] = bool(self.config.lower_order_final) and steps < limit and not merged
@@ -277,7 +334,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         """Compile the plan on ``grid``; ``net``: the network timestep of each grid point (None: the
         family's network time of the point)."""
         asked = getattr(self, "_asked", None) or grid.steps
-        plan = self._method.compile(self.path, grid, **self._options(asked, merged=grid.steps < asked))
+        plan = self._stepper.compile(self.path, grid, **self._options(asked, merged=grid.steps < asked))
         self._use_plan(plan)
         self.grid = grid
         self.num_inference_steps = grid.steps
@@ -328,14 +385,21 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         """DDIMScheduler clips the data prediction but steps with the unclipped noise prediction:
         ``x' = a' clip(x0) + s' eps``, ``eps = (x - a x0) / s``. A DDIM row ``x' = (s'/s) x + B x0``
         (``B = a' - a s'/s``) takes that step when sent ``x0 + (a'/B) (clip(x0) - x0)``: the weights
-        ``a'/B`` per call, for the ddim method on DDIMScheduler's schedule (None otherwise)."""
-        if self.namesake.name != "DDIMScheduler" or plan.method != "ddim":
+        ``a'/B`` per call, for the ddim method on DDIMScheduler's schedule (None otherwise). With eta (the
+        ddpm table) the noise prediction's weight is ``s' sqrt(1 - u^2)``, ``u = min(1, eta sqrt(1 - e^{-2h}))``
+        (``s' u`` is DDIMScheduler's ``std_dev_t``): ``B = a' - a s' sqrt(1 - u^2) / s``."""
+        if self.namesake.name != "DDIMScheduler" or plan.method not in ("ddim", "ddpm"):
             return None
         t = plan.times
         nxt = torch.cat([t[1:], plan.grid.t[-1:]])
         a, s = self.path.alpha(t), self.path.sigma(t)
         a1, s1 = self.path.alpha(nxt), self.path.sigma(nxt)
-        return (a1 / (a1 - a * s1 / s)).tolist()
+        keep = torch.ones_like(a)
+        if plan.method == "ddpm":
+            eta = self._stepper.eta if self._eta is None else self._eta
+            decay = torch.exp(-2 * (torch.log(a1 / s1) - torch.log(a / s)))  # e^{-2h}
+            keep = torch.sqrt(1 - torch.clamp(eta * torch.sqrt(1 - decay), max=1.0) ** 2)
+        return (a1 / (a1 - a * s1 * keep / s)).tolist()
 
     def _refuse_undefined(self, plan: Plan, target: str):
         """``(c_x, c_F)`` with ``target = c_x X + c_F out`` at every call of ``plan``; where the
@@ -440,8 +504,15 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         starts = [k for k in hits if k == 0 or int(step[k]) != int(step[k - 1])]
         return (starts or hits)[0]
 
-    def _start(self, timestep, sample: Tensor, out: Tensor, generator):
+    def _start(self, timestep, sample: Tensor, out: Tensor, generator, eta):
         """Start a run at the first ``step``: the plan's program for ``sample``, driven from it."""
+        want = float(eta) if eta is not None and self._is_ddim else self.config.eta
+        if want is not None and self._is_ddim and not 0 <= want < math.inf:
+            raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
+        if want != self._eta:  # DDIMScheduler's step(eta=...): recompile on the same grid (the same timesteps)
+            self._eta = want
+            asked = self._asked or self.grid.steps
+            self._use_plan(self._stepper.compile(self.path, self.grid, **self._options(asked, self.grid.steps < asked)))
         k0 = self._first_call(timestep)
         self._call_at(timestep, k0)
         if k0 != 0:
@@ -455,13 +526,19 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             sample.device,
             differentiable=differentiable,
         )
-        if program.stochastic and generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator: {self.plan.method!r} injects noise, drawn from one torch.Generator (or "
-                f"None, torch's default stream); got {type(generator).__name__}"
-            )
+        noise = None
+        if program.stochastic:
+            noise = self._noise
+            if noise is None:
+                draw = torch.float32 if self.namesake.noise_float32 else out.dtype
+                noise = RandnTensorNoise(generator, sample.shape[0], draw)
+            if program.correlated_noise and not noise.brownian:
+                raise ValueError(
+                    f"{self.plan.method!r} consumes correlated Brownian increments (overlapping noise intervals), "
+                    "which no generator draws: call scheduler.set_noise(odesolve.noise.BrownianPaths(seeds))"
+                )
         self._program, self._offset, self._generator = program, k0, generator
-        self._run = program.steps(self._to_state(sample, k0), generator if program.stochastic else None)
+        self._run = program.steps(self._to_state(sample, k0), noise=noise)
         self._k, self._X, self._t, _ = next(self._run)
         if self._x0 is not None:
             self._handed = _Handed()
@@ -490,7 +567,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             )
         grid = Grid(self.path, self.grid.t[n:])
         asked = self._asked or self.grid.steps
-        sub = self._method.compile(self.path, grid, **self._options(asked, merged=self.grid.steps < asked))
+        sub = self._stepper.compile(self.path, grid, **self._options(asked, merged=self.grid.steps < asked))
         tail = plan.times[k0:]
         if sub.calls != tail.numel() or not torch.allclose(sub.times, tail, rtol=0, atol=1e-9):
             raise ValueError(
@@ -556,13 +633,21 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
         model_output: Tensor,
         timestep,
         sample: Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        eta: float | None = None,
         **kwargs,
     ) -> SchedulerOutput | tuple:
         """Send this model call's output into the plan's program; returns the next model input
         (the sample after the last call). ``timestep`` must be the next entry of ``timesteps``.
-        ``kwargs`` of other schedulers (``eta``, ``s_churn``...) are ignored."""
+        ``generator``: where stochastic methods draw (see the class docstring); ``eta``: DDIMScheduler's, read
+        by method ``ddim`` at the first step of a run. Other schedulers' ``kwargs`` (``s_churn``...) are
+        ignored, except ``variance_noise``, which is refused."""
+        if kwargs.get("variance_noise") is not None:
+            raise ValueError(
+                "variance_noise is not supported: the noise is drawn from step's generator, or from the source "
+                "given to scheduler.set_noise (an odesolve.noise source)"
+            )
         if self.plan is None:
             if not self._kdiff:
                 raise ValueError("set_timesteps must be called before step")
@@ -570,7 +655,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
             self.set_timesteps(self.config.num_train_timesteps, device=sample.device)
         out = self._check_output(model_output, sample)
         if self._k is None:
-            self._start(timestep, sample, out, generator)
+            self._start(timestep, sample, out, generator, eta)
         elif self._run is None:
             calls = self._program.calls
             if self._k >= calls:
@@ -582,7 +667,7 @@ class OdesolveScheduler(SchedulerMixin, ConfigMixin):
                 f"this sampling run stopped with an error at call {self._k}; call set_timesteps to start a new one"
             )
         else:
-            if self._program.stochastic and generator is not self._generator:
+            if self._program.stochastic and self._noise is None and generator is not self._generator:
                 raise ValueError(
                     f"generator: {self.plan.method!r} injects noise, drawn from the generator passed to "
                     "the first step of the run; pass that same generator to every step (or None to all)"
