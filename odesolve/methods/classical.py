@@ -93,9 +93,8 @@ class RungeKutta(Method):
                 rows.update(last, first + j, a1 * (r1 - r0) * float(v))
 
 
-def adams_bashforth_weights(q: int) -> tuple[Fr, ...]:
-    """Equal-step Adams-Bashforth weights beta_j of F_{n-j}, j = 0..q-1: the integrals over [0, 1] of
-    the Lagrange basis polynomials on the nodes 0, -1, .., -(q-1) (AB2 = (3/2, -1/2))."""
+def lagrange_integrals(q: int, a: Fr, b: Fr) -> tuple[Fr, ...]:
+    """The integrals over [a, b] of the Lagrange basis polynomials on the nodes 0, -1, .., -(q-1), exact."""
     nodes = [Fr(-j) for j in range(q)]
     out = []
     for m, xm in enumerate(nodes):
@@ -106,8 +105,14 @@ def adams_bashforth_weights(q: int) -> tuple[Fr, ...]:
                 for i in range(len(poly) - 1):
                     poly[i] -= xj * poly[i + 1]
                 den *= xm - xj
-        out.append(sum(cf / (i + 1) for i, cf in enumerate(poly)) / den)
+        out.append(sum(cf * (Fr(b) ** (i + 1) - Fr(a) ** (i + 1)) / (i + 1) for i, cf in enumerate(poly)) / den)
     return tuple(out)
+
+
+def adams_bashforth_weights(q: int) -> tuple[Fr, ...]:
+    """Equal-step Adams-Bashforth weights beta_j of F_{n-j}, j = 0..q-1: the integrals over [0, 1] of
+    the Lagrange basis polynomials on the nodes 0, -1, .., -(q-1) (AB2 = (3/2, -1/2))."""
+    return lagrange_integrals(q, Fr(0), Fr(1))
 
 
 WARMUPS = ("lower", "heun")

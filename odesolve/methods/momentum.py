@@ -38,7 +38,7 @@ import torch
 
 from ..plan import Rows
 from .base import Method, Prediction, Rational, Variable, refuse_alpha_zero_start, table
-from .classical import adams_bashforth_weights
+from .classical import adams_bashforth_weights, lagrange_integrals
 
 __all__ = ["TABLES", "Momentum", "MomentumDerivation", "backward_weights", "global_orders", "truncation_lag"]
 
@@ -48,18 +48,7 @@ KINDS = ("hb", "ghvb")
 def backward_weights(q: int) -> tuple[Fr, ...]:
     """The integrals over [-1, 0] of the Lagrange basis on the nodes 0, -1, .., -(q-1): the mean over
     the previous unit step of the interpolant of the last q outputs (B_2 = (1/2, 1/2))."""
-    nodes = [Fr(-j) for j in range(q)]
-    out = []
-    for m, xm in enumerate(nodes):
-        poly, den = [Fr(1)], Fr(1)  # coefficients, lowest power first
-        for j, xj in enumerate(nodes):
-            if j != m:
-                poly = [Fr(0)] + poly
-                for i in range(len(poly) - 1):
-                    poly[i] -= xj * poly[i + 1]
-                den *= xm - xj
-        out.append(sum(cf * (0 - Fr(-1) ** (i + 1)) / (i + 1) for i, cf in enumerate(poly)) / den)
-    return tuple(out)
+    return lagrange_integrals(q, Fr(-1), Fr(0))
 
 
 def truncation_lag(beta: Fr) -> int:
