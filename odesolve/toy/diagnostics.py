@@ -103,7 +103,7 @@ def tempered_model(
     ``w_k ~ pi_k N(x; alpha mu_k, C_k)^(1 / temperature)`` (``temperature >= 1``; 1 is the exact model).
 
     A stand-in for an under-fitted network that is exact inside each mode but too smooth between
-    them, the cause of mode interpolation (Aithal et al. 2024, arXiv 2406.09358, section 4)."""
+    them, the cause of mode interpolation (Aithal et al. 2024, arXiv 2406.09358)."""
     _check_mixture(distribution, "distribution")
     if not isinstance(path, Path):
         raise TypeError(f"path must be an odesolve.paths.Path, got {type(path).__name__}")
@@ -250,7 +250,7 @@ class FokkerPlanckResidual(NamedTuple):
 
 def fokker_planck_residual(model: Model, x: Float[Tensor, "batch dim"], t) -> FokkerPlanckResidual:
     """The residual of the score Fokker-Planck equation (module docstring; Lai et al. 2023,
-    arXiv 2210.04296, eq. 6) of ``model.score`` at ``(x, t)`` under ``model.path``: every derivative by
+    arXiv 2210.04296) of ``model.score`` at ``(x, t)`` under ``model.path``: every derivative by
     automatic differentiation through the model (which must be differentiable in ``x`` and ``t``);
     ``2 dim + 3`` backward passes. ``t``: a time or one per sample, inside the path (``0 < sigma``)."""
     if not isinstance(model, Model):
