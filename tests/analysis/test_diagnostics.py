@@ -6,6 +6,7 @@ Default run: a few seconds. ``slow``: the hallucination study's claims over meth
 
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -246,3 +247,23 @@ def test_error_split_refuses_bad_input():
     unequal = LowRankMixture([0.5, 0.5], None, torch.ones(2, 3, 1), noise=[0.1, 0.2])
     with pytest.raises(ValueError, match="floors"):
         dg.complement_factor(unequal, grid)
+
+
+# -- the study script, in reduced form ---------------------------------------------------------------
+
+
+def test_study_script_runs_in_reduced_form():
+    """scripts/diagnostics_study.py (the numbers of docs/diagnostics.md) at toy sizes: its tables are built
+    and carry the claims they are quoted for."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.join(root, "scripts"))
+    import diagnostics_study as study
+
+    text = study.hallucination(n=300, temperatures=(2.0,), nfes=(20,), methods=("ddim",))
+    assert "| ddim | " in text
+    text = study.fokker_planck(n=200, biases=(0.0, 1.0), nfe=10, levels=3, residual_samples=16)
+    exact, biased = (float(line.split("|")[2]) for line in text.splitlines() if line.startswith(("| 0 |", "| 1 |")))
+    assert exact < 1e-6 < 1e-3 < biased
+    text = study.lowrank(n=4, nfes=(5,), methods=("ddim",), rtol=1e-6)
+    cells = text.splitlines()[-1].split("|")
+    assert abs(float(cells[7]) / float(cells[8]) - 1) < 1e-2  # the complement error as predicted
