@@ -557,11 +557,13 @@ class FromCallables(Path):
     at ``t_max``), else the call raises a ValueError naming the function and the time.
 
     - Derivatives (for [`derivatives`][odesolve.paths.Path.derivatives] and every method that
-      differentiates the path): ``derivatives="autograd"`` differentiates the callables with torch;
-      ``"finite-difference"`` uses central differences of step ``2^-17 max(1, |t|)`` (second-order
-      one-sided within a step of the domain's ends), attached to the values so that autograd sees
-      them (first derivatives only); ``"auto"`` (default) takes autograd for a callable whose output
-      carries a gradient and finite differences for the others (numpy code, constants).
+      differentiates the path): ``derivatives="autograd"`` differentiates the callables with torch (a
+      constant has derivative 0); ``"finite-difference"`` uses central differences of step
+      ``2^-17 max(1, |t|)`` (second-order one-sided within a step of the domain's ends), attached to
+      the values so that autograd sees them (first derivatives only); ``"auto"`` (default) takes
+      autograd for a callable whose output carries a gradient and finite differences for the others
+      (numpy code, constants). Finite differences lose accuracy where a callable is not smooth on the
+      scale of the step (``sqrt(t)`` near ``t = 0``): write such callables with torch.
     - ``t_of_lambda``: ``lambda = log(alpha/sigma)`` is tabulated at ``table_size`` equally spaced
       times when the path is built and must be strictly decreasing there (a ValueError names the
       first pair of times where it is not); the inverse brackets ``lambda`` in the table and bisects
@@ -586,14 +588,14 @@ class FromCallables(Path):
         for name in self._fns:
             try:
                 with torch.enable_grad():
-                    carries = self._call(name, probe).requires_grad
-            except (RuntimeError, TypeError):  # numpy code refuses a tensor that requires grad
+                    carries = self._call(name, probe).requires_grad  # False: numpy code or a constant
+            except (RuntimeError, TypeError) as err:  # numpy code refuses a tensor that requires grad
+                if derivatives == "autograd":
+                    raise ValueError(
+                        f"derivatives='autograd' needs a {name} written with torch operations ({name}(t) failed "
+                        f"on a tensor that requires grad: {err}); use derivatives='finite-difference' or 'auto'"
+                    ) from err
                 carries = False
-            if derivatives == "autograd" and not carries:
-                raise ValueError(
-                    f"derivatives='autograd' needs a {name} written with torch operations (its output carries no "
-                    "gradient); use derivatives='finite-difference' or 'auto'"
-                )
             self._autograd[name] = carries if derivatives == "auto" else derivatives == "autograd"
         t = torch.linspace(self.t_min, self.t_max, n, dtype=torch.float64)
         with torch.no_grad():
@@ -637,7 +639,7 @@ class FromCallables(Path):
         if bool(bad.any()):
             i = torch.nonzero(bad.reshape(-1))[0]
             raise ValueError(
-                f"{name}(t) must be a finite number >= 0; got {float(out.reshape(-1)[i]):g} at "
+                f"{name}(t) must be a finite number >= 0; got {float(out.detach().reshape(-1)[i]):g} at "
                 f"t = {float(t.detach().reshape(-1)[i]):g}"
             )
         return out
@@ -691,6 +693,8 @@ class FromCallables(Path):
         with torch.no_grad():
             for _ in range(_BISECTIONS):
                 mid = 0.5 * (lo + hi)
+                if bool(((mid == lo) | (mid == hi)).all()):  # float64 resolution reached everywhere
+                    break
                 above = self.lambda_(mid) > target
                 lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         t = 0.5 * (lo + hi)
