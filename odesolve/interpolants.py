@@ -36,6 +36,7 @@ path (``alpha_t = t``, ``sigma_t = 1 - t`` in their time, noise at 0) is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -64,18 +65,31 @@ class StochasticInterpolant(FromCallables):
     Vanden-Eijnden 2023; module docstring).
 
     Args:
-        alpha, beta, gamma: callables of the interpolant time ``tau`` (a float64 tensor), as in the paper;
-            ``gamma=None`` is ``gamma = 0``. Torch code is differentiated by autograd, other code by
-            finite differences (see [`FromCallables`][odesolve.paths.FromCallables]).
+        alpha: ``alpha(tau)``, the base's coefficient: a callable of the interpolant time ``tau`` (a float64
+            tensor), as in the paper. Torch code is differentiated by autograd, other code by finite
+            differences (see [`FromCallables`][odesolve.paths.FromCallables]).
+        beta: ``beta(tau)``, the data's coefficient, likewise.
+        gamma: ``gamma(tau)``, the latent noise, likewise; None is ``gamma = 0``.
         gamma_squared: ``gamma^2`` instead of ``gamma``, for a ``gamma`` whose derivative is infinite at
             the ends (``sqrt(a tau (1 - tau))``): the noise ``sqrt(alpha^2 + gamma^2)`` is then
             differentiated without an infinite intermediate.
+        derivatives: ``"auto"``, ``"autograd"`` or ``"finite-difference"``, as in ``FromCallables``.
+        table_size: the number of times at which lambda is tabulated, as in ``FromCallables``.
 
     The ends are checked: ``beta(0) = 0``, ``beta(1) = 1``, ``alpha(0)^2 + gamma(0)^2 = 1`` (the base) and
     ``alpha(1) = gamma(1) = 0`` (the data), to 1e-9.
     """
 
-    def __init__(self, alpha, beta, gamma=None, *, gamma_squared=None, derivatives="auto", table_size=4097):
+    def __init__(
+        self,
+        alpha: Callable,
+        beta: Callable,
+        gamma: Callable | None = None,
+        *,
+        gamma_squared: Callable | None = None,
+        derivatives: str = "auto",
+        table_size: int = 4097,
+    ):
         if gamma is not None and gamma_squared is not None:
             raise ValueError("give gamma or gamma_squared, not both")
         for fn, name in ((alpha, "alpha"), (beta, "beta"), (gamma, "gamma"), (gamma_squared, "gamma_squared")):

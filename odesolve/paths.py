@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -571,7 +571,16 @@ class FromCallables(Path):
       give the domain's ends.
     """
 
-    def __init__(self, alpha, sigma, t_min: float = 0.0, t_max: float = 1.0, *, derivatives="auto", table_size=4097):
+    def __init__(
+        self,
+        alpha: Callable,
+        sigma: Callable,
+        t_min: float = 0.0,
+        t_max: float = 1.0,
+        *,
+        derivatives: str = "auto",
+        table_size: int = 4097,
+    ):
         for fn, name in ((alpha, "alpha"), (sigma, "sigma")):
             if not callable(fn):
                 raise TypeError(f"{name} must be a callable t -> {name}(t), got {type(fn).__name__}")
