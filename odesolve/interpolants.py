@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import no_type_check
 
 import numpy as np
 import torch
@@ -80,6 +81,7 @@ class StochasticInterpolant(FromCallables):
     ``alpha(1) = gamma(1) = 0`` (the data), to 1e-9.
     """
 
+    @no_type_check  # our own checks name the argument and what it should be
     def __init__(
         self,
         alpha: Callable,
