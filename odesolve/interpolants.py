@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import no_type_check
+from typing import NamedTuple, no_type_check
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from torch import Tensor
 
 from .paths import FromCallables, Path, as_time, check_int, check_real
 
-__all__ = ["StochasticInterpolant", "kinetic_energy"]
+__all__ = ["KineticOptimal", "StochasticInterpolant", "kinetic_energy", "kinetic_optimal"]
 
 
 def _tensor(value, like: Tensor) -> Tensor:
@@ -214,3 +214,76 @@ def kinetic_energy(
         u = da[i] * d + ds[i] * (x - a[i] * d) / s[i]
         total += float(ws[i] * (u * u).sum(-1).mean())
     return total
+
+
+class KineticOptimal(NamedTuple):
+    """What [`kinetic_optimal`][odesolve.interpolants.kinetic_optimal] returns."""
+
+    path: FromCallables  # the fitted path, t in [0, 1], data at 0
+    kinetic_energy: float  # its KE (the same draws as cond_ot_energy)
+    cond_ot_energy: float  # KE of the conditional-OT path (FlowMatching), the starting point
+    coefficients: tuple[tuple[float, ...], tuple[float, ...]]  # (P, Q), increasing powers of t
+
+
+def _bent_path(p: Tensor, q: Tensor) -> FromCallables:
+    """``alpha = (1 - t) exp(t (1 - t) P(t))``, ``sigma = t exp(t (1 - t) Q(t))``: the ends of conditional OT."""
+
+    def poly(c, t):
+        return sum(ck * t**k for k, ck in enumerate(c.tolist()))
+
+    return FromCallables(
+        lambda t: (1 - t) * torch.exp(t * (1 - t) * poly(p, t)), lambda t: t * torch.exp(t * (1 - t) * poly(q, t))
+    )
+
+
+def kinetic_optimal(
+    distribution,
+    degree: int = 1,
+    *,
+    n_samples: int = 512,
+    n_times: int = 16,
+    seed: int = 0,
+    max_evaluations: int = 200,
+) -> KineticOptimal:
+    """An approximate kinetic-optimal Gaussian path for ``distribution`` (an ``odesolve.toy`` mixture):
+    the path of least [`kinetic_energy`][odesolve.interpolants.kinetic_energy] in the family
+
+        alpha(t) = (1 - t) exp(t (1 - t) P(t)),    sigma(t) = t exp(t (1 - t) Q(t)),    t in [0, 1],
+
+    with ``P``, ``Q`` polynomials of degree ``degree`` (the ends of conditional OT: data at t = 0, N(0, I)
+    at t = 1; ``P = Q = 0`` is conditional OT itself). The coefficients are found by Nelder-Mead from
+    ``P = Q = 0``, every KE with the same draws (``seed``). This is the data-dependent route of Shaul et
+    al. (2023, section (iii): minimise the KE over paths), in a small family; members whose lambda is not
+    decreasing are skipped."""
+    from scipy.optimize import minimize
+
+    deg = check_int(degree, "degree", 0, 4)
+    kw = dict(n_samples=n_samples, n_times=n_times, seed=seed)
+    cache: dict = {}
+
+    def energy(c) -> float:
+        key = tuple(np.round(c, 12))
+        if key not in cache:
+            c = torch.as_tensor(c, dtype=torch.float64)
+            try:
+                cache[key] = kinetic_energy(_bent_path(c[: deg + 1], c[deg + 1 :]), distribution, **kw)
+            except ValueError:  # lambda not decreasing, or a non-finite coefficient: outside the family
+                cache[key] = math.inf
+        return cache[key]
+
+    start = np.zeros(2 * (deg + 1))
+    base = energy(start)
+    res = minimize(
+        energy,
+        start,
+        method="Nelder-Mead",
+        options={"maxfev": check_int(max_evaluations, "max_evaluations"), "initial_simplex": _simplex(start, 0.3)},
+    )
+    c = res.x if energy(res.x) <= base else start
+    p, q = (tuple(float(v) for v in part) for part in (c[: deg + 1], c[deg + 1 :]))
+    path = _bent_path(torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64))
+    return KineticOptimal(path, energy(c), base, (p, q))
+
+
+def _simplex(x0: np.ndarray, step: float) -> np.ndarray:
+    return np.vstack([x0] + [x0 + step * np.eye(x0.size)[i] for i in range(x0.size)])
