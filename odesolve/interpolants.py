@@ -28,7 +28,8 @@ role of eps).
 **Kinetic energy** (Shaul, Chen, Nickel, Le & Lipman 2023, "On Kinetic Optimal Probability Paths for
 Generative Models", arXiv:2306.06626): ``KE = int E ||u_t(x_t)||^2 dt`` of the velocity ``u`` that
 transports the marginals, the quantity their kinetic-optimal paths minimise;
-[`kinetic_energy`][odesolve.interpolants.kinetic_energy] measures it on an exact toy. The conditional-OT
+[`kinetic_energy`][odesolve.interpolants.kinetic_energy] measures it on an exact toy, and
+[`kinetic_optimal`][odesolve.interpolants.kinetic_optimal] fits the least-KE path of a small family. The conditional-OT
 path (``alpha_t = t``, ``sigma_t = 1 - t`` in their time, noise at 0) is
 [`FlowMatching`][odesolve.paths.FlowMatching] with the time reversed.
 """
