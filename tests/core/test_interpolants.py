@@ -350,3 +350,50 @@ def test_kinetic_optimal_path_finds_the_optimum_of_known_cases():
     two = kinetic_optimal(DATA, 1)
     trig = kinetic_energy(StochasticInterpolant.trigonometric(), DATA, n_samples=512, n_times=16)
     assert two.kinetic_energy < min(0.85 * two.cond_ot_energy, trig), (two, trig)
+
+
+class _Basis(ods.noise.NoiseSource):
+    """Sample 2 + j gets xi = 1 at the j-th noisy call, every other sample and call 0 (as in tests/sde)."""
+
+    def __init__(self, calls):
+        super().__init__(range(2 + len(calls)))
+        self.calls = list(calls)
+
+    def standard_normal(self, call, interval, shape, dtype=torch.float64, device="cpu"):
+        z = torch.zeros(shape, dtype=dtype, device=device)
+        z[2 + self.calls.index(call)] = 1.0
+        return z
+
+
+def _variance_error(path, grid, data, **options):
+    """Exact variance error of euler-maruyama from x_T ~ p_{t_0} on a 1-D Gaussian (no Monte Carlo): the model
+    is affine in x, so x_N = a + M x_T + sum_k c_k xi_k, read from a batch with unit noise at one call each."""
+    plan = ods.methods.get("euler-maruyama").compile(path, grid, **options)
+    noisy = torch.nonzero(plan.update_noise != 0).flatten().tolist()
+    x = torch.zeros(2 + len(noisy), 1, dtype=F64)
+    x[1] = 1.0
+    out = ods.execute(plan, data.model(path, "x0"), x, noise=_Basis(noisy))[:, 0]
+    M = out[1] - out[0]
+    v = float(data.cov[0, 0])
+    (a0, s0), (a1, s1) = ((float(path.alpha(t)), float(path.sigma(t))) for t in (grid.t[0], grid.t[-1]))
+    var = M**2 * (a0**2 * v + s0**2) + ((out[2:] - out[0]) ** 2).sum()
+    return float(var - (a1**2 * v + s1**2))
+
+
+@pytest.mark.parametrize("eps", [0.5, "tau"], ids=["eps0.5", "eps-tau"])
+def test_interpolant_sde_has_weak_order_one(eps):
+    """Euler-Maruyama on the interpolant SDE (linear interpolant, gamma^2 = tau (1 - tau)) from the base at
+    t = 1 to the data N(0.5, 0.25) at t = 0: the exact variance error halves with the step (slope 0.9 to 1.2
+    over 10..80 steps; measured 1.05 for eps = 0.5 and 1.08 for eps = 2 tau (1 - tau)). (With eps = 0 the
+    error is 0 here: the marginal standard deviation 0.5 (1 + t) is linear in t, so every trajectory is a
+    straight line run at constant speed, and Euler is exact.)"""
+    si = StochasticInterpolant.linear(gamma_scale=1.0)
+    data = ods.toy.Gaussian([0.5], [[0.25]])
+    diffusion = 0.5 if eps == 0.5 else (lambda t: 2 * t * (1 - t))
+    ns = (10, 20, 40, 80)
+    errors = [
+        _variance_error(si, ods.grids.uniform_time(si, n, t_start=1.0, t_end=0.0), data, diffusion=diffusion)
+        for n in ns
+    ]
+    slope = float(-np.polyfit(np.log(ns), np.log(np.abs(errors)), 1)[0])
+    assert 0.9 < slope < 1.2, (errors, slope)
