@@ -1,6 +1,6 @@
 """odesolve: diffusion ODE solvers as coefficient tables, compiled into plans, run by one executor."""
 
-from . import adaptive, grids, guidance, learn, methods, models, noise, paths
+from . import adaptive, grids, guidance, interpolants, learn, methods, models, noise, paths
 from .execute import NonFiniteError, Sampler, execute, sample
 from .grids import Grid
 from .models import Model
@@ -16,6 +16,7 @@ __all__ = [
     "execute",
     "grids",
     "guidance",
+    "interpolants",
     "learn",
     "methods",
     "models",

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import no_type_check
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "VE",
     "VP",
     "FlowMatching",
+    "FromCallables",
     "Path",
     "VPCosine",
     "VPDiscrete",
@@ -537,3 +539,180 @@ class FlowMatching(Path):
 
     def sigma(self, t) -> Times:
         return as_time(t).clone()
+
+
+# --------------------------------------------------------------------------------------------
+# A path from user callables
+# --------------------------------------------------------------------------------------------
+
+_FD_STEP = 2.0**-17  # about eps^(1/3): balances the O(h^2) truncation and the O(eps/h) rounding
+_BISECTIONS = 60
+
+
+class FromCallables(Path):
+    """A path from user functions ``alpha(t)``, ``sigma(t)`` on a finite domain ``[t_min, t_max]``
+    (``t_min`` the data end, ``t_max`` the noise end).
+
+    The callables receive a float64 tensor of times and return values of its shape (or a number);
+    each value must be a finite number >= 0 (``sigma`` may be 0 only at ``t_min`` and ``alpha`` only
+    at ``t_max``), else the call raises a ValueError naming the function and the time.
+
+    - Derivatives (for [`derivatives`][odesolve.paths.Path.derivatives] and every method that
+      differentiates the path): ``derivatives="autograd"`` differentiates the callables with torch (a
+      constant has derivative 0); ``"finite-difference"`` uses central differences of step
+      ``2^-17 max(1, |t|)`` (second-order one-sided within a step of the domain's ends), attached to
+      the values so that autograd sees them (first derivatives only); ``"auto"`` (default) takes
+      autograd for a callable whose output carries a gradient and finite differences for the others
+      (numpy code, constants). Finite differences lose accuracy where a callable is not smooth on the
+      scale of the step (``sqrt(t)`` near ``t = 0``): write such callables with torch.
+    - ``t_of_lambda``: ``lambda = log(alpha/sigma)`` is tabulated at ``table_size`` equally spaced
+      times when the path is built and must be strictly decreasing there (a ValueError names the
+      first pair of times where it is not); the inverse brackets ``lambda`` in the table and bisects
+      the callables to float64 precision. Values of ``lambda`` outside ``[lambda(t_max), lambda(t_min)]``
+      give the domain's ends.
+    """
+
+    @no_type_check  # our own checks name the argument and what it should be
+    def __init__(
+        self,
+        alpha: Callable,
+        sigma: Callable,
+        t_min: float = 0.0,
+        t_max: float = 1.0,
+        *,
+        derivatives: str = "auto",
+        table_size: int = 4097,
+    ):
+        for fn, name in ((alpha, "alpha"), (sigma, "sigma")):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a callable t -> {name}(t), got {type(fn).__name__}")
+        self.t_min = check_real(t_min, "t_min")
+        self.t_max = check_real(t_max, "t_max")
+        if not self.t_min < self.t_max:
+            raise ValueError(f"t_min, t_max must satisfy t_min < t_max; got {t_min}, {t_max}")
+        if derivatives not in ("auto", "autograd", "finite-difference"):
+            raise ValueError(f"derivatives must be 'auto', 'autograd' or 'finite-difference', got {derivatives!r}")
+        n = check_int(table_size, "table_size", 3)
+        self._fns = {"alpha": alpha, "sigma": sigma}
+        probe = torch.linspace(self.t_min, self.t_max, 5, dtype=torch.float64)[1:-1].requires_grad_(True)
+        self._autograd = {}
+        for name in self._fns:
+            try:
+                with torch.enable_grad():
+                    carries = self._call(name, probe).requires_grad  # False: numpy code or a constant
+            except (RuntimeError, TypeError) as err:  # numpy code refuses a tensor that requires grad
+                if derivatives == "autograd":
+                    raise ValueError(
+                        f"derivatives='autograd' needs a {name} written with torch operations ({name}(t) failed "
+                        f"on a tensor that requires grad: {err}); use derivatives='finite-difference' or 'auto'"
+                    ) from err
+                carries = False
+            self._autograd[name] = carries if derivatives == "auto" else derivatives == "autograd"
+        t = torch.linspace(self.t_min, self.t_max, n, dtype=torch.float64)
+        with torch.no_grad():
+            a, s = self._call("alpha", t), self._call("sigma", t)
+        both = (a == 0) & (s == 0)
+        if bool(both.any()):
+            raise ValueError(f"alpha and sigma are both 0 at t = {float(t[both][0]):g}: lambda is undefined there")
+        lam = torch.log(a) - torch.log(s)
+        bad = ~(lam[1:] < lam[:-1])
+        if bool(bad.any()):
+            i = int(torch.nonzero(bad)[0])
+            hint = " (the noise end must be t_max)" if bool(lam[-1] > lam[0]) else ""
+            raise ValueError(
+                "lambda(t) = log(alpha(t)/sigma(t)) must be strictly decreasing on [t_min, t_max]"
+                f"{hint}; it is not between t = {float(t[i]):.6g} and t = {float(t[i + 1]):.6g} "
+                f"(lambda = {float(lam[i]):.6g}, then {float(lam[i + 1]):.6g}; checked at {n} times)"
+            )
+        self._table = (t, lam)
+
+    def __repr__(self):
+        names = (getattr(f, "__name__", type(f).__name__) for f in self._fns.values())
+        return "FromCallables(alpha={}, sigma={}, t_min={:g}, t_max={:g})".format(*names, self.t_min, self.t_max)
+
+    def _call(self, name: str, t: Tensor) -> Tensor:
+        out = self._fns[name](t)
+        if not isinstance(out, Tensor):
+            try:
+                out = torch.as_tensor(np.asarray(out, dtype=np.float64))
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"{name}(t) must return real numbers, got {type(out).__name__}") from err
+        if out.is_complex() or out.dtype == torch.bool:
+            raise TypeError(f"{name}(t) must return real numbers, got a tensor of {out.dtype}")
+        out = out.to(device=t.device, dtype=torch.float64)
+        if out.shape != t.shape:
+            if out.numel() != 1:
+                raise ValueError(
+                    f"{name}(t) must return values of the shape of t {tuple(t.shape)}, got {tuple(out.shape)}"
+                )
+            out = out.reshape(()).expand(t.shape)
+        bad = ~(torch.isfinite(out) & (out >= 0))
+        if bool(bad.any()):
+            i = torch.nonzero(bad.reshape(-1))[0]
+            raise ValueError(
+                f"{name}(t) must be a finite number >= 0; got {float(out.detach().reshape(-1)[i]):g} at "
+                f"t = {float(t.detach().reshape(-1)[i]):g}"
+            )
+        return out
+
+    def _finite_difference(self, name: str, t: Tensor) -> Tensor:
+        h = _FD_STEP * t.abs().clamp(min=1.0)
+        lo, hi = t - h < self.t_min, t + h > self.t_max
+        c = torch.where(lo, t + h, torch.where(hi, t - h, t))  # a centre whose stencil lies in the domain
+        c = c.clamp(self.t_min + h, self.t_max - h)
+        fm, f0, fp = (self._call(name, c + k * h) for k in (-1.0, 0.0, 1.0))
+        central = (fp - fm) / (2 * h)
+        second = (fp - 2 * f0 + fm) / (h * h)
+        return central + (t - c) * second  # at the centre: central; at c -+ h: the one-sided second-order forms
+
+    def _value(self, name: str, t) -> Times:
+        t = as_time(t)
+        if self._autograd[name] or not t.requires_grad:
+            return self._call(name, t)
+        value = self._call(name, t.detach())
+        return value + (t - t.detach()) * self._finite_difference(name, t.detach())  # value, with d/dt attached
+
+    def alpha(self, t) -> Times:
+        return self._value("alpha", t)
+
+    def sigma(self, t) -> Times:
+        return self._value("sigma", t)
+
+    def log_alpha(self, t) -> Times:
+        return torch.log(self.alpha(t))
+
+    def log_sigma(self, t) -> Times:
+        return torch.log(self.sigma(t))
+
+    def derivatives(self, t) -> tuple[Times, Times]:
+        if all(self._autograd.values()):
+            return super().derivatives(t)
+        t = as_time(t).detach()
+        da, ds = (
+            super().derivatives(t)[i] if self._autograd[name] else self._finite_difference(name, t)
+            for i, name in enumerate(("alpha", "sigma"))
+        )
+        return da, ds
+
+    def t_of_lambda(self, lam) -> Times:
+        lam = as_time(lam)
+        target = lam.detach()
+        tt, tl = (v.to(target.device) for v in self._table)
+        # the table is decreasing in lambda: bracket [t_{i-1}, t_i] with lambda(t_{i-1}) >= lam >= lambda(t_i)
+        i = torch.searchsorted(-tl, -target.reshape(-1).contiguous()).clamp(1, tt.numel() - 1).reshape(target.shape)
+        lo, hi = tt[i - 1], tt[i]
+        with torch.no_grad():
+            for _ in range(_BISECTIONS):
+                mid = 0.5 * (lo + hi)
+                if bool(((mid == lo) | (mid == hi)).all()):  # float64 resolution reached everywhere
+                    break
+                above = self.lambda_(mid) > target
+                lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        t = 0.5 * (lo + hi)
+        t = torch.where(target >= tl[0], self.t_min, torch.where(target <= tl[-1], self.t_max, t))
+        t = torch.where(torch.isnan(target), torch.nan, t)
+        if lam.requires_grad:  # implicit derivative dt/dlambda = 1 / lambda'(t)
+            da, ds = self.derivatives(t)
+            dlam = da / self.alpha(t) - ds / self.sigma(t)
+            t = t + (lam - target) / dlam
+        return t

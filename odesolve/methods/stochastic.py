@@ -174,16 +174,54 @@ class EulerMaruyama(_Stochastic):
         x_{n+1} = x_n + dt [(f + g^2/sigma^2) x_n - g^2 alpha/sigma^2 D_n] + g sqrt(|dt|) xi,   f, g at t_n.
 
     f and g come from the path by automatic differentiation (the coefficients do not carry
-    gradients to the grid). Undefined at an alpha = 0 start (f = -inf there): refused."""
+    gradients to the grid). Undefined at an alpha = 0 start (f = -inf there): refused.
 
+    Option ``diffusion``: the SDE with the same marginals and any diffusion ``eps(t) >= 0`` per unit of
+    path time (Albergo, Boffi & Vanden-Eijnden 2023, "Stochastic Interpolants", the SDE with drift
+    ``b + eps s``), ``dx = [u - eps grad log p] dt + sqrt(2 eps) dW`` with ``u = f x - g^2/2 grad log p``
+    the probability-flow velocity:
+
+        x_{n+1} = x_n + dt [alpha' D_n + (sigma'/sigma + eps/sigma^2)(x_n - alpha D_n)] + sqrt(2 eps |dt|) xi,
+
+    at ``t_n``. ``None`` (default) is ``eps = g^2/2``, the reverse SDE above (infinite where alpha = 0,
+    hence refused there); ``0`` is Euler on the probability-flow ODE; a number is a constant ``eps``; a
+    callable ``eps(t)`` takes the float64 times ``t_n`` and returns values >= 0 of their shape."""
+
+    diffusion: object = None
     variable = "t"
-    options = ()
+    options = ("diffusion",)
 
-    def _rows(self, g) -> Rows:
+    def __post_init__(self):
+        super().__post_init__()
+        if self.diffusion is not None and not callable(self.diffusion):
+            object.__setattr__(self, "diffusion", check_real(self.diffusion, "diffusion", 0.0))
+
+    def _diffusion_over_sigma2(self, diffusion, g, t0: torch.Tensor) -> torch.Tensor:
+        """``eps(t_n) / sigma_n^2``, checked."""
+        if callable(diffusion):
+            eps = torch.as_tensor(diffusion(t0.detach().clone()), dtype=torch.float64)
+            if eps.shape != t0.shape and eps.numel() != 1:
+                raise ValueError(
+                    f"diffusion(t) must return values of the shape of t {tuple(t0.shape)}, got {tuple(eps.shape)}"
+                )
+            eps = eps.expand(t0.shape)
+            bad = ~(torch.isfinite(eps) & (eps >= 0))
+            if bool(bad.any()):
+                raise ValueError(
+                    f"diffusion(t) must be finite and >= 0, got {eps[bad][:4].tolist()} at t = {t0[bad][:4].tolist()}"
+                )
+        else:
+            eps = torch.full_like(t0, check_real(diffusion, "diffusion", 0.0))
+        return eps.detach() / torch.exp(2 * g.log_sigma[:-1])
+
+    def _rows(self, g, diffusion=None) -> Rows:
+        diffusion = self.diffusion if diffusion is None else diffusion
+        if diffusion is not None:
+            return self._adjusted_rows(g, diffusion)
         if g.alpha_zero_start:
             raise ValueError(
                 f"grid starts at alpha = 0 (zero terminal SNR), where {self.name!r} is undefined "
-                "(d log alpha/dt is infinite); use 'ddpm' or 'dpmpp-2m-sde'"
+                "(d log alpha/dt is infinite); use 'ddpm' or 'dpmpp-2m-sde', or a finite diffusion= option"
             )
         t0 = g.t[:-1].detach().clone().requires_grad_(True)
         with torch.enable_grad():
@@ -204,6 +242,25 @@ class EulerMaruyama(_Stochastic):
         rows.update_state(n, 1 + dt * (f + g2_s2))
         rows.update(n, n, -dt * g2_s2 * torch.exp(g.log_alpha[:-1]))
         rows.noise(n, sigma0 * torch.sqrt(g2_s2 * dt.abs()), g.t[:-1], g.t[1:])
+        return rows
+
+    def _adjusted_rows(self, g, diffusion) -> Rows:
+        """The same step with a chosen ``eps``, written with ``d alpha/dt`` and ``d sigma/dt`` (finite where
+        alpha = 0, so an alpha = 0 start is allowed): the velocity is ``u = alpha' D + sigma'/sigma (x - alpha D)``
+        and the score ``(alpha D - x)/sigma^2``."""
+        t0 = g.t[:-1].detach()
+        da, ds = (v.detach() for v in g.path.derivatives(t0))
+        a0, s0 = torch.exp(g.log_alpha[:-1]), torch.exp(g.log_sigma[:-1])
+        e_s2 = self._diffusion_over_sigma2(diffusion, g, t0)  # eps / sigma^2
+        c = ds / s0 + e_s2
+        dt = g.t[1:] - g.t[:-1]
+        N = g.steps
+        n = torch.arange(N)
+        rows = Rows(N)
+        rows.call(n, n, g.t[:-1])
+        rows.update_state(n, 1 + dt * c)
+        rows.update(n, n, dt * (da - a0 * c))
+        rows.noise(n, s0 * torch.sqrt(2 * e_s2 * dt.abs()), g.t[:-1], g.t[1:])
         return rows
 
 
